@@ -1,0 +1,79 @@
+//! Per-message cost of a handler call: a 1 KiB value in, one output back.
+//!
+//! Measures the `uppercase` example in both isolation modes next to a native
+//! Rust function doing the same work, so the figures read as a ratio against
+//! a baseline measured in the same process. Run with
+//! `cargo bench -p sluice --bench dispatch`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use sluice::wasm::{Header, Invocation, Isolation, Limits, Message, Output, Runtime, RuntimeConfig};
+
+fn message() -> Message {
+    Message {
+        topic: "orders".to_owned(),
+        partition: 3,
+        offset: 1_000_000,
+        timestamp: Some(1_700_000_000_000),
+        key: Some(b"customer-42".to_vec()),
+        value: Some((0..1024u32).map(|i| b'a' + (i % 26) as u8).collect()),
+        headers: vec![Header {
+            key: "correlation_id".to_owned(),
+            value: b"7f1c0a1e-8d4b-4c0e-9f3a-2b5d6e7f8a9b".to_vec(),
+        }],
+        attempt: 1,
+    }
+}
+
+/// The same work as the `uppercase` example, natively.
+fn native_uppercase(msg: &Message) -> Vec<Output> {
+    vec![Output {
+        topic: format!("{}.out", msg.topic),
+        key: msg.key.clone(),
+        value: msg.value.as_ref().map(|v| v.to_ascii_uppercase()),
+        headers: msg.headers.clone(),
+    }]
+}
+
+fn dispatch(c: &mut Criterion) {
+    let runtime = Runtime::new(RuntimeConfig {
+        max_instances: 8,
+        max_memory_bytes: 64 << 20,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
+    let plugin = Arc::new(
+        runtime
+            .load_file(sluice_test_artifacts::UPPERCASE.as_ref())
+            .expect("uppercase loads"),
+    );
+    let invocation = Invocation {
+        limits: Limits {
+            timeout: Duration::from_secs(1),
+            memory_bytes: 64 << 20,
+        },
+        config: Arc::default(),
+    };
+    let msg = message();
+
+    let mut group = c.benchmark_group("dispatch_1kib");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("native", |b| b.iter(|| native_uppercase(black_box(&msg))));
+    for isolation in [Isolation::Reused, Isolation::Fresh] {
+        let mut invoker = runtime.invoker(plugin.clone(), isolation);
+        group.bench_function(isolation.as_str(), |b| {
+            b.iter(|| {
+                let out = invoker.invoke(black_box(&msg), &invocation).expect("ok");
+                assert_eq!(out.len(), 1);
+                out
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, dispatch);
+criterion_main!(benches);

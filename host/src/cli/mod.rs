@@ -1,0 +1,114 @@
+//! The command line: argument definitions and the commands behind them.
+//!
+//! Owns parsing and printing only; the work is done by the library modules.
+
+mod check;
+mod demo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::telemetry::LogFormat;
+
+/// Sluice consumes Kafka and hands every message to a sandboxed WebAssembly
+/// handler.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, long_about = None)]
+pub struct Cli {
+    /// How log lines are written to stderr (RUST_LOG filters them).
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: consume the routed topics, hand every message to its
+    /// module, produce outputs and dead letters. Stops cleanly on SIGTERM or
+    /// SIGINT.
+    ///
+    /// Every KAFKA_* variable of the event bus overrides its [kafka] field.
+    Run(RunArgs),
+    /// Validate a handler component and describe it; with --value, invoke it
+    /// once and print the outcome.
+    ///
+    /// Exits 0 when the file is a valid handler (and, with --value, the call
+    /// succeeded), 1 otherwise.
+    Check(check::CheckArgs),
+    /// Try Sluice out: run the daemon on the embedded broker, feed it a sample
+    /// stream (failing messages included) and show outputs and dead letters
+    /// as they happen.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The configuration file.
+    #[arg(long, short, default_value = "sluice.toml")]
+    config: PathBuf,
+}
+
+impl Cli {
+    /// Runs the chosen command.
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        match self.command {
+            Command::Check(args) => check::check(args),
+            Command::Run(args) => {
+                let config = load_config(&args.config)?;
+                tokio_runtime()?.block_on(crate::run(config, shutdown_signal()))?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Demo(args) => demo::demo(args),
+        }
+    }
+}
+
+/// Loads and validates a config file, naming it in any error.
+fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
+    load_config_with(path, |var| std::env::var(var).ok())
+}
+
+/// Like [`load_config`], with `env` answering the `KAFKA_*` lookups.
+fn load_config_with(
+    path: &std::path::Path,
+    env: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<Config> {
+    Config::load_with(path, &env).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sluice")
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = int.recv() => tracing::info!("SIGINT received"),
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,477 @@
+//! The configuration file (`sluice.toml`), its `KAFKA_*` environment
+//! overrides, and the checks that make a bad file fail fast.
+//!
+//! Owns parsing and validation only: nothing here touches Kafka or loads a
+//! plugin (it only checks that each route's module file exists). Every field
+//! carries a doc comment: it is the user's documentation, and
+//! `docs/configuration.md` follows it.
+
+mod env;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::wasm::Isolation;
+
+pub use env::KAFKA_VARIABLES;
+
+/// Why a configuration was refused. Each message names the field (or
+/// variable), the value and what is allowed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {reason}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        reason: String,
+    },
+    /// The file is not valid TOML, has an unknown field or a value of the
+    /// wrong type.
+    #[error("{0}")]
+    Parse(String),
+    /// A `KAFKA_*` environment variable has a value of the wrong type.
+    #[error("environment variable {var} = {value:?} is not valid: expected {expected}")]
+    Env {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What it must be.
+        expected: &'static str,
+    },
+    /// A value is out of its range or conflicts with another.
+    #[error("{field} = {value} is not allowed: {allowed}")]
+    Invalid {
+        /// The field, as a TOML path (`routes[1].timeout_ms`).
+        field: String,
+        /// The value given, as written in TOML.
+        value: String,
+        /// What is allowed instead.
+        allowed: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Connection, consumer-group and delivery settings (the event bus's
+    /// `KAFKA_*` settings, same names, same defaults, same ranges).
+    pub kafka: KafkaConfig,
+    /// Where handler modules live.
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+    /// How messages are scheduled onto handlers.
+    #[serde(default)]
+    pub processing: ProcessingConfig,
+    /// Which module handles which topic; a topic appears in one route only.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// The directory relative paths are resolved against: the config file's
+    /// own directory.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// The bootstrap value that starts the in-process development broker.
+pub const EMBEDDED_BROKER: &str = "embedded";
+
+/// Kafka settings. Every field can be overridden by its `KAFKA_*` variable.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated broker addresses, or `"embedded"` for the in-memory
+    /// development broker. `KAFKA_BOOTSTRAP_SERVERS`.
+    #[serde(default = "default_bootstrap_servers")]
+    pub bootstrap_servers: String,
+    /// Environment identifier (`dev`, `staging`, `prod`); the consumer group
+    /// id is `{environment}.{group}`. `KAFKA_ENVIRONMENT`.
+    #[serde(default = "default_environment")]
+    pub environment: String,
+    /// Consumer group name. `KAFKA_GROUP`.
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// Where a group without committed offsets starts. `KAFKA_AUTO_OFFSET_RESET`.
+    #[serde(default)]
+    pub auto_offset_reset: OffsetReset,
+    /// Topic for failed messages; without one (and without a route override)
+    /// a failed message stops its partition instead of being skipped.
+    /// `KAFKA_DEAD_LETTER_TOPIC`.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+    /// Timeout of broker operations in seconds, 1 to 300: a produce that is
+    /// not acknowledged within it has failed. `KAFKA_TIMEOUT_SECONDS`.
+    #[serde(default = "default_timeout_seconds")]
+    pub timeout_seconds: u64,
+    /// How many times a retryable handler failure is retried, 0 to 10.
+    /// `KAFKA_MAX_RETRY_ATTEMPTS`.
+    #[serde(default = "default_max_retry_attempts")]
+    pub max_retry_attempts: u32,
+    /// Base of the exponential retry backoff in seconds, 0.1 to 60.0.
+    /// `KAFKA_RETRY_BACKOFF_BASE`.
+    #[serde(default = "default_retry_backoff_base")]
+    pub retry_backoff_base: f64,
+    /// Consecutive broker failures before the circuit opens, 1 to 100.
+    /// `KAFKA_CIRCUIT_BREAKER_THRESHOLD`.
+    #[serde(default = "default_circuit_breaker_threshold")]
+    pub circuit_breaker_threshold: u32,
+    /// Seconds an open circuit waits before a probe, 1.0 to 3600.0.
+    /// `KAFKA_CIRCUIT_BREAKER_RESET_TIMEOUT`.
+    #[serde(default = "default_circuit_breaker_reset_timeout")]
+    pub circuit_breaker_reset_timeout: f64,
+    /// Longest wait for new messages in one fetch, in seconds, 0.01 to 10.0.
+    /// `KAFKA_CONSUMER_SLEEP_INTERVAL`.
+    #[serde(default = "default_consumer_sleep_interval")]
+    pub consumer_sleep_interval: f64,
+    /// Commit stored offsets on librdkafka's timer. When false, Sluice commits
+    /// them itself every `processing.commit_interval_seconds`. Either way an
+    /// offset is stored only after its outputs are acknowledged.
+    /// `KAFKA_ENABLE_AUTO_COMMIT`.
+    #[serde(default = "default_true")]
+    pub enable_auto_commit: bool,
+    /// How many broker acknowledgements a produce needs. `KAFKA_ACKS`.
+    #[serde(default)]
+    pub acks: Acks,
+    /// Idempotent producer: retries never duplicate a record.
+    /// `KAFKA_ENABLE_IDEMPOTENCE`.
+    #[serde(default = "default_true")]
+    pub enable_idempotence: bool,
+    /// Any other librdkafka property, passed through to both the consumer and
+    /// the producer (for example `"security.protocol" = "ssl"`).
+    #[serde(default)]
+    pub librdkafka: BTreeMap<String, toml::Value>,
+}
+
+/// Where a consumer group without committed offsets starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OffsetReset {
+    /// From the oldest message still in the topic.
+    Earliest,
+    /// From the next message produced.
+    #[default]
+    Latest,
+}
+
+/// Producer acknowledgements.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum Acks {
+    /// Every in-sync replica (required by the idempotent producer).
+    #[default]
+    #[serde(rename = "all")]
+    All,
+    /// The partition leader only.
+    #[serde(rename = "1")]
+    Leader,
+    /// None: the broker is not asked to acknowledge, so at-least-once is lost.
+    #[serde(rename = "0")]
+    None,
+}
+
+impl Acks {
+    /// The librdkafka value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Acks::All => "all",
+            Acks::Leader => "1",
+            Acks::None => "0",
+        }
+    }
+}
+
+/// Where handler modules live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// The plugins directory, relative to the config file: module `enrich` is
+    /// the file `enrich.wasm` in it.
+    #[serde(default = "default_plugins_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            dir: default_plugins_dir(),
+        }
+    }
+}
+
+/// How messages are scheduled onto handlers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessingConfig {
+    /// How many handler calls may run at once, across all partitions, 1 to
+    /// 1024. Each partition is handled in order by one call at a time.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Messages buffered per partition, 1 to 100000; a partition whose buffer
+    /// is full is paused until its handler catches up.
+    #[serde(default = "default_partition_queue")]
+    pub partition_queue: usize,
+    /// Most messages of one partition handed to a worker in one go, 1 to 10000.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// On shutdown, how long in-flight messages may take to finish, in
+    /// seconds, 0 to 300; it must be shorter than the session timeout.
+    #[serde(default = "default_drain_timeout_seconds")]
+    pub drain_timeout_seconds: f64,
+    /// How often stored offsets are committed when `kafka.enable_auto_commit`
+    /// is false (and librdkafka's commit interval when it is true), in
+    /// seconds, 0.1 to 3600.
+    #[serde(default = "default_commit_interval_seconds")]
+    pub commit_interval_seconds: f64,
+    /// `reused` (one instance per worker, replaced after any failure) or
+    /// `fresh` (a new instance for every message).
+    #[serde(default, deserialize_with = "deserialize_isolation")]
+    pub isolation: Isolation,
+    /// The largest memory limit any route may have, in MiB, 1 to 4096: it
+    /// sizes the instance pool's memory slots.
+    #[serde(default = "default_max_memory_mb")]
+    pub max_memory_mb: u64,
+}
+
+impl Default for ProcessingConfig {
+    fn default() -> Self {
+        ProcessingConfig {
+            concurrency: default_concurrency(),
+            partition_queue: default_partition_queue(),
+            batch_size: default_batch_size(),
+            drain_timeout_seconds: default_drain_timeout_seconds(),
+            commit_interval_seconds: default_commit_interval_seconds(),
+            isolation: Isolation::default(),
+            max_memory_mb: default_max_memory_mb(),
+        }
+    }
+}
+
+/// One topic and the module that handles it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The topic to consume.
+    pub topic: String,
+    /// The module (file stem in the plugins directory) that handles it.
+    pub module: String,
+    /// The only topics the handler may emit to; an output to any other topic
+    /// fails the message with `InvalidOutput`.
+    #[serde(default)]
+    pub output_topics: Vec<String>,
+    /// How long one handler call may take, in milliseconds, 1 to 300000.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// The handler's memory limit in MiB, 1 to `processing.max_memory_mb`.
+    #[serde(default = "default_memory_limit_mb")]
+    pub memory_limit_mb: u64,
+    /// Dead-letter topic for this route, overriding `kafka.dead_letter_topic`.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+    /// Retries for this route, overriding `kafka.max_retry_attempts`, 0 to 10.
+    #[serde(default)]
+    pub max_retry_attempts: Option<u32>,
+    /// Strings handed to the guest's `config(key)`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+fn default_bootstrap_servers() -> String {
+    // The event bus's KAFKA_BOOTSTRAP_SERVERS default.
+    "localhost:9092".to_owned()
+}
+fn default_environment() -> String {
+    // The event bus's KAFKA_ENVIRONMENT default.
+    "local".to_owned()
+}
+fn default_group() -> String {
+    // The event bus's KAFKA_GROUP default.
+    "default".to_owned()
+}
+fn default_timeout_seconds() -> u64 {
+    // The event bus's KAFKA_TIMEOUT_SECONDS default.
+    30
+}
+fn default_max_retry_attempts() -> u32 {
+    // The event bus's KAFKA_MAX_RETRY_ATTEMPTS default.
+    3
+}
+fn default_retry_backoff_base() -> f64 {
+    // The event bus's KAFKA_RETRY_BACKOFF_BASE default.
+    1.0
+}
+fn default_circuit_breaker_threshold() -> u32 {
+    // The event bus's KAFKA_CIRCUIT_BREAKER_THRESHOLD default.
+    5
+}
+fn default_circuit_breaker_reset_timeout() -> f64 {
+    // The event bus's KAFKA_CIRCUIT_BREAKER_RESET_TIMEOUT default.
+    30.0
+}
+fn default_consumer_sleep_interval() -> f64 {
+    // The event bus's KAFKA_CONSUMER_SLEEP_INTERVAL default.
+    0.1
+}
+fn default_true() -> bool {
+    // KAFKA_ENABLE_AUTO_COMMIT and KAFKA_ENABLE_IDEMPOTENCE default to true.
+    true
+}
+fn default_plugins_dir() -> PathBuf {
+    PathBuf::from("plugins")
+}
+fn default_concurrency() -> usize {
+    // One call per core keeps every core busy without oversubscribing.
+    std::thread::available_parallelism().map_or(2, usize::from)
+}
+fn default_partition_queue() -> usize {
+    // Enough to keep a handler busy between fetches, small enough to bound memory.
+    1000
+}
+fn default_batch_size() -> usize {
+    // Amortises the hand-off to a worker thread; see the README's figures.
+    64
+}
+fn default_drain_timeout_seconds() -> f64 {
+    // Well inside librdkafka's default 45 s session timeout.
+    10.0
+}
+fn default_commit_interval_seconds() -> f64 {
+    // librdkafka's default auto.commit.interval.ms.
+    5.0
+}
+fn default_max_memory_mb() -> u64 {
+    256
+}
+fn default_timeout_ms() -> u64 {
+    1000
+}
+fn default_memory_limit_mb() -> u64 {
+    64
+}
+
+fn deserialize_isolation<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Isolation, D::Error> {
+    let name = String::deserialize(d)?;
+    match name.as_str() {
+        "fresh" => Ok(Isolation::Fresh),
+        "reused" => Ok(Isolation::Reused),
+        other => Err(serde::de::Error::invalid_value(
+            serde::de::Unexpected::Str(other),
+            &"\"reused\" or \"fresh\"",
+        )),
+    }
+}
+
+impl Config {
+    /// Reads, overrides from the environment and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with(path, &|var| std::env::var(var).ok())
+    }
+
+    /// Like [`Config::load`], with `env` answering the `KAFKA_*` lookups.
+    pub fn load_with(
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let base_dir = path.parent().map(Path::to_owned).unwrap_or_default();
+        Self::parse(&text, &base_dir, env)
+    }
+
+    /// Parses and validates config text; `env` answers `KAFKA_*` lookups and
+    /// `base_dir` anchors relative paths.
+    pub fn parse(
+        text: &str,
+        base_dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string().trim().to_owned()))?;
+        env::apply_overrides(&mut table, env)?;
+        let mut config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string().trim().to_owned()))?;
+        config.base_dir = base_dir.to_owned();
+        validate::validate(&config)?;
+        Ok(config)
+    }
+
+    /// The plugins directory, resolved against the config file's directory.
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.base_dir.join(&self.plugins.dir)
+    }
+
+    /// The consumer group id: `{environment}.{group}`.
+    pub fn group_id(&self) -> String {
+        format!("{}.{}", self.kafka.environment, self.kafka.group)
+    }
+
+    /// Whether the in-process development broker is asked for.
+    pub fn is_embedded(&self) -> bool {
+        self.kafka.bootstrap_servers == EMBEDDED_BROKER
+    }
+}
+
+impl KafkaConfig {
+    /// The broker operation timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_seconds)
+    }
+
+    /// The base of the retry backoff.
+    pub fn retry_backoff_base(&self) -> Duration {
+        Duration::from_secs_f64(self.retry_backoff_base)
+    }
+
+    /// How long an open circuit waits before a probe.
+    pub fn circuit_breaker_reset_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.circuit_breaker_reset_timeout)
+    }
+
+    /// The longest wait for new messages in one fetch.
+    pub fn consumer_sleep_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.consumer_sleep_interval)
+    }
+}
+
+impl ProcessingConfig {
+    /// How long in-flight messages may take to finish on shutdown.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.drain_timeout_seconds)
+    }
+
+    /// How often stored offsets are committed.
+    pub fn commit_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.commit_interval_seconds)
+    }
+}
+
+impl RouteConfig {
+    /// How long one handler call may take.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// The handler's memory limit in bytes.
+    pub fn memory_limit_bytes(&self) -> usize {
+        usize::try_from(self.memory_limit_mb << 20).unwrap_or(usize::MAX)
+    }
+
+    /// The dead-letter topic for this route, if any.
+    pub fn dead_letter_topic<'a>(&'a self, kafka: &'a KafkaConfig) -> Option<&'a str> {
+        self.dead_letter_topic
+            .as_deref()
+            .or(kafka.dead_letter_topic.as_deref())
+    }
+
+    /// How many retries this route allows.
+    pub fn max_retry_attempts(&self, kafka: &KafkaConfig) -> u32 {
+        self.max_retry_attempts.unwrap_or(kafka.max_retry_attempts)
+    }
+}

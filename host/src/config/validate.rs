@@ -1,0 +1,196 @@
+//! Range and cross-field checks, each error quoting the field, the value and
+//! what is allowed.
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::ops::RangeInclusive;
+
+use super::{Acks, Config, ConfigError};
+
+/// librdkafka properties Sluice sets itself; overriding them would break
+/// at-least-once delivery or the group id contract.
+const MANAGED_PROPERTIES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "set kafka.bootstrap_servers"),
+    ("group.id", "set kafka.environment and kafka.group"),
+    ("enable.auto.offset.store", "Sluice stores offsets only after outputs are acknowledged"),
+    ("enable.auto.commit", "set kafka.enable_auto_commit"),
+    ("auto.offset.reset", "set kafka.auto_offset_reset"),
+    ("acks", "set kafka.acks"),
+    ("enable.idempotence", "set kafka.enable_idempotence"),
+];
+
+fn invalid(field: impl Into<String>, value: impl Display, allowed: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        value: value.to_string(),
+        allowed: allowed.into(),
+    }
+}
+
+fn in_range<T: PartialOrd + Display>(
+    field: &str,
+    value: T,
+    range: RangeInclusive<T>,
+) -> Result<(), ConfigError> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(invalid(
+        field,
+        &value,
+        format!("from {} to {}", range.start(), range.end()),
+    ))
+}
+
+/// Kafka's rule for topic names.
+fn check_topic(field: &str, topic: &str) -> Result<(), ConfigError> {
+    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if topic.is_empty() || topic.len() > 249 || !topic.chars().all(legal) || topic == "." || topic == ".." {
+        return Err(invalid(
+            field,
+            format!("{topic:?}"),
+            "a Kafka topic name: 1 to 249 characters from a-z A-Z 0-9 . _ -",
+        ));
+    }
+    Ok(())
+}
+
+fn check_text(field: &str, value: &str) -> Result<(), ConfigError> {
+    if value.trim().is_empty() {
+        return Err(invalid(field, format!("{value:?}"), "a non-empty string"));
+    }
+    Ok(())
+}
+
+pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
+    let k = &config.kafka;
+    check_text("kafka.bootstrap_servers", &k.bootstrap_servers)?;
+    check_text("kafka.environment", &k.environment)?;
+    check_text("kafka.group", &k.group)?;
+    in_range("kafka.timeout_seconds", k.timeout_seconds, 1..=300)?;
+    in_range("kafka.max_retry_attempts", k.max_retry_attempts, 0..=10)?;
+    in_range("kafka.retry_backoff_base", k.retry_backoff_base, 0.1..=60.0)?;
+    in_range("kafka.circuit_breaker_threshold", k.circuit_breaker_threshold, 1..=100)?;
+    in_range("kafka.circuit_breaker_reset_timeout", k.circuit_breaker_reset_timeout, 1.0..=3600.0)?;
+    in_range("kafka.consumer_sleep_interval", k.consumer_sleep_interval, 0.01..=10.0)?;
+    if let Some(topic) = &k.dead_letter_topic {
+        check_topic("kafka.dead_letter_topic", topic)?;
+    }
+    if k.enable_idempotence && k.acks != Acks::All {
+        return Err(invalid(
+            "kafka.acks",
+            format!("{:?}", k.acks.as_str()),
+            "\"all\" while kafka.enable_idempotence = true (an idempotent producer needs every \
+             in-sync replica to acknowledge); set acks = \"all\" or enable_idempotence = false",
+        ));
+    }
+    for (key, value) in &k.librdkafka {
+        if let Some((_, instead)) = MANAGED_PROPERTIES.iter().find(|(p, _)| p == key) {
+            return Err(invalid(
+                format!("kafka.librdkafka.{key:?}"),
+                value,
+                format!("nothing: Sluice manages this property ({instead})"),
+            ));
+        }
+        if matches!(value, toml::Value::Table(_) | toml::Value::Array(_)) {
+            return Err(invalid(
+                format!("kafka.librdkafka.{key:?}"),
+                value,
+                "a string, number or boolean",
+            ));
+        }
+    }
+
+    let p = &config.processing;
+    in_range("processing.concurrency", p.concurrency, 1..=1024)?;
+    in_range("processing.partition_queue", p.partition_queue, 1..=100_000)?;
+    in_range("processing.batch_size", p.batch_size, 1..=10_000)?;
+    in_range("processing.commit_interval_seconds", p.commit_interval_seconds, 0.1..=3600.0)?;
+    in_range("processing.max_memory_mb", p.max_memory_mb, 1..=4096)?;
+    let session_timeout = session_timeout_seconds(&k.librdkafka);
+    if !(0.0..session_timeout).contains(&p.drain_timeout_seconds) {
+        return Err(invalid(
+            "processing.drain_timeout_seconds",
+            p.drain_timeout_seconds,
+            format!(
+                "from 0 to less than the consumer session timeout ({session_timeout} s), so \
+                 the group does not evict this member while it drains"
+            ),
+        ));
+    }
+
+    if config.routes.is_empty() {
+        return Err(invalid(
+            "routes",
+            "[]",
+            "at least one [[routes]] table with a topic and a module",
+        ));
+    }
+    let plugins_dir = config.plugins_dir();
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, route) in config.routes.iter().enumerate() {
+        let at = |field: &str| format!("routes[{i}].{field}");
+        check_topic(&at("topic"), &route.topic)?;
+        if let Some(first) = seen.insert(&route.topic, i) {
+            return Err(invalid(
+                at("topic"),
+                format!("{:?}", route.topic),
+                format!("a topic not routed already: routes[{first}] handles it; a topic appears in one route only"),
+            ));
+        }
+        let module_ok = !route.module.is_empty()
+            && route
+                .module
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && !route.module.starts_with('.');
+        if !module_ok {
+            return Err(invalid(
+                at("module"),
+                format!("{:?}", route.module),
+                "a module name (the file stem of a .wasm file in the plugins directory): letters, digits, - _ .",
+            ));
+        }
+        let file = plugins_dir.join(format!("{}.wasm", route.module));
+        if !file.is_file() {
+            return Err(invalid(
+                at("module"),
+                format!("{:?}", route.module),
+                format!(
+                    "a module present in the plugins directory, but {} does not exist; build it \
+                     (scripts/build-examples for the examples) or fix plugins.dir",
+                    file.display()
+                ),
+            ));
+        }
+        for (j, topic) in route.output_topics.iter().enumerate() {
+            check_topic(&at(&format!("output_topics[{j}]")), topic)?;
+            if *topic == route.topic {
+                return Err(invalid(
+                    at(&format!("output_topics[{j}]")),
+                    format!("{topic:?}"),
+                    "a topic other than the route's own input topic (that would loop forever)",
+                ));
+            }
+        }
+        in_range(&at("timeout_ms"), route.timeout_ms, 1..=300_000)?;
+        in_range(&at("memory_limit_mb"), route.memory_limit_mb, 1..=p.max_memory_mb)?;
+        if let Some(topic) = &route.dead_letter_topic {
+            check_topic(&at("dead_letter_topic"), topic)?;
+        }
+        if let Some(retries) = route.max_retry_attempts {
+            in_range(&at("max_retry_attempts"), retries, 0..=10)?;
+        }
+    }
+    Ok(())
+}
+
+/// librdkafka's `session.timeout.ms` in seconds (45 s unless overridden).
+fn session_timeout_seconds(properties: &BTreeMap<String, toml::Value>) -> f64 {
+    let millis = match properties.get("session.timeout.ms") {
+        Some(toml::Value::Integer(ms)) => *ms as f64,
+        Some(toml::Value::String(ms)) => ms.parse().unwrap_or(45_000.0),
+        _ => 45_000.0,
+    };
+    millis / 1000.0
+}

@@ -1,0 +1,78 @@
+//! Kafka clients: the consumer and producer settings derived from the
+//! configuration, and the embedded development broker.
+//!
+//! Owns librdkafka configuration only; what is consumed and produced, and
+//! when offsets are stored, belongs to the pipeline.
+
+mod embedded;
+
+use rdkafka::ClientConfig;
+
+use crate::config::{Config, OffsetReset};
+
+pub use embedded::EmbeddedBroker;
+
+/// Properties both clients share: the brokers and the pass-through table.
+fn common(config: &Config, bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap);
+    c.set("client.id", format!("sluice-{}", config.group_id()));
+    for (key, value) in &config.kafka.librdkafka {
+        let value = match value {
+            toml::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        c.set(key, value);
+    }
+    c
+}
+
+/// The consumer: offsets are stored by Sluice only once a message's outputs
+/// and dead-letter records are acknowledged, never by librdkafka on delivery.
+pub fn consumer_config(config: &Config, bootstrap: &str) -> ClientConfig {
+    let k = &config.kafka;
+    let mut c = common(config, bootstrap);
+    c.set("group.id", config.group_id());
+    c.set("enable.auto.offset.store", "false");
+    c.set("enable.auto.commit", k.enable_auto_commit.to_string());
+    let interval_ms = (config.processing.commit_interval_seconds * 1000.0).round() as u64;
+    c.set_default("auto.commit.interval.ms", interval_ms.max(1).to_string());
+    c.set(
+        "auto.offset.reset",
+        match k.auto_offset_reset {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+        },
+    );
+    let fetch_wait_ms = (k.consumer_sleep_interval * 1000.0).round() as u64;
+    c.set_default("fetch.wait.max.ms", fetch_wait_ms.max(1).to_string());
+    // Topics that do not exist yet are reported, not fatal: they may be created later.
+    c.set_default("allow.auto.create.topics", "false");
+    c
+}
+
+/// The producer for outputs and dead-letter records.
+pub fn producer_config(config: &Config, bootstrap: &str) -> ClientConfig {
+    let k = &config.kafka;
+    let mut c = common(config, bootstrap);
+    c.set("acks", k.acks.as_str());
+    c.set("enable.idempotence", k.enable_idempotence.to_string());
+    // A record not acknowledged within the operation timeout has failed.
+    c.set_default("message.timeout.ms", (k.timeout_seconds * 1000).to_string());
+    c.set_default("linger.ms", "5");
+    c
+}
+
+trait SetDefault {
+    fn set_default(&mut self, key: &str, value: impl Into<String>) -> &mut Self;
+}
+
+impl SetDefault for ClientConfig {
+    /// Sets `key` unless the pass-through table already did.
+    fn set_default(&mut self, key: &str, value: impl Into<String>) -> &mut Self {
+        if self.get(key).is_none() {
+            self.set(key, value);
+        }
+        self
+    }
+}

@@ -1,0 +1,29 @@
+//! Sluice: a Kafka consumer daemon that hands every message to a sandboxed
+//! WebAssembly handler.
+//!
+//! # Layout
+//!
+//! A message's life, module by module:
+//!
+//! 1. [`wasm`] loads each plugin file once: it checks that the component
+//!    targets the `sluice:handler/plugin` world at a compatible version,
+//!    compiles it and keeps it ready to instantiate. For every message, an
+//!    [`wasm::Invoker`] calls the handler's `handle` under a deadline, a
+//!    memory limit and a stack limit, and returns a typed [`wasm::Outcome`]:
+//!    the outputs, or a [`wasm::Failure`] saying exactly what went wrong.
+//! 2. [`cli`] is the command line: `sluice check` loads a plugin, describes it
+//!    and optionally invokes it once.
+//! 3. [`telemetry`] sets up logging.
+//!
+//! The WIT contract in `wit/` is the one source of truth for the types that
+//! cross the sandbox boundary; both this crate and the guest SDK generate
+//! their bindings from it.
+
+pub mod cli;
+pub mod config;
+pub mod kafka;
+pub mod pipeline;
+pub mod telemetry;
+pub mod wasm;
+
+pub use pipeline::run;

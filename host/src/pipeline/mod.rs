@@ -1,0 +1,424 @@
+//! The consume-handle-produce loop: one consumer for every routed topic, a
+//! worker per assigned partition, at-least-once offset storage, dead-letter
+//! routing and a draining shutdown.
+//!
+//! Owns the Kafka clients' use and the scheduling of handler calls; it does
+//! not parse configuration (see [`crate::config`]) nor touch wasmtime directly
+//! (see [`crate::wasm`]).
+
+pub mod dlq;
+mod partition;
+mod route;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Headers as _};
+use rdkafka::producer::{FutureProducer, Producer as _};
+use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::kafka;
+use crate::wasm::{Header, Message, Plugin, Runtime, RuntimeConfig};
+
+pub use partition::CORRELATION_HEADER;
+use partition::{Gate, TopicPartition};
+use route::Route;
+
+/// What the daemon reports about itself.
+#[derive(Default)]
+pub struct Status {
+    /// Partitions stopped on a failing message, with the reason.
+    pub stopped: Mutex<BTreeMap<TopicPartition, String>>,
+}
+
+/// State shared by the main loop and every partition worker.
+pub(crate) struct Shared {
+    producer: FutureProducer,
+    consumer: Arc<StreamConsumer<RebalanceContext>>,
+    /// Bounds how many handler calls run at once.
+    slots: Semaphore,
+    batch_size: usize,
+    status: Arc<Status>,
+}
+
+/// Receives rebalance callbacks on the polling thread.
+struct RebalanceContext {
+    /// Gates of the partitions with a live worker.
+    gates: Mutex<HashMap<TopicPartition, Arc<Gate>>>,
+    /// Partitions revoked since the main loop last looked.
+    revoked: Mutex<Vec<TopicPartition>>,
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(list) => {
+                let mut gates = self.gates.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut revoked = self.revoked.lock().unwrap_or_else(PoisonError::into_inner);
+                for e in list.elements() {
+                    let tp = (e.topic().to_owned(), e.partition());
+                    if let Some(gate) = gates.remove(&tp) {
+                        gate.revoke();
+                    }
+                    revoked.push(tp);
+                }
+                drop((gates, revoked));
+                // Commit what was stored before the partitions go elsewhere.
+                commit(consumer, CommitMode::Sync);
+                tracing::info!(partitions = list.count(), "partitions revoked");
+            }
+            Rebalance::Assign(list) => {
+                tracing::info!(partitions = list.count(), "partitions assigned");
+            }
+            Rebalance::Error(e) => tracing::warn!("rebalance error: {e}"),
+        }
+    }
+}
+
+/// Commits stored offsets; having nothing new to commit is not an error.
+fn commit<C: rdkafka::consumer::Consumer<X>, X: ConsumerContext>(consumer: &C, mode: CommitMode) {
+    match consumer.commit_consumer_state(mode) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(e) => tracing::warn!("offset commit failed: {e}"),
+    }
+}
+
+/// The main loop's view of one partition.
+struct PartitionHandle {
+    tx: mpsc::Sender<Message>,
+    /// Messages received while the queue was full, in order.
+    overflow: VecDeque<Message>,
+    gate: Arc<Gate>,
+}
+
+/// Loads the module of every route, refusing to start when one is invalid.
+fn load_routes(config: &Config, runtime: &Runtime) -> anyhow::Result<Vec<Arc<Route>>> {
+    let dir = config.plugins_dir();
+    let mut plugins: HashMap<&str, Arc<Plugin>> = HashMap::new();
+    let mut routes = Vec::new();
+    for route in &config.routes {
+        let plugin = match plugins.get(route.module.as_str()) {
+            Some(p) => p.clone(),
+            None => {
+                let p = Arc::new(runtime.load_file(&dir.join(format!("{}.wasm", route.module)))?);
+                tracing::info!(
+                    module = p.name(), module_hash = p.short_hash(), size = p.size(),
+                    "module loaded"
+                );
+                plugins.insert(&route.module, p.clone());
+                p
+            }
+        };
+        routes.push(Arc::new(Route::new(config, route, plugin, runtime.clone())));
+    }
+    Ok(routes)
+}
+
+/// Every topic the configuration names: inputs, outputs and dead letters.
+pub fn all_topics(config: &Config) -> Vec<String> {
+    let mut topics: Vec<String> = config
+        .routes
+        .iter()
+        .flat_map(|r| {
+            std::iter::once(r.topic.clone())
+                .chain(r.output_topics.iter().cloned())
+                .chain(r.dead_letter_topic(&config.kafka).map(str::to_owned))
+        })
+        .collect();
+    topics.sort();
+    topics.dedup();
+    topics
+}
+
+/// Runs the daemon until `shutdown` completes, then drains and commits.
+///
+/// With `bootstrap_servers = "embedded"` it starts the in-memory development
+/// broker first and logs its address.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let embedded = if config.is_embedded() {
+        let broker = kafka::EmbeddedBroker::start(&all_topics(&config))?;
+        tracing::warn!(
+            bootstrap_servers = broker.bootstrap_servers(),
+            "embedded development broker started: in memory, keeps only a recent tail of each \
+             partition, for development only"
+        );
+        Some(broker)
+    } else {
+        None
+    };
+    let bootstrap = embedded
+        .as_ref()
+        .map_or(config.kafka.bootstrap_servers.clone(), |b| b.bootstrap_servers().to_owned());
+    run_with_bootstrap(config, &bootstrap, shutdown).await
+}
+
+/// Runs the daemon against the given brokers until `shutdown` completes.
+pub async fn run_with_bootstrap(
+    config: Config,
+    bootstrap: &str,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let p = &config.processing;
+    let concurrency = p.concurrency;
+    let runtime_config = RuntimeConfig {
+        max_instances: u32::try_from((config.routes.len() + 1) * concurrency + 8).unwrap_or(u32::MAX),
+        max_memory_bytes: usize::try_from(p.max_memory_mb << 20).unwrap_or(usize::MAX),
+        ..RuntimeConfig::default()
+    };
+    // Compiling modules is CPU-heavy: keep it off the async threads.
+    let (runtime, routes) = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let runtime = Runtime::new(runtime_config)?;
+            let routes = load_routes(&config, &runtime)?;
+            Ok((runtime, routes))
+        })
+        .await??
+    };
+    drop(runtime);
+    let by_topic: HashMap<String, Arc<Route>> =
+        routes.iter().map(|r| (r.config.topic.clone(), r.clone())).collect();
+
+    let producer: FutureProducer = kafka::producer_config(&config, bootstrap)
+        .create()
+        .context("creating the Kafka producer")?;
+    let context = RebalanceContext {
+        gates: Mutex::new(HashMap::new()),
+        revoked: Mutex::new(Vec::new()),
+    };
+    let consumer: Arc<StreamConsumer<RebalanceContext>> = Arc::new(
+        kafka::consumer_config(&config, bootstrap)
+            .create_with_context(context)
+            .context("creating the Kafka consumer")?,
+    );
+    let topics: Vec<&str> = by_topic.keys().map(String::as_str).collect();
+    consumer.subscribe(&topics).context("subscribing to the routed topics")?;
+    tracing::info!(
+        group = %config.group_id(), bootstrap_servers = bootstrap, topics = ?topics,
+        "consuming"
+    );
+
+    let shared = Arc::new(Shared {
+        producer,
+        consumer: consumer.clone(),
+        slots: Semaphore::new(concurrency),
+        batch_size: p.batch_size,
+        status: Arc::new(Status::default()),
+    });
+    let stop_all = CancellationToken::new();
+    let (room_tx, mut room_rx) = mpsc::unbounded_channel::<TopicPartition>();
+    let mut partitions: HashMap<TopicPartition, PartitionHandle> = HashMap::new();
+    let mut workers = tokio::task::JoinSet::new();
+    let mut commit_timer = tokio::time::interval(p.commit_interval());
+    commit_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let manual_commit = !config.kafka.enable_auto_commit;
+    let mut errors = ErrorLog::default();
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            Some(tp) = room_rx.recv() => {
+                if let Some(handle) = partitions.get_mut(&tp) {
+                    refill(&consumer, &tp, handle);
+                }
+            }
+            received = consumer.recv() => {
+                drop_revoked(&consumer, &mut partitions);
+                let m = match received {
+                    Ok(m) => m,
+                    Err(e) => {
+                        errors.report(&e);
+                        continue;
+                    }
+                };
+                let Some(route) = by_topic.get(m.topic()) else { continue };
+                let tp = (m.topic().to_owned(), m.partition());
+                let handle = partitions.entry(tp.clone()).or_insert_with(|| {
+                    let (tx, rx) = mpsc::channel(p.partition_queue);
+                    let gate = Arc::new(Gate::new(stop_all.child_token()));
+                    consumer.context().gates.lock().unwrap_or_else(PoisonError::into_inner)
+                        .insert(tp.clone(), gate.clone());
+                    workers.spawn(partition::run_worker(
+                        tp.clone(), route.clone(), shared.clone(), gate.clone(), rx, room_tx.clone(),
+                    ));
+                    PartitionHandle { tx, overflow: VecDeque::new(), gate }
+                });
+                let message = to_message(&m);
+                drop(m);
+                dispatch(&consumer, &tp, handle, message);
+            }
+            _ = commit_timer.tick(), if manual_commit => commit(consumer.as_ref(), CommitMode::Async),
+            Some(_) = workers.join_next(), if !workers.is_empty() => {}
+        }
+    }
+
+    // Drain: stop fetching, let handled messages' records be acknowledged and
+    // stored, then commit and flush.
+    tracing::info!(drain_timeout_s = p.drain_timeout_seconds, "shutting down: draining in-flight messages");
+    stop_all.cancel();
+    partitions.clear();
+    let drained = tokio::time::timeout(p.drain_timeout(), async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("drain timeout reached: unfinished messages will be delivered again");
+        workers.abort_all();
+    }
+    commit(consumer.as_ref(), CommitMode::Sync);
+    if let Err(e) = shared.producer.flush(config.kafka.timeout()) {
+        tracing::warn!("producer flush incomplete: {e}");
+    }
+    consumer.unsubscribe();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Hands a message to its partition's worker, or keeps it in order in the
+/// overflow and pauses the partition when the worker's queue is full.
+fn dispatch(
+    consumer: &StreamConsumer<RebalanceContext>,
+    tp: &TopicPartition,
+    handle: &mut PartitionHandle,
+    message: Message,
+) {
+    if !handle.overflow.is_empty() {
+        handle.overflow.push_back(message);
+        return;
+    }
+    match handle.tx.try_send(message) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(message)) => {
+            handle.overflow.push_back(message);
+            handle.gate.paused.store(true, Ordering::Relaxed);
+            set_paused(consumer, tp, true);
+        }
+        // The worker stopped (revoked, or stopped on a failed message): the
+        // message is not stored and will be delivered again.
+        Err(mpsc::error::TrySendError::Closed(_)) => {}
+    }
+}
+
+/// Moves overflow into the worker's queue as room appears; resumes the
+/// partition once the overflow is empty.
+fn refill(consumer: &StreamConsumer<RebalanceContext>, tp: &TopicPartition, handle: &mut PartitionHandle) {
+    while let Some(message) = handle.overflow.pop_front() {
+        match handle.tx.try_send(message) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(message)) => {
+                handle.overflow.push_front(message);
+                return;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                handle.overflow.clear();
+                return;
+            }
+        }
+    }
+    if handle.gate.paused.swap(false, Ordering::Relaxed) {
+        set_paused(consumer, tp, false);
+    }
+}
+
+fn set_paused(consumer: &StreamConsumer<RebalanceContext>, tp: &TopicPartition, paused: bool) {
+    let mut list = TopicPartitionList::new();
+    list.add_partition(&tp.0, tp.1);
+    let result = if paused { consumer.pause(&list) } else { consumer.resume(&list) };
+    if let Err(e) = result {
+        tracing::warn!(topic = %tp.0, partition = tp.1, paused, "cannot change pause state: {e}");
+    }
+}
+
+/// Forgets partitions the rebalance callback revoked.
+fn drop_revoked(
+    consumer: &StreamConsumer<RebalanceContext>,
+    partitions: &mut HashMap<TopicPartition, PartitionHandle>,
+) {
+    let mut revoked = consumer.context().revoked.lock().unwrap_or_else(PoisonError::into_inner);
+    for tp in revoked.drain(..) {
+        partitions.remove(&tp);
+    }
+}
+
+/// Copies a consumed message into the handler's message type.
+fn to_message(m: &BorrowedMessage<'_>) -> Message {
+    let headers = m.headers().map_or_else(Vec::new, |hs| {
+        hs.iter()
+            .map(|h| Header {
+                key: h.key.to_owned(),
+                value: h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+            })
+            .collect()
+    });
+    Message {
+        topic: m.topic().to_owned(),
+        partition: m.partition(),
+        offset: m.offset(),
+        timestamp: m.timestamp().to_millis(),
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+        headers,
+        attempt: 1,
+    }
+}
+
+/// Logs consumer errors without flooding: each distinct error at most once
+/// every 30 seconds, with a count of the repeats.
+#[derive(Default)]
+struct ErrorLog {
+    last: HashMap<String, (std::time::Instant, u64)>,
+}
+
+impl ErrorLog {
+    fn report(&mut self, error: &KafkaError) {
+        let text = error.to_string();
+        let now = std::time::Instant::now();
+        let entry = self.last.entry(text.clone()).or_insert((now - Duration::from_secs(3600), 0));
+        entry.1 += 1;
+        if now.duration_since(entry.0) >= Duration::from_secs(30) {
+            tracing::warn!(repeats = entry.1, "Kafka consumer: {text}");
+            *entry = (now, 0);
+        }
+    }
+}
+
+/// The committed offset of each partition of `topic` for `group`, for tests
+/// and tools.
+pub fn committed_offsets(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+    timeout: Duration,
+) -> KafkaResult<Vec<Option<i64>>> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()?;
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(list, timeout)?;
+    Ok((0..partitions)
+        .map(|p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => Some(o),
+            _ => None,
+        })
+        .collect())
+}

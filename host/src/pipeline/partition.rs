@@ -1,0 +1,433 @@
+//! One assigned partition: a worker that hands its messages, in order, to
+//! the route's handler, produces the outputs or dead-letter records, and an
+//! acknowledger that stores each offset once everything produced for it (and
+//! for every message before it) is acknowledged by the broker.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use rdkafka::consumer::Consumer as _;
+use rdkafka::message::{Header as KafkaHeader, Headers as _, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{DeliveryFuture, FutureRecord};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::Message as _;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use super::dlq::{DeadLetter, ErrorType};
+use super::route::Route;
+use crate::wasm::{Failure, Header, Message, Outcome, Output};
+
+/// The header that carries a message's correlation id.
+pub const CORRELATION_HEADER: &str = "correlation_id";
+
+/// Handled messages whose records await acknowledgement, per partition. It
+/// bounds how far production may run ahead of the broker.
+const ACK_QUEUE: usize = 4096;
+
+/// A topic and partition.
+pub type TopicPartition = (String, i32);
+
+/// Decides, under one lock, whether a partition's offsets may still be
+/// stored: once it is revoked nothing more is stored for it.
+pub struct Gate {
+    revoked: Mutex<bool>,
+    /// Cancelled on revocation and on shutdown: the worker stops taking
+    /// messages.
+    pub cancel: CancellationToken,
+    /// Set by the main loop while the partition is paused for a full queue.
+    pub paused: AtomicBool,
+}
+
+impl Gate {
+    pub fn new(cancel: CancellationToken) -> Gate {
+        Gate {
+            revoked: Mutex::new(false),
+            cancel,
+            paused: AtomicBool::new(false),
+        }
+    }
+
+    /// Marks the partition revoked: results finishing later are discarded.
+    pub fn revoke(&self) {
+        *self.revoked.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.cancel.cancel();
+    }
+
+    /// Stores `offset` as processed unless the partition was revoked.
+    fn store(&self, shared: &Shared, tp: &TopicPartition, offset: i64) {
+        let revoked = self.revoked.lock().unwrap_or_else(PoisonError::into_inner);
+        if *revoked {
+            return;
+        }
+        if let Err(e) = shared.consumer.store_offset(&tp.0, tp.1, offset) {
+            // After a rebalance librdkafka refuses offsets of partitions no
+            // longer assigned; the message will be handled by the new owner.
+            tracing::debug!(topic = %tp.0, partition = tp.1, offset, "offset not stored: {e}");
+        }
+    }
+}
+
+/// What the worker hands the acknowledger for one message.
+struct Pending {
+    offset: i64,
+    deliveries: Vec<DeliveryFuture>,
+}
+
+/// What to do with a message after a call.
+enum Next {
+    Produce(Vec<Output>),
+    Retry(Failure),
+    DeadLetter {
+        error_type: ErrorType,
+        reason: String,
+    },
+}
+
+fn decide(route: &Route, attempt: u32, outcome: Outcome) -> Next {
+    match outcome {
+        Ok(outputs) => match outputs.iter().find(|o| !route.output_topics.contains(&o.topic)) {
+            Some(bad) => {
+                let mut allowed: Vec<&str> = route.output_topics.iter().map(String::as_str).collect();
+                allowed.sort_unstable();
+                Next::DeadLetter {
+                    error_type: ErrorType::InvalidOutput,
+                    reason: format!(
+                        "handler emitted to topic {:?}, which is not in the route's output_topics {allowed:?}",
+                        bad.topic
+                    ),
+                }
+            }
+            None => Next::Produce(outputs),
+        },
+        Err(failure) if failure.is_retryable() && attempt <= route.max_retry_attempts => {
+            Next::Retry(failure)
+        }
+        Err(failure) => Next::DeadLetter {
+            error_type: ErrorType::of(&failure),
+            reason: failure.to_string(),
+        },
+    }
+}
+
+/// Calls the handler for queued messages in order, on a blocking thread,
+/// stopping after the first one that must be retried (so nothing behind it
+/// is handled first) or when cancelled.
+async fn invoke_batch(
+    route: &Arc<Route>,
+    shared: &Shared,
+    mut queue: VecDeque<Message>,
+    cancel: &CancellationToken,
+) -> (Vec<(Message, Next)>, VecDeque<Message>) {
+    let Ok(_permit) = shared.slots.acquire().await else {
+        return (Vec::new(), queue);
+    };
+    let route = route.clone();
+    let cancel = cancel.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        let mut invoker = route.take_invoker();
+        let mut done = Vec::with_capacity(queue.len());
+        while let Some(message) = queue.pop_front() {
+            if cancel.is_cancelled() {
+                queue.push_front(message);
+                break;
+            }
+            let outcome = invoker.invoke(&message, &route.invocation);
+            let next = decide(&route, message.attempt, outcome);
+            let retry = matches!(next, Next::Retry(_));
+            done.push((message, next));
+            if retry {
+                break;
+            }
+        }
+        route.put_invoker(invoker);
+        (done, queue)
+    });
+    match task.await {
+        Ok(result) => result,
+        Err(e) => {
+            // The runtime is shutting down; nothing handled is lost because
+            // nothing was stored.
+            tracing::error!("handler thread failed: {e}");
+            (Vec::new(), VecDeque::new())
+        }
+    }
+}
+
+/// The partition worker. Returns when the queue closes, or the partition is
+/// revoked or the daemon shuts down.
+pub async fn run_worker(
+    tp: TopicPartition,
+    route: Arc<Route>,
+    shared: Arc<Shared>,
+    gate: Arc<Gate>,
+    mut rx: mpsc::Receiver<Message>,
+    room: mpsc::UnboundedSender<TopicPartition>,
+) {
+    let (ack_tx, ack_rx) = mpsc::channel(ACK_QUEUE);
+    let acker = tokio::spawn(run_acker(tp.clone(), shared.clone(), gate.clone(), ack_rx));
+    let mut batch = Vec::with_capacity(shared.batch_size);
+    'messages: loop {
+        batch.clear();
+        let received = tokio::select! {
+            n = rx.recv_many(&mut batch, shared.batch_size) => n,
+            () = gate.cancel.cancelled() => 0,
+        };
+        if received == 0 {
+            break;
+        }
+        if gate.paused.load(Ordering::Relaxed) {
+            let _ = room.send(tp.clone());
+        }
+        let mut queue: VecDeque<Message> = batch.drain(..).collect();
+        while !queue.is_empty() {
+            let (done, rest) = invoke_batch(&route, &shared, queue, &gate.cancel).await;
+            queue = rest;
+            if done.is_empty() {
+                break 'messages;
+            }
+            for (mut message, next) in done {
+                match next {
+                    Next::Produce(outputs) => {
+                        let correlation = correlation_id(&message);
+                        let Some(deliveries) = produce_all(&shared, outputs, &correlation, &gate.cancel).await else {
+                            break 'messages;
+                        };
+                        if ack_tx.send(Pending { offset: message.offset, deliveries }).await.is_err() {
+                            break 'messages;
+                        }
+                    }
+                    Next::Retry(failure) => {
+                        let delay = route.backoff(message.attempt);
+                        tracing::info!(
+                            topic = %tp.0, partition = tp.1, offset = message.offset,
+                            module = route.plugin.name(), attempt = message.attempt,
+                            delay_ms = delay.as_millis() as u64,
+                            "retrying after {failure}"
+                        );
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            // A retry cut short is not exhausted: the message is
+                            // not stored and will be delivered again.
+                            () = gate.cancel.cancelled() => break 'messages,
+                        }
+                        message.attempt += 1;
+                        queue.push_front(message);
+                    }
+                    Next::DeadLetter { error_type, reason } => {
+                        let Some(dlq) = route.dead_letter_topic.as_deref() else {
+                            stop_partition(&tp, &route, &shared, &message, error_type, &reason, &gate).await;
+                            break 'messages;
+                        };
+                        let correlation = correlation_id(&message);
+                        let letter = DeadLetter {
+                            message: &message,
+                            error_type,
+                            reason,
+                            correlation_id: &correlation,
+                            retry_count: message.attempt - 1,
+                            module: route.plugin.name(),
+                            module_hash: route.plugin.hash(),
+                            failed_at: SystemTime::now(),
+                        };
+                        tracing::warn!(
+                            topic = %tp.0, partition = tp.1, offset = message.offset,
+                            module = route.plugin.name(), module_hash = route.plugin.short_hash(),
+                            correlation_id = %correlation, error_type = error_type.as_str(),
+                            dead_letter_topic = dlq,
+                            "dead-lettering message: {}", letter.reason
+                        );
+                        let record = Output {
+                            topic: dlq.to_owned(),
+                            key: message.key.clone(),
+                            value: serde_json::to_vec(&letter.envelope()).ok(),
+                            headers: letter.headers(),
+                        };
+                        let Some(deliveries) = produce_all(&shared, vec![record], &correlation, &gate.cancel).await else {
+                            break 'messages;
+                        };
+                        if ack_tx.send(Pending { offset: message.offset, deliveries }).await.is_err() {
+                            break 'messages;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    drop(ack_tx);
+    let _ = acker.await;
+}
+
+/// Without a dead-letter topic a failed message is never skipped: the
+/// partition stops on it until it is revoked or the daemon stops.
+async fn stop_partition(
+    tp: &TopicPartition,
+    route: &Route,
+    shared: &Shared,
+    message: &Message,
+    error_type: ErrorType,
+    reason: &str,
+    gate: &Gate,
+) {
+    tracing::error!(
+        topic = %tp.0, partition = tp.1, offset = message.offset,
+        module = route.plugin.name(), module_hash = route.plugin.short_hash(),
+        error_type = error_type.as_str(),
+        "partition stopped: the message failed and no dead_letter_topic is configured; \
+         nothing after it is committed until it is handled: {reason}"
+    );
+    shared.status.stopped.lock().unwrap_or_else(PoisonError::into_inner).insert(
+        tp.clone(),
+        format!("offset {}: {}: {reason}", message.offset, error_type.as_str()),
+    );
+    gate.cancel.cancelled().await;
+    shared.status.stopped.lock().unwrap_or_else(PoisonError::into_inner).remove(tp);
+}
+
+/// The message's correlation id: its `correlation_id` header, or a new UUID.
+fn correlation_id(message: &Message) -> String {
+    message
+        .headers
+        .iter()
+        .find(|h| h.key == CORRELATION_HEADER)
+        .and_then(|h| std::str::from_utf8(&h.value).ok())
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+fn kafka_headers(headers: &[Header], correlation: &str) -> OwnedHeaders {
+    let mut out = OwnedHeaders::new_with_capacity(headers.len() + 1);
+    for h in headers.iter().filter(|h| h.key != CORRELATION_HEADER) {
+        out = out.insert(KafkaHeader {
+            key: &h.key,
+            value: Some(&h.value),
+        });
+    }
+    out.insert(KafkaHeader {
+        key: CORRELATION_HEADER,
+        value: Some(correlation),
+    })
+}
+
+/// Enqueues records with the producer, waiting while its queue is full.
+/// Returns `None` when cancelled before every record was enqueued: the
+/// message must then not be acknowledged.
+async fn produce_all(
+    shared: &Shared,
+    records: Vec<Output>,
+    correlation: &str,
+    cancel: &CancellationToken,
+) -> Option<Vec<DeliveryFuture>> {
+    let mut deliveries = Vec::with_capacity(records.len());
+    for record in records {
+        let headers = kafka_headers(&record.headers, correlation);
+        let mut future = FutureRecord::to(&record.topic).headers(headers);
+        if let Some(key) = &record.key {
+            future = future.key(key);
+        }
+        if let Some(value) = &record.value {
+            future = future.payload(value);
+        }
+        deliveries.push(enqueue(shared, future, cancel).await?);
+    }
+    Some(deliveries)
+}
+
+async fn enqueue<'a>(
+    shared: &Shared,
+    mut record: FutureRecord<'a, Vec<u8>, Vec<u8>>,
+    cancel: &CancellationToken,
+) -> Option<DeliveryFuture> {
+    loop {
+        match shared.producer.send_result(record) {
+            Ok(delivery) => return Some(delivery),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(1)) => {}
+                    () = cancel.cancelled() => return None,
+                }
+            }
+            Err((e, back)) => {
+                // A local error (for example a record too large): report it
+                // as a failed delivery so the acknowledger retries it.
+                tracing::warn!(topic = back.topic, "cannot enqueue record: {e}");
+                record = back;
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    () = cancel.cancelled() => return None,
+                }
+            }
+        }
+    }
+}
+
+/// Awaits acknowledgements in order and stores each offset once its own and
+/// every earlier message's records are acknowledged. A record the broker
+/// refused is produced again; its offset waits.
+async fn run_acker(
+    tp: TopicPartition,
+    shared: Arc<Shared>,
+    gate: Arc<Gate>,
+    mut rx: mpsc::Receiver<Pending>,
+) {
+    while let Some(pending) = rx.recv().await {
+        for delivery in pending.deliveries {
+            if !await_delivery(&shared, &gate, delivery).await {
+                return;
+            }
+        }
+        gate.store(&shared, &tp, pending.offset);
+    }
+}
+
+/// Waits for one record's acknowledgement, producing it again after a
+/// failure. Returns false when it gave up because the partition was revoked
+/// or the daemon is shutting down.
+async fn await_delivery(shared: &Shared, gate: &Gate, mut delivery: DeliveryFuture) -> bool {
+    let mut failures = 0u32;
+    loop {
+        let failed: OwnedMessage = match delivery.await {
+            Ok(Ok(_)) => return true,
+            Ok(Err((error, message))) => {
+                failures += 1;
+                tracing::warn!(
+                    topic = message.topic(),
+                    failures,
+                    "record not acknowledged by the broker, producing it again: {error}"
+                );
+                message
+            }
+            Err(_canceled) => return false,
+        };
+        if gate.cancel.is_cancelled() {
+            return false;
+        }
+        let delay = Duration::from_millis(100u64.saturating_mul(1 << failures.min(6)));
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = gate.cancel.cancelled() => return false,
+        }
+        let mut headers = OwnedHeaders::new();
+        if let Some(h) = failed.headers() {
+            for header in h.iter() {
+                headers = headers.insert(header);
+            }
+        }
+        let mut record = FutureRecord::to(failed.topic()).headers(headers);
+        let key = failed.key().map(<[u8]>::to_vec);
+        let payload = failed.payload().map(<[u8]>::to_vec);
+        if let Some(key) = &key {
+            record = record.key(key);
+        }
+        if let Some(payload) = &payload {
+            record = record.payload(payload);
+        }
+        match enqueue(shared, record, &gate.cancel).await {
+            Some(next) => delivery = next,
+            None => return false,
+        }
+    }
+}

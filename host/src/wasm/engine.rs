@@ -1,0 +1,216 @@
+//! The process-wide wasmtime [`Engine`], its [`Linker`] and the epoch ticker
+//! that enforces handler deadlines.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+
+use super::bindings;
+use super::invoke::{Invoker, StoreState};
+use super::plugin::{LoadError, Plugin};
+
+/// How handler instances are reused between messages.
+///
+/// The default is [`Isolation::Reused`]: `host/benches/dispatch.rs` measured a
+/// call on a kept instance at a fraction of the cost of instantiating one per
+/// message (see the README's performance section for the figures), and a kept
+/// instance is thrown away after any trap, timeout or memory failure, so a
+/// failure never leaks into the next message. [`Isolation::Fresh`] is for
+/// handlers that must not carry any state from one message to the next.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Isolation {
+    /// A new instance for every message: no state survives a message.
+    Fresh,
+    /// One instance per worker, kept across messages and replaced after any
+    /// failure that could have left it in a bad state.
+    #[default]
+    Reused,
+}
+
+impl Isolation {
+    /// The name used in configuration and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Fresh => "fresh",
+            Isolation::Reused => "reused",
+        }
+    }
+}
+
+/// Sizing of the runtime: fixed for the life of the process.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// How many handler instances may be alive at once; it sizes the pooling
+    /// allocator, so every worker of every route needs one slot.
+    pub max_instances: u32,
+    /// The largest linear memory any handler may be given, in bytes. Per-route
+    /// limits must not exceed it.
+    pub max_memory_bytes: usize,
+    /// The largest native stack a handler may use, in bytes; deeper recursion
+    /// traps with a stack overflow.
+    pub max_stack_bytes: usize,
+    /// How often the deadline clock advances: the resolution of timeouts.
+    pub epoch_tick: Duration,
+    /// How many bytes of a guest's stdout and of its stderr are kept (and
+    /// logged) per invocation; the rest is dropped and counted.
+    pub guest_output_limit: usize,
+    /// Use the pooling instance allocator (fast instantiation from
+    /// pre-reserved, copy-on-write memory slots). Off only for tools that load
+    /// a plugin once, such as `sluice check`.
+    pub pooling: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            max_instances: 256,
+            max_memory_bytes: 256 << 20,
+            max_stack_bytes: 512 << 10,
+            epoch_tick: Duration::from_millis(1),
+            guest_output_limit: 16 << 10,
+            pooling: true,
+        }
+    }
+}
+
+/// Errors setting up the runtime itself (not a plugin's fault).
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// wasmtime refused the engine configuration.
+    #[error("cannot create the WebAssembly engine: {0:#}")]
+    Engine(wasmtime::Error),
+    /// The host imports could not be registered.
+    #[error("cannot register host functions: {0:#}")]
+    Linker(wasmtime::Error),
+    /// The thread that enforces deadlines could not be started.
+    #[error("cannot start the deadline clock thread: {0}")]
+    Ticker(std::io::Error),
+}
+
+/// The WebAssembly runtime: one per process, cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<StoreState>,
+    config: RuntimeConfig,
+    /// Advances the engine's epoch; stopped when the runtime is dropped.
+    _ticker: EpochTicker,
+}
+
+impl Runtime {
+    /// Creates the engine, links WASI (with nothing granted) and the Sluice
+    /// host interface, and starts the deadline clock.
+    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let mut wasm = Config::new();
+        wasm.epoch_interruption(true)
+            .max_wasm_stack(config.max_stack_bytes)
+            .cranelift_opt_level(OptLevel::Speed)
+            .memory_init_cow(true);
+        if config.pooling {
+            let n = config.max_instances.max(1);
+            let mut pool = PoolingAllocationConfig::new();
+            // A Rust component holds a handful of core instances (the program,
+            // the WASI adapter and small shims) with one memory.
+            pool.total_component_instances(n)
+                .total_core_instances(n.saturating_mul(8))
+                .total_memories(n.saturating_mul(2))
+                .total_tables(n.saturating_mul(8))
+                .max_memory_size(config.max_memory_bytes)
+                // Keep the first pages of each slot mapped between instances:
+                // resetting them with memset is cheaper than a page fault storm.
+                .linear_memory_keep_resident(64 << 10)
+                .table_keep_resident(16 << 10);
+            wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        let engine = Engine::new(&wasm).map_err(RuntimeError::Engine)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(RuntimeError::Linker)?;
+        bindings::Plugin::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
+            .map_err(RuntimeError::Linker)?;
+
+        let ticker =
+            EpochTicker::start(engine.clone(), config.epoch_tick).map_err(RuntimeError::Ticker)?;
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                config,
+                _ticker: ticker,
+            }),
+        })
+    }
+
+    /// The configuration this runtime was built with.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<StoreState> {
+        &self.inner.linker
+    }
+
+    /// Reads, compiles and validates a plugin file. Compiling is CPU-heavy:
+    /// call it from a blocking thread, not from an async task.
+    pub fn load_file(&self, path: &Path) -> Result<Plugin, LoadError> {
+        Plugin::from_file(self, path)
+    }
+
+    /// Compiles and validates a plugin from bytes; `origin` names it in errors.
+    pub fn load_bytes(&self, origin: &Path, bytes: &[u8]) -> Result<Plugin, LoadError> {
+        Plugin::from_bytes(self, origin, bytes)
+    }
+
+    /// A worker that invokes `plugin` with the given isolation mode.
+    pub fn invoker(&self, plugin: Arc<Plugin>, isolation: Isolation) -> Invoker {
+        Invoker::new(self.clone(), plugin, isolation)
+    }
+}
+
+/// A thread that advances the engine's epoch every tick, so a store's epoch
+/// deadline becomes a wall-clock deadline.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine, tick: Duration) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("sluice-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    engine.increment_epoch();
+                }
+            })?;
+        Ok(EpochTicker {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

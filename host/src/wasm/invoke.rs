@@ -1,0 +1,447 @@
+//! One handler call under hard limits, and the typed outcome of it.
+//!
+//! An [`Invoker`] belongs to one worker. Depending on [`Isolation`] it builds
+//! a new instance for every message or keeps one, and it always throws the
+//! instance away after a trap, a timeout or a memory failure, so that a
+//! failure never poisons the next message.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::{self, HandlerError, Level, Message, Output};
+use super::engine::{Isolation, Runtime};
+use super::guest_io::CappedOutput;
+use super::plugin::Plugin;
+
+/// The per-call limits of a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock time a call may take, instantiation included.
+    pub timeout: Duration,
+    /// The most linear memory the instance may grow to, in bytes.
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: Duration::from_secs(1),
+            memory_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Everything about a call except the message itself.
+#[derive(Debug, Clone, Default)]
+pub struct Invocation {
+    /// The limits to enforce.
+    pub limits: Limits,
+    /// The route's `[routes.config]` table, answered by the guest's `config(key)`.
+    pub config: Arc<BTreeMap<String, String>>,
+}
+
+/// What became of one call: the outputs to produce, or why there are none.
+pub type Outcome = Result<Vec<Output>, Failure>;
+
+/// How a call failed. The pipeline decides from the variant whether to retry,
+/// dead-letter or stop.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// The handler returned `handler-error::retryable` or `::permanent`.
+    #[error("handler returned a {} error: {message}", if *.retryable { "retryable" } else { "permanent" })]
+    Handler {
+        /// Whether the handler said a retry may help.
+        retryable: bool,
+        /// The handler's own explanation.
+        message: String,
+    },
+    /// The call did not return within the route's timeout and was interrupted.
+    #[error("handler did not return within {} ms and was interrupted", .0.as_millis())]
+    Timeout(Duration),
+    /// The guest trapped: a panic, a stack overflow, a bad memory access...
+    #[error("handler trapped ({kind}): {detail}")]
+    Trap {
+        /// The kind of trap, from a small fixed set.
+        kind: TrapKind,
+        /// The trap message, or the panic message for a panic.
+        detail: String,
+    },
+    /// The guest tried to grow its memory past the route's limit.
+    #[error("handler exceeded its memory limit of {limit_bytes} bytes (it asked for {requested_bytes})")]
+    MemoryLimitExceeded {
+        /// The route's limit.
+        limit_bytes: usize,
+        /// The size the guest asked to grow to.
+        requested_bytes: usize,
+    },
+    /// The host could not create an instance (for example, every pool slot is
+    /// in use). Not the handler's fault; a retry may succeed.
+    #[error("handler could not be instantiated: {0}")]
+    Instantiate(String),
+}
+
+impl Failure {
+    /// Whether trying the same message again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Failure::Handler { retryable, .. } => *retryable,
+            Failure::Timeout(_) | Failure::Instantiate(_) => true,
+            Failure::Trap { .. } | Failure::MemoryLimitExceeded { .. } => false,
+        }
+    }
+}
+
+/// The kinds of trap, as a fixed set of labels for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TrapKind {
+    /// The guest panicked (Rust's `panic!` aborts with `unreachable`).
+    Panic,
+    /// An `unreachable` instruction without a panic message.
+    Unreachable,
+    /// The guest's call stack exceeded the host's stack limit.
+    StackOverflow,
+    /// An out-of-bounds or misaligned memory or table access.
+    MemoryOutOfBounds,
+    /// Integer overflow, division by zero or a bad float-to-int conversion.
+    Arithmetic,
+    /// A call through a null or mistyped function reference.
+    IndirectCall,
+    /// A host function refused the call, or the component model's rules were
+    /// broken (for example, an invalid string or a reentrant call).
+    Host,
+    /// Any other trap.
+    Other,
+}
+
+impl TrapKind {
+    /// The label used in logs, metrics and dead-letter records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrapKind::Panic => "panic",
+            TrapKind::Unreachable => "unreachable",
+            TrapKind::StackOverflow => "stack_overflow",
+            TrapKind::MemoryOutOfBounds => "memory_out_of_bounds",
+            TrapKind::Arithmetic => "arithmetic",
+            TrapKind::IndirectCall => "indirect_call",
+            TrapKind::Host => "host",
+            TrapKind::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for TrapKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The data every store carries.
+pub struct StoreState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+    /// The route's config table for the current call.
+    config: Arc<BTreeMap<String, String>>,
+    /// The plugin, for the module name and its log budget.
+    plugin: Arc<Plugin>,
+    stdout: CappedOutput,
+    stderr: CappedOutput,
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl bindings::sluice::handler::host::Host for StoreState {
+    fn log(&mut self, level: Level, message: String) {
+        self.plugin
+            .log_budget
+            .log(self.plugin.name(), level, &message);
+    }
+
+    fn config(&mut self, key: String) -> Option<String> {
+        self.config.get(&key).cloned()
+    }
+}
+
+/// Enforces the route's memory limit and remembers a refusal, so that the
+/// trap that usually follows (an allocator aborting) is reported as what it
+/// is.
+struct MemoryLimiter {
+    limit: usize,
+    /// The size a refused growth asked for.
+    refused: Option<usize>,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.refused = Some(desired);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; a million is far beyond any
+        // handler's needs and bounds host memory at a few megabytes.
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// A live instance and the store that owns it.
+struct Live {
+    store: Store<StoreState>,
+    handler: bindings::Plugin,
+}
+
+/// Invokes one plugin for one worker.
+pub struct Invoker {
+    runtime: Runtime,
+    plugin: Arc<Plugin>,
+    isolation: Isolation,
+    /// The kept instance in [`Isolation::Reused`] mode.
+    live: Option<Live>,
+}
+
+impl Invoker {
+    pub(crate) fn new(runtime: Runtime, plugin: Arc<Plugin>, isolation: Isolation) -> Self {
+        Invoker {
+            runtime,
+            plugin,
+            isolation,
+            live: None,
+        }
+    }
+
+    /// The plugin this invoker calls.
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    /// Calls the handler for one message. Blocks the thread for up to the
+    /// timeout: call it from a blocking thread, not from an async task.
+    pub fn invoke(&mut self, message: &Message, invocation: &Invocation) -> Outcome {
+        let ticks = deadline_ticks(invocation.limits.timeout, self.runtime.config().epoch_tick);
+        let mut live = match self.live.take() {
+            Some(live) => live,
+            None => self.instantiate(invocation, ticks)?,
+        };
+        {
+            let state = live.store.data_mut();
+            state.config = invocation.config.clone();
+            state.limiter.limit = invocation.limits.memory_bytes;
+            state.limiter.refused = None;
+        }
+        live.store.set_epoch_deadline(ticks);
+        let result = live
+            .handler
+            .sluice_handler_handler()
+            .call_handle(&mut live.store, message);
+        match result {
+            Ok(returned) => {
+                drain_stdio(live.store.data());
+                if self.isolation == Isolation::Reused {
+                    self.live = Some(live);
+                }
+                returned.map_err(|e| match e {
+                    HandlerError::Retryable(message) => Failure::Handler {
+                        retryable: true,
+                        message,
+                    },
+                    HandlerError::Permanent(message) => Failure::Handler {
+                        retryable: false,
+                        message,
+                    },
+                })
+            }
+            // The instance is dropped here: after a trap its state is unknown.
+            Err(error) => Err(classify(&error, live.store.data(), invocation.limits)),
+        }
+    }
+
+    fn instantiate(&self, invocation: &Invocation, ticks: u64) -> Result<Live, Failure> {
+        let limit = self.runtime.config().guest_output_limit;
+        let stdout = CappedOutput::new(limit);
+        let stderr = CappedOutput::new(limit);
+        // Nothing is granted: no preopened directories, no environment, no
+        // arguments, no sockets, no name lookups. Clocks and randomness stay.
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let state = StoreState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                limit: invocation.limits.memory_bytes,
+                refused: None,
+            },
+            config: invocation.config.clone(),
+            plugin: self.plugin.clone(),
+            stdout,
+            stderr,
+        };
+        let mut store = Store::new(self.runtime.engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(ticks);
+        match self.plugin.pre().instantiate(&mut store) {
+            Ok(handler) => Ok(Live { store, handler }),
+            Err(error) => {
+                let failure = classify(&error, store.data(), invocation.limits);
+                Err(match failure {
+                    Failure::Trap {
+                        kind: TrapKind::Host,
+                        detail,
+                    } => Failure::Instantiate(detail),
+                    other => other,
+                })
+            }
+        }
+    }
+}
+
+/// How many epoch ticks make `timeout`: rounded up, plus one because the next
+/// tick may come at once.
+fn deadline_ticks(timeout: Duration, tick: Duration) -> u64 {
+    let tick = tick.as_nanos().max(1);
+    let ticks = timeout.as_nanos().div_ceil(tick) + 1;
+    u64::try_from(ticks).unwrap_or(u64::MAX)
+}
+
+/// Logs what the guest wrote to stdout and stderr during the call.
+fn drain_stdio(state: &StoreState) {
+    state.stdout.drain_to_log(state.plugin.name(), "stdout");
+    state.stderr.drain_to_log(state.plugin.name(), "stderr");
+}
+
+/// Turns a wasmtime error from a call into a [`Failure`].
+fn classify(error: &wasmtime::Error, state: &StoreState, limits: Limits) -> Failure {
+    let (stderr, _) = state.stderr.take();
+    let panic = panic_message(&String::from_utf8_lossy(&stderr));
+    // Put the captured output back so it is logged with the failure.
+    let module = state.plugin.name();
+    for line in String::from_utf8_lossy(&stderr).lines() {
+        tracing::info!(target: "sluice::guest", module, stream = "stderr", "{line}");
+    }
+    state.stdout.drain_to_log(module, "stdout");
+
+    if let Some(requested_bytes) = state.limiter.refused {
+        return Failure::MemoryLimitExceeded {
+            limit_bytes: limits.memory_bytes,
+            requested_bytes,
+        };
+    }
+    let Some(trap) = error.downcast_ref::<Trap>() else {
+        return Failure::Trap {
+            kind: TrapKind::Host,
+            detail: format!("{error:#}"),
+        };
+    };
+    let kind = match trap {
+        Trap::Interrupt => return Failure::Timeout(limits.timeout),
+        Trap::StackOverflow => TrapKind::StackOverflow,
+        Trap::UnreachableCodeReached if panic.is_some() => TrapKind::Panic,
+        Trap::UnreachableCodeReached => TrapKind::Unreachable,
+        Trap::MemoryOutOfBounds | Trap::HeapMisaligned | Trap::TableOutOfBounds => {
+            TrapKind::MemoryOutOfBounds
+        }
+        Trap::IntegerOverflow | Trap::IntegerDivisionByZero | Trap::BadConversionToInteger => {
+            TrapKind::Arithmetic
+        }
+        Trap::IndirectCallToNull | Trap::BadSignature => TrapKind::IndirectCall,
+        _ => TrapKind::Other,
+    };
+    let detail = match (kind, panic) {
+        (TrapKind::Panic, Some(message)) => message,
+        _ => trap.to_string(),
+    };
+    Failure::Trap { kind, detail }
+}
+
+/// Extracts the message of a Rust panic from what the guest wrote to stderr:
+/// the lines after `panicked at FILE:LINE:COL:` up to the `note:` line.
+fn panic_message(stderr: &str) -> Option<String> {
+    let start = stderr.find("panicked at ")?;
+    let rest = &stderr[start..];
+    let (location_line, after) = rest.split_once('\n').unwrap_or((rest, ""));
+    let location = location_line
+        .trim_start_matches("panicked at ")
+        .trim_end_matches(':');
+    let message: Vec<&str> = after
+        .lines()
+        .take_while(|l| !l.starts_with("note:"))
+        .collect();
+    Some(format!("{} (at {location})", message.join("\n").trim()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_rounds_up_and_adds_a_tick() {
+        let ms = Duration::from_millis;
+        assert_eq!(deadline_ticks(ms(100), ms(1)), 101);
+        assert_eq!(deadline_ticks(Duration::from_micros(1500), ms(1)), 3);
+        assert_eq!(deadline_ticks(Duration::ZERO, ms(1)), 1);
+    }
+
+    #[test]
+    fn panic_message_is_extracted_from_rust_stderr() {
+        let stderr = "thread '<unnamed>' panicked at src/lib.rs:12:9:\nmisbehave: asked to panic\n\
+                      note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        assert_eq!(
+            panic_message(stderr).as_deref(),
+            Some("misbehave: asked to panic (at src/lib.rs:12:9)")
+        );
+        assert_eq!(panic_message("just a log line\n"), None);
+    }
+
+    #[test]
+    fn only_passing_failures_are_retryable() {
+        let trap = Failure::Trap {
+            kind: TrapKind::Panic,
+            detail: String::new(),
+        };
+        assert!(!trap.is_retryable());
+        assert!(Failure::Timeout(Duration::from_secs(1)).is_retryable());
+        assert!(
+            Failure::Handler {
+                retryable: true,
+                message: String::new()
+            }
+            .is_retryable()
+        );
+        assert!(
+            !Failure::Handler {
+                retryable: false,
+                message: String::new()
+            }
+            .is_retryable()
+        );
+    }
+}

@@ -1,0 +1,79 @@
+//! The WebAssembly runtime: one engine, plugin loading and validation, and the
+//! sandboxed invocation of a handler for one message.
+//!
+//! Owns everything wasmtime: the [`Engine`](wasmtime::Engine) and its epoch
+//! ticker, the [`Linker`](wasmtime::component::Linker) with the host imports,
+//! compiled plugins ([`Plugin`]) and per-call stores. It knows nothing about
+//! Kafka: a message comes in as a [`Message`], and what comes back is an
+//! [`Outcome`]: the outputs, or a typed [`Failure`] that the pipeline turns into
+//! a retry or a dead-letter record.
+
+mod engine;
+mod guest_io;
+mod invoke;
+mod plugin;
+
+pub use engine::{Isolation, Runtime, RuntimeConfig};
+pub use invoke::{Failure, Invocation, Invoker, Limits, Outcome, TrapKind};
+pub use plugin::{LoadError, Plugin, PluginInfo};
+
+/// Types generated from the WIT contract in `wit/`, the one source of truth.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "plugin",
+    });
+
+    pub use exports::sluice::handler::handler::{
+        HandlerError, Header, Message, Output,
+    };
+    pub use sluice::handler::host::Level;
+}
+
+pub use bindings::{HandlerError, Header, Level, Message, Output};
+
+/// The WIT package this host implements, and the versions it accepts.
+pub mod contract {
+    /// The package name of the handler contract.
+    pub const PACKAGE: &str = "sluice:handler";
+    /// The version of the contract this host speaks.
+    pub const VERSION: &str = "0.1.0";
+    /// The interface a handler must export.
+    pub const HANDLER_EXPORT: &str = "sluice:handler/handler@0.1.0";
+    /// The interface the host provides to handlers.
+    pub const HOST_IMPORT: &str = "sluice:handler/host@0.1.0";
+    /// The world a handler targets.
+    pub const WORLD: &str = "sluice:handler/plugin@0.1.0";
+
+    /// Whether a component built for `version` of the contract can run on this
+    /// host: the same major version, and for 0.x the same minor version, as
+    /// semantic versioning prescribes.
+    pub fn is_compatible(version: &str) -> bool {
+        let mut ours = VERSION.split('.');
+        let mut theirs = version.split('.');
+        let (our_major, their_major) = (ours.next(), theirs.next());
+        if our_major != their_major {
+            return false;
+        }
+        our_major != Some("0") || ours.next() == theirs.next()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::is_compatible;
+
+        #[test]
+        fn same_minor_of_zero_major_is_compatible() {
+            assert!(is_compatible("0.1.0"));
+            assert!(is_compatible("0.1.7"));
+        }
+
+        #[test]
+        fn other_minor_of_zero_major_or_other_major_is_not() {
+            assert!(!is_compatible("0.2.0"));
+            assert!(!is_compatible("1.0.0"));
+            assert!(!is_compatible("1.1.0"));
+            assert!(!is_compatible(""));
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! Loading a plugin file: checks that it is a component of the `plugin` world
+//! at a compatible contract version, compiles it once and keeps it ready to
+//! instantiate.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::Component;
+
+use super::bindings::PluginPre;
+use super::contract;
+use super::engine::Runtime;
+use super::guest_io::LogBudget;
+use super::invoke::StoreState;
+
+/// The fix we suggest whenever a file is not a handler component at all.
+const BUILD_HINT: &str = "build the handler with the sluice-guest SDK \
+     (`cargo build --release --target wasm32-wasip2`) and copy the .wasm from \
+     target/wasm32-wasip2/release/";
+
+/// The imports a handler may have, for error messages.
+const ALLOWED_IMPORTS: &str = "sluice:handler/host and the WASI 0.2 interfaces";
+
+/// Why a plugin file was refused. Every message names the file and says what
+/// to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read plugin {path}: {source}")]
+    Read {
+        /// The plugin file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The file has no content, as happens while a copy is still in progress.
+    #[error(
+        "plugin {path} is empty (0 bytes): if it is still being copied it will load when complete; \
+         copy it under another name and rename it into place to avoid this"
+    )]
+    Empty {
+        /// The plugin file.
+        path: PathBuf,
+    },
+    /// The file does not start with the WebAssembly magic number.
+    #[error("plugin {path} is not a WebAssembly file (it starts with {found}, not \\0asm); {BUILD_HINT}")]
+    NotWasm {
+        /// The plugin file.
+        path: PathBuf,
+        /// The first bytes, in hex.
+        found: String,
+    },
+    /// A core module where a component is needed.
+    #[error(
+        "plugin {path} is a core WebAssembly module, not a component: build it for the \
+         wasm32-wasip2 target (not wasm32-unknown-unknown or wasm32-wasip1); {BUILD_HINT}"
+    )]
+    CoreModule {
+        /// The plugin file.
+        path: PathBuf,
+    },
+    /// The bytes do not form a valid component (truncated, corrupt or from an
+    /// unsupported toolchain).
+    #[error(
+        "plugin {path} is not a valid WebAssembly component ({reason}); \
+         if it was truncated or is still being written, copy it again"
+    )]
+    Invalid {
+        /// The plugin file.
+        path: PathBuf,
+        /// What the validator said.
+        reason: String,
+    },
+    /// The component does not export the handler interface.
+    #[error(
+        "plugin {path} does not export `handle` from interface {} (world {}); it exports: {exports}; \
+         {BUILD_HINT} and export your type with `sluice_guest::export!`",
+        contract::HANDLER_EXPORT, contract::WORLD
+    )]
+    NotAHandler {
+        /// The plugin file.
+        path: PathBuf,
+        /// What it exports instead.
+        exports: String,
+    },
+    /// The component was built for an incompatible contract version.
+    #[error(
+        "plugin {path} was built for {found} but this Sluice speaks {}@{}: \
+         rebuild it against a sluice-guest release for contract {}",
+        contract::PACKAGE, contract::VERSION, contract::VERSION
+    )]
+    IncompatibleVersion {
+        /// The plugin file.
+        path: PathBuf,
+        /// The interface and version the component uses.
+        found: String,
+    },
+    /// The component imports something the host does not grant.
+    #[error(
+        "plugin {path} imports `{import}`, which Sluice does not provide: a handler may import \
+         only {ALLOWED_IMPORTS}; remove the dependency that pulls it in"
+    )]
+    UnknownImport {
+        /// The plugin file.
+        path: PathBuf,
+        /// The import's name.
+        import: String,
+    },
+    /// The imports have the right names but the wrong shapes.
+    #[error(
+        "plugin {path} cannot be linked: {reason}; a handler may import only {ALLOWED_IMPORTS} \
+         at versions this host provides"
+    )]
+    Link {
+        /// The plugin file.
+        path: PathBuf,
+        /// What the linker said.
+        reason: String,
+    },
+}
+
+/// What a plugin declares, for `sluice check` and the admin API.
+#[derive(Debug, Clone)]
+pub struct PluginInfo {
+    /// The contract version of the handler interface it exports.
+    pub contract_version: String,
+    /// Its exports, each with the functions inside.
+    pub exports: Vec<String>,
+    /// Its imports, each with the functions inside.
+    pub imports: Vec<String>,
+}
+
+/// A compiled, validated plugin, ready to instantiate any number of times.
+pub struct Plugin {
+    name: String,
+    path: PathBuf,
+    hash: String,
+    size: usize,
+    info: PluginInfo,
+    pre: PluginPre<StoreState>,
+    /// Shared by every instance, so the log rate limit is per module.
+    pub(crate) log_budget: LogBudget,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .field("hash", &self.hash)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    /// The module name: the file stem.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The file it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The sha256 of the file's content, in hex: the module's version.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// The first 12 hex digits of the hash, for logs.
+    pub fn short_hash(&self) -> &str {
+        &self.hash[..12]
+    }
+
+    /// The file's size in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// What the component imports and exports.
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    pub(crate) fn pre(&self) -> &PluginPre<StoreState> {
+        &self.pre
+    }
+
+    pub(crate) fn from_file(runtime: &Runtime, path: &Path) -> Result<Plugin, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_bytes(runtime, path, &bytes)
+    }
+
+    pub(crate) fn from_bytes(
+        runtime: &Runtime,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<Plugin, LoadError> {
+        let path_buf = || path.to_owned();
+        check_header(path, bytes)?;
+        let engine = runtime.engine();
+        let component = Component::from_binary(engine, bytes).map_err(|e| LoadError::Invalid {
+            path: path_buf(),
+            reason: format!("{e:#}"),
+        })?;
+        let info = inspect(runtime, path, &component)?;
+        let instance_pre = runtime
+            .linker()
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link {
+                path: path_buf(),
+                reason: format!("{e:#}"),
+            })?;
+        let pre = PluginPre::new(instance_pre).map_err(|e| LoadError::NotAHandler {
+            path: path_buf(),
+            exports: format!("{} ({e:#})", info.exports.join(", ")),
+        })?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(Plugin {
+            name,
+            path: path_buf(),
+            hash: hex::encode(Sha256::digest(bytes)),
+            size: bytes.len(),
+            info,
+            pre,
+            log_budget: LogBudget::new(),
+        })
+    }
+}
+
+/// Tells apart the common ways a file is not a component before the
+/// validator gives a less direct answer.
+fn check_header(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
+    const MAGIC: &[u8] = b"\0asm";
+    const CORE_VERSION: &[u8] = &[1, 0, 0, 0];
+    if bytes.is_empty() {
+        return Err(LoadError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    if !bytes.starts_with(MAGIC) {
+        let found = bytes.iter().take(4).fold(String::from("0x"), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        });
+        return Err(LoadError::NotWasm {
+            path: path.to_owned(),
+            found,
+        });
+    }
+    if bytes.get(4..8) == Some(CORE_VERSION) {
+        return Err(LoadError::CoreModule {
+            path: path.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks the component's exports and imports against the contract and
+/// describes them.
+fn inspect(runtime: &Runtime, path: &Path, component: &Component) -> Result<PluginInfo, LoadError> {
+    let engine = runtime.engine();
+    let ty = component.component_type();
+    let describe = |name: &str, item: &ComponentItem| match item {
+        ComponentItem::ComponentInstance(instance) => {
+            let funcs: Vec<&str> = instance.exports(engine).map(|(n, _)| n).collect();
+            format!("{name} {{ {} }}", funcs.join(", "))
+        }
+        _ => name.to_owned(),
+    };
+
+    let exports: Vec<String> = ty
+        .exports(engine)
+        .map(|(name, e)| describe(name, &e.ty))
+        .collect();
+    let imports: Vec<String> = ty
+        .imports(engine)
+        .map(|(name, e)| describe(name, &e.ty))
+        .collect();
+
+    let handler_prefix = format!("{}/handler@", contract::PACKAGE);
+    let Some(version) = ty
+        .exports(engine)
+        .find_map(|(name, _)| name.strip_prefix(&handler_prefix).map(str::to_owned))
+    else {
+        let exports = if exports.is_empty() {
+            "nothing".to_owned()
+        } else {
+            exports.join(", ")
+        };
+        return Err(LoadError::NotAHandler {
+            path: path.to_owned(),
+            exports,
+        });
+    };
+    if !contract::is_compatible(&version) {
+        return Err(LoadError::IncompatibleVersion {
+            path: path.to_owned(),
+            found: format!("{handler_prefix}{version}"),
+        });
+    }
+
+    let host_prefix = format!("{}/host@", contract::PACKAGE);
+    for (name, _) in ty.imports(engine) {
+        if let Some(version) = name.strip_prefix(&host_prefix) {
+            if !contract::is_compatible(version) {
+                return Err(LoadError::IncompatibleVersion {
+                    path: path.to_owned(),
+                    found: name.to_owned(),
+                });
+            }
+        } else if !name.starts_with("wasi:") {
+            return Err(LoadError::UnknownImport {
+                path: path.to_owned(),
+                import: name.to_owned(),
+            });
+        }
+    }
+
+    Ok(PluginInfo {
+        contract_version: version,
+        exports,
+        imports,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header_error(bytes: &[u8]) -> String {
+        check_header(Path::new("plugins/x.wasm"), bytes)
+            .map(|()| "accepted".to_owned())
+            .unwrap_or_else(|e| e.to_string())
+    }
+
+    #[test]
+    fn header_checks_name_the_file_and_the_problem() {
+        assert!(header_error(b"").contains("plugins/x.wasm is empty"));
+        assert!(header_error(b"\x7fELF\x02\x01").contains("not a WebAssembly file (it starts with 0x7f454c46"));
+        assert!(header_error(b"\0asm\x01\0\0\0").contains("core WebAssembly module, not a component"));
+        assert_eq!(header_error(b"\0asm\x0d\0\x01\0"), "accepted");
+    }
+}

@@ -1,0 +1,43 @@
+//! Shared helpers for Sluice's integration tests.
+
+use std::sync::Arc;
+
+use sluice::wasm::{Header, Message, Plugin, Runtime, RuntimeConfig};
+
+pub use sluice_test_artifacts as artifacts;
+
+/// A runtime sized for tests: a small pool, the default limits.
+pub fn runtime() -> Runtime {
+    Runtime::new(RuntimeConfig {
+        max_instances: 16,
+        max_memory_bytes: 64 << 20,
+        ..RuntimeConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("the runtime must start: {e}"))
+}
+
+/// Loads a guest built by `sluice-test-artifacts`.
+pub fn load(runtime: &Runtime, path: &str) -> Arc<Plugin> {
+    Arc::new(
+        runtime
+            .load_file(path.as_ref())
+            .unwrap_or_else(|e| panic!("{path} must load: {e}")),
+    )
+}
+
+/// A first-delivery message on `topic` with the given value.
+pub fn message(topic: &str, value: &[u8]) -> Message {
+    Message {
+        topic: topic.to_owned(),
+        partition: 0,
+        offset: 42,
+        timestamp: Some(1_700_000_000_000),
+        key: Some(b"key-1".to_vec()),
+        value: Some(value.to_vec()),
+        headers: vec![Header {
+            key: "trace".to_owned(),
+            value: b"abc".to_vec(),
+        }],
+        attempt: 1,
+    }
+}

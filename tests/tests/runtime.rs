@@ -1,0 +1,325 @@
+//! The sandboxed runtime against real guest components: every `misbehave`
+//! mode ends in its typed outcome within its limits, a healthy call follows
+//! every failure, the sandbox grants nothing, and bad files are refused with
+//! their reason.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice::wasm::{Failure, Invocation, Isolation, Limits, LoadError, Output, TrapKind};
+use sluice_tests::{artifacts, load, message, runtime};
+
+const BOTH: [Isolation; 2] = [Isolation::Fresh, Isolation::Reused];
+
+fn invocation(timeout_ms: u64, memory_mb: usize, config: &[(&str, &str)]) -> Invocation {
+    Invocation {
+        limits: Limits {
+            timeout: Duration::from_millis(timeout_ms),
+            memory_bytes: memory_mb << 20,
+        },
+        config: Arc::new(
+            config
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<BTreeMap<_, _>>(),
+        ),
+    }
+}
+
+fn values(outputs: &[Output]) -> Vec<(String, String)> {
+    outputs
+        .iter()
+        .map(|o| {
+            let value = String::from_utf8_lossy(o.value.as_deref().unwrap_or_default());
+            (o.topic.clone(), value.into_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn uppercase_emits_upper_cased_value_with_key_and_headers_to_the_configured_topic() {
+    let rt = runtime();
+    let plugin = load(&rt, artifacts::UPPERCASE);
+    for isolation in BOTH {
+        let mut invoker = rt.invoker(plugin.clone(), isolation);
+        let msg = message("orders", b"hello, World 1");
+
+        let outputs = invoker
+            .invoke(&msg, &invocation(1000, 64, &[]))
+            .expect("uppercase succeeds");
+        assert_eq!(
+            values(&outputs),
+            [("orders.out".to_owned(), "HELLO, WORLD 1".to_owned())],
+            "default output topic is <topic>.out ({isolation:?})"
+        );
+        assert_eq!(outputs[0].key, msg.key);
+        assert_eq!(outputs[0].headers, msg.headers);
+
+        let outputs = invoker
+            .invoke(&msg, &invocation(1000, 64, &[("output_topic", "shouted")]))
+            .expect("uppercase succeeds");
+        assert_eq!(outputs[0].topic, "shouted", "config(output_topic) is honoured");
+    }
+}
+
+#[test]
+fn uppercase_is_binary_safe() {
+    let rt = runtime();
+    let mut invoker = rt.invoker(load(&rt, artifacts::UPPERCASE), Isolation::Reused);
+    let value = [0xff, b'a', 0x00, 0xc3, b'z'];
+    let outputs = invoker
+        .invoke(&message("bin", &value), &invocation(1000, 64, &[]))
+        .expect("non-UTF-8 values are handled");
+    assert_eq!(outputs[0].value.as_deref(), Some(&[0xff, b'A', 0x00, 0xc3, b'Z'][..]));
+}
+
+#[test]
+fn json_router_routes_by_content_and_refuses_invalid_json() {
+    let rt = runtime();
+    let mut invoker = rt.invoker(load(&rt, artifacts::JSON_ROUTER), Isolation::Reused);
+    let inv = invocation(1000, 64, &[("high_topic", "urgent"), ("default_topic", "normal")]);
+
+    let high = invoker
+        .invoke(&message("events", br#"{"priority":"high","id":7}"#), &inv)
+        .expect("valid JSON is routed");
+    assert_eq!(high.len(), 1);
+    assert_eq!(high[0].topic, "urgent");
+    let body: serde_json::Value =
+        serde_json::from_slice(high[0].value.as_deref().unwrap_or_default()).expect("JSON out");
+    assert_eq!(body["id"], 7);
+    assert_eq!(body["routed_by"], "json-router");
+
+    let low = invoker
+        .invoke(&message("events", br#"{"priority":"low"}"#), &inv)
+        .expect("valid JSON is routed");
+    assert_eq!(low[0].topic, "normal");
+
+    let defaults = invoker
+        .invoke(&message("events", br#"{"id":1}"#), &invocation(1000, 64, &[]))
+        .expect("valid JSON is routed");
+    assert_eq!(defaults[0].topic, "events.default");
+
+    match invoker.invoke(&message("events", b"{not json"), &inv) {
+        Err(Failure::Handler {
+            retryable: false,
+            message,
+        }) => assert!(message.contains("line 1"), "names the position: {message}"),
+        other => panic!("invalid JSON must be a permanent error, got {other:?}"),
+    }
+}
+
+/// Invokes `misbehave` with `value` and checks a healthy call still works on
+/// the same invoker afterwards.
+fn misbehave(isolation: Isolation, value: &str, inv: &Invocation) -> (Result<Vec<Output>, Failure>, Duration) {
+    let rt = runtime();
+    let mut invoker = rt.invoker(load(&rt, artifacts::MISBEHAVE), isolation);
+    let started = Instant::now();
+    let outcome = invoker.invoke(&message("mis", value.as_bytes()), inv);
+    let took = started.elapsed();
+    let after = invoker.invoke(&message("mis", b"ok:after"), &invocation(1000, 64, &[]));
+    assert_eq!(
+        after.as_deref().map(values).ok(),
+        Some(vec![("mis.out".to_owned(), "after".to_owned())]),
+        "a healthy call right after `{value}` succeeds ({isolation:?})"
+    );
+    (outcome, took)
+}
+
+#[test]
+fn misbehave_ok_fanout_and_passthrough() {
+    for isolation in BOTH {
+        let inv = invocation(1000, 64, &[]);
+        let (ok, _) = misbehave(isolation, "ok:fine", &inv);
+        assert_eq!(values(&ok.expect("ok")), [("mis.out".to_owned(), "fine".to_owned())]);
+
+        let (fan, _) = misbehave(isolation, "fanout:5", &inv);
+        let fan = values(&fan.expect("fanout"));
+        let expected: Vec<_> = (0..5).map(|i| ("mis.out".to_owned(), i.to_string())).collect();
+        assert_eq!(fan, expected);
+
+        let (other, _) = misbehave(isolation, "anything else", &inv);
+        assert_eq!(values(&other.expect("pass-through"))[0].1, "anything else");
+    }
+}
+
+#[test]
+fn misbehave_retry_succeeds_on_the_named_attempt() {
+    let rt = runtime();
+    let mut invoker = rt.invoker(load(&rt, artifacts::MISBEHAVE), Isolation::Reused);
+    let inv = invocation(1000, 64, &[]);
+    for attempt in 1..=4 {
+        let mut msg = message("mis", b"retry:3");
+        msg.attempt = attempt;
+        let outcome = invoker.invoke(&msg, &inv);
+        if attempt < 3 {
+            assert!(
+                matches!(outcome, Err(Failure::Handler { retryable: true, .. })),
+                "attempt {attempt}: {outcome:?}"
+            );
+        } else {
+            assert!(outcome.is_ok(), "attempt {attempt}: {outcome:?}");
+        }
+    }
+}
+
+#[test]
+fn misbehave_permanent_and_panic_are_typed() {
+    for isolation in BOTH {
+        let inv = invocation(1000, 64, &[]);
+        let (permanent, _) = misbehave(isolation, "permanent", &inv);
+        assert!(matches!(permanent, Err(Failure::Handler { retryable: false, .. })), "{permanent:?}");
+
+        let (panic, _) = misbehave(isolation, "panic", &inv);
+        match panic {
+            Err(Failure::Trap {
+                kind: TrapKind::Panic,
+                detail,
+            }) => assert!(detail.contains("panic"), "the panic message is kept: {detail}"),
+            other => panic!("expected a panic trap, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn misbehave_loop_and_slow_time_out_within_the_limit() {
+    for isolation in BOTH {
+        let inv = invocation(200, 64, &[]);
+        let (looped, took) = misbehave(isolation, "loop", &inv);
+        assert_eq!(looped, Err(Failure::Timeout(Duration::from_millis(200))));
+        assert!(took >= Duration::from_millis(200), "interrupted too early: {took:?}");
+        assert!(took < Duration::from_millis(1200), "interrupted too late: {took:?}");
+
+        let (slow, _) = misbehave(isolation, "slow:2000", &inv);
+        assert_eq!(slow, Err(Failure::Timeout(Duration::from_millis(200))));
+
+        let (quick, _) = misbehave(isolation, "slow:20", &inv);
+        assert!(quick.is_ok(), "slow:20 fits in 200 ms: {quick:?}");
+    }
+}
+
+#[test]
+fn misbehave_oom_hits_the_memory_limit() {
+    for isolation in BOTH {
+        let (oom, _) = misbehave(isolation, "oom", &invocation(5000, 16, &[]));
+        match oom {
+            Err(Failure::MemoryLimitExceeded {
+                limit_bytes,
+                requested_bytes,
+            }) => {
+                assert_eq!(limit_bytes, 16 << 20);
+                assert!(requested_bytes > limit_bytes);
+            }
+            other => panic!("expected MemoryLimitExceeded, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn misbehave_stack_overflows_cleanly() {
+    for isolation in BOTH {
+        let (stack, _) = misbehave(isolation, "stack", &invocation(5000, 64, &[]));
+        assert!(
+            matches!(
+                stack,
+                Err(Failure::Trap {
+                    kind: TrapKind::StackOverflow | TrapKind::MemoryOutOfBounds,
+                    ..
+                })
+            ),
+            "{stack:?}"
+        );
+    }
+}
+
+#[test]
+fn the_sandbox_grants_no_files_no_network_no_environment() {
+    let rt = runtime();
+    let mut invoker = rt.invoker(load(&rt, artifacts::SANDBOX_PROBE), Isolation::Fresh);
+    let outputs = invoker
+        .invoke(&message("probe-in", b"go"), &invocation(1000, 64, &[]))
+        .expect("the probe reports what it could do");
+    let report = &values(&outputs)[0].1;
+    for part in report.split(';') {
+        assert!(!part.contains("allowed"), "the guest got through: {report}");
+    }
+    for attempt in ["fs=denied", "dir=denied", "net=denied", "env=0"] {
+        assert!(report.contains(attempt), "{attempt} missing from {report}");
+    }
+}
+
+#[test]
+fn chatty_guests_are_capped_not_failed() {
+    let rt = runtime();
+    let mut invoker = rt.invoker(load(&rt, artifacts::CHATTY), Isolation::Reused);
+    for _ in 0..3 {
+        let outcome = invoker.invoke(&message("chat", b"hi"), &invocation(5000, 64, &[]));
+        assert_eq!(outcome, Ok(Vec::new()), "100 KiB of stdout and 1000 log lines are absorbed");
+    }
+}
+
+fn load_error(bytes: &[u8]) -> (LoadError, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("broken.wasm");
+    std::fs::write(&path, bytes).expect("write");
+    let rt = runtime();
+    let error = rt.load_file(&path).expect_err("the file must be refused");
+    let text = error.to_string();
+    assert!(text.contains("broken.wasm"), "the message names the file: {text}");
+    (error, text)
+}
+
+#[test]
+fn bad_files_are_refused_with_their_reason() {
+    let good = std::fs::read(artifacts::UPPERCASE).expect("uppercase built");
+
+    let (e, _) = load_error(b"");
+    assert!(matches!(e, LoadError::Empty { .. }), "{e}");
+
+    let (e, text) = load_error(b"#!/bin/sh\necho not wasm\n");
+    assert!(matches!(e, LoadError::NotWasm { .. }), "{e}");
+    assert!(text.contains("wasm32-wasip2"), "says how to build one: {text}");
+
+    let random: Vec<u8> = (0u32..4096).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let (e, _) = load_error(&random);
+    assert!(matches!(e, LoadError::NotWasm { .. }), "{e}");
+
+    let mut garbage_component = b"\0asm\x0d\0\x01\0".to_vec();
+    garbage_component.extend_from_slice(&random);
+    let (e, _) = load_error(&garbage_component);
+    assert!(matches!(e, LoadError::Invalid { .. }), "{e}");
+
+    let (e, text) = load_error(&good[..good.len() / 2]);
+    assert!(matches!(e, LoadError::Invalid { .. }), "{e}");
+    assert!(text.contains("truncated"), "suggests truncation: {text}");
+
+    let (e, _) = load_error(b"\0asm\x01\0\0\0");
+    assert!(matches!(e, LoadError::CoreModule { .. }), "{e}");
+
+    let (e, text) = load_error(&std::fs::read(artifacts::WRONG_WORLD).expect("built"));
+    assert!(matches!(e, LoadError::NotAHandler { .. }), "{e}");
+    assert!(text.contains("does not export `handle` from interface sluice:handler/handler@0.1.0"), "{text}");
+
+    let (e, text) = load_error(&std::fs::read(artifacts::FUTURE_MAJOR).expect("built"));
+    assert!(matches!(e, LoadError::IncompatibleVersion { .. }), "{e}");
+    assert!(text.contains("sluice:handler/handler@1.0.0"), "{text}");
+
+    let (e, text) = load_error(&std::fs::read(artifacts::UNKNOWN_IMPORT).expect("built"));
+    assert!(matches!(e, LoadError::UnknownImport { .. }), "{e}");
+    assert!(text.contains("acme:vault/secrets"), "{text}");
+
+    let missing = runtime().load_file(Path::new("/nonexistent/plugin.wasm"));
+    assert!(matches!(missing, Err(LoadError::Read { .. })));
+}
+
+#[test]
+fn plugins_are_identified_by_name_and_content_hash() {
+    let rt = runtime();
+    let plugin = load(&rt, artifacts::JSON_ROUTER);
+    assert_eq!(plugin.name(), "json_router");
+    assert_eq!(plugin.hash().len(), 64);
+    assert_eq!(plugin.size() as u64, std::fs::metadata(artifacts::JSON_ROUTER).expect("built").len());
+    assert!(plugin.info().exports.iter().any(|e| e == "sluice:handler/handler@0.1.0 { handle }"));
+    assert!(plugin.info().imports.iter().any(|i| i.starts_with("sluice:handler/host@0.1.0")));
+}
