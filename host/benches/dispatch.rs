@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sluice::wasm::{Header, Invocation, Isolation, Limits, Message, Output, Runtime, RuntimeConfig};
+use sluice::wasm::{
+    Header, Invocation, Isolation, Limits, Message, Output, Runtime, RuntimeConfig,
+};
 
 fn message() -> Message {
     Message {

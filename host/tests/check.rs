@@ -24,11 +24,23 @@ fn check_describes_a_valid_plugin() {
     let text = stdout(&out);
     let bytes = std::fs::read(artifacts::UPPERCASE).expect("built");
     assert!(text.contains("a valid Sluice handler"), "{text}");
-    assert!(text.contains("world    sluice:handler/plugin@0.1.0"), "{text}");
-    assert!(text.contains(&format!("size     {} bytes", bytes.len())), "{text}");
+    assert!(
+        text.contains("world    sluice:handler/plugin@0.1.0"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("size     {} bytes", bytes.len())),
+        "{text}"
+    );
     assert!(text.contains("sha256   "), "{text}");
-    assert!(text.contains("sluice:handler/handler@0.1.0 { handle }"), "{text}");
-    assert!(text.contains("sluice:handler/host@0.1.0 { log, config }"), "{text}");
+    assert!(
+        text.contains("sluice:handler/handler@0.1.0 { handle }"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sluice:handler/host@0.1.0 { config }"),
+        "imports only what it uses: {text}"
+    );
 }
 
 #[test]
@@ -56,7 +68,14 @@ fn check_with_a_value_invokes_the_handler_once() {
 
 #[test]
 fn check_reports_a_failed_invocation_and_exits_non_zero() {
-    let out = sluice(&["check", artifacts::MISBEHAVE, "--value", "loop", "--timeout-ms", "100"]);
+    let out = sluice(&[
+        "check",
+        artifacts::MISBEHAVE,
+        "--value",
+        "loop",
+        "--timeout-ms",
+        "100",
+    ]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(stdout(&out).contains("outcome  failed: handler did not return within 100 ms"));
 
@@ -64,7 +83,14 @@ fn check_reports_a_failed_invocation_and_exits_non_zero() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stdout(&out).contains("retryable error"), "{out:?}");
 
-    let out = sluice(&["check", artifacts::MISBEHAVE, "--value", "retry:2", "--attempt", "2"]);
+    let out = sluice(&[
+        "check",
+        artifacts::MISBEHAVE,
+        "--value",
+        "retry:2",
+        "--attempt",
+        "2",
+    ]);
     assert!(out.status.success(), "{out:?}");
 }
 
@@ -83,7 +109,14 @@ fn help_explains_the_commands() {
     assert!(out.status.success());
     assert!(stdout(&out).contains("check"));
     let out = sluice(&["check", "--help"]);
-    for flag in ["--value", "--key", "--header", "--config", "--timeout-ms", "--memory-limit-mb"] {
+    for flag in [
+        "--value",
+        "--key",
+        "--header",
+        "--config",
+        "--timeout-ms",
+        "--memory-limit-mb",
+    ] {
         assert!(stdout(&out).contains(flag), "check --help mentions {flag}");
     }
 }

@@ -172,7 +172,14 @@ fn check_target_installed() {
 fn build_guests(root: &Path, target_dir: &Path) {
     let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(root)
-        .args(["build", "--profile", "guest", "--target", TARGET, "--target-dir"])
+        .args([
+            "build",
+            "--profile",
+            "guest",
+            "--target",
+            TARGET,
+            "--target-dir",
+        ])
         .arg(target_dir);
     for guest in GUESTS {
         cmd.args(["-p", guest.package]);

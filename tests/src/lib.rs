@@ -1,4 +1,9 @@
-//! Shared helpers for Sluice's integration tests.
+//! Shared helpers for Sluice's integration tests: a real broker, test
+//! traffic, and the daemon in-process or as a child process.
+
+pub mod broker;
+pub mod daemon;
+pub mod kafka;
 
 use std::sync::Arc;
 

@@ -60,7 +60,10 @@ fn uppercase_emits_upper_cased_value_with_key_and_headers_to_the_configured_topi
         let outputs = invoker
             .invoke(&msg, &invocation(1000, 64, &[("output_topic", "shouted")]))
             .expect("uppercase succeeds");
-        assert_eq!(outputs[0].topic, "shouted", "config(output_topic) is honoured");
+        assert_eq!(
+            outputs[0].topic, "shouted",
+            "config(output_topic) is honoured"
+        );
     }
 }
 
@@ -72,14 +75,21 @@ fn uppercase_is_binary_safe() {
     let outputs = invoker
         .invoke(&message("bin", &value), &invocation(1000, 64, &[]))
         .expect("non-UTF-8 values are handled");
-    assert_eq!(outputs[0].value.as_deref(), Some(&[0xff, b'A', 0x00, 0xc3, b'Z'][..]));
+    assert_eq!(
+        outputs[0].value.as_deref(),
+        Some(&[0xff, b'A', 0x00, 0xc3, b'Z'][..])
+    );
 }
 
 #[test]
 fn json_router_routes_by_content_and_refuses_invalid_json() {
     let rt = runtime();
     let mut invoker = rt.invoker(load(&rt, artifacts::JSON_ROUTER), Isolation::Reused);
-    let inv = invocation(1000, 64, &[("high_topic", "urgent"), ("default_topic", "normal")]);
+    let inv = invocation(
+        1000,
+        64,
+        &[("high_topic", "urgent"), ("default_topic", "normal")],
+    );
 
     let high = invoker
         .invoke(&message("events", br#"{"priority":"high","id":7}"#), &inv)
@@ -97,7 +107,10 @@ fn json_router_routes_by_content_and_refuses_invalid_json() {
     assert_eq!(low[0].topic, "normal");
 
     let defaults = invoker
-        .invoke(&message("events", br#"{"id":1}"#), &invocation(1000, 64, &[]))
+        .invoke(
+            &message("events", br#"{"id":1}"#),
+            &invocation(1000, 64, &[]),
+        )
         .expect("valid JSON is routed");
     assert_eq!(defaults[0].topic, "events.default");
 
@@ -112,7 +125,11 @@ fn json_router_routes_by_content_and_refuses_invalid_json() {
 
 /// Invokes `misbehave` with `value` and checks a healthy call still works on
 /// the same invoker afterwards.
-fn misbehave(isolation: Isolation, value: &str, inv: &Invocation) -> (Result<Vec<Output>, Failure>, Duration) {
+fn misbehave(
+    isolation: Isolation,
+    value: &str,
+    inv: &Invocation,
+) -> (Result<Vec<Output>, Failure>, Duration) {
     let rt = runtime();
     let mut invoker = rt.invoker(load(&rt, artifacts::MISBEHAVE), isolation);
     let started = Instant::now();
@@ -132,11 +149,16 @@ fn misbehave_ok_fanout_and_passthrough() {
     for isolation in BOTH {
         let inv = invocation(1000, 64, &[]);
         let (ok, _) = misbehave(isolation, "ok:fine", &inv);
-        assert_eq!(values(&ok.expect("ok")), [("mis.out".to_owned(), "fine".to_owned())]);
+        assert_eq!(
+            values(&ok.expect("ok")),
+            [("mis.out".to_owned(), "fine".to_owned())]
+        );
 
         let (fan, _) = misbehave(isolation, "fanout:5", &inv);
         let fan = values(&fan.expect("fanout"));
-        let expected: Vec<_> = (0..5).map(|i| ("mis.out".to_owned(), i.to_string())).collect();
+        let expected: Vec<_> = (0..5)
+            .map(|i| ("mis.out".to_owned(), i.to_string()))
+            .collect();
         assert_eq!(fan, expected);
 
         let (other, _) = misbehave(isolation, "anything else", &inv);
@@ -155,7 +177,13 @@ fn misbehave_retry_succeeds_on_the_named_attempt() {
         let outcome = invoker.invoke(&msg, &inv);
         if attempt < 3 {
             assert!(
-                matches!(outcome, Err(Failure::Handler { retryable: true, .. })),
+                matches!(
+                    outcome,
+                    Err(Failure::Handler {
+                        retryable: true,
+                        ..
+                    })
+                ),
                 "attempt {attempt}: {outcome:?}"
             );
         } else {
@@ -169,14 +197,26 @@ fn misbehave_permanent_and_panic_are_typed() {
     for isolation in BOTH {
         let inv = invocation(1000, 64, &[]);
         let (permanent, _) = misbehave(isolation, "permanent", &inv);
-        assert!(matches!(permanent, Err(Failure::Handler { retryable: false, .. })), "{permanent:?}");
+        assert!(
+            matches!(
+                permanent,
+                Err(Failure::Handler {
+                    retryable: false,
+                    ..
+                })
+            ),
+            "{permanent:?}"
+        );
 
         let (panic, _) = misbehave(isolation, "panic", &inv);
         match panic {
             Err(Failure::Trap {
                 kind: TrapKind::Panic,
                 detail,
-            }) => assert!(detail.contains("panic"), "the panic message is kept: {detail}"),
+            }) => assert!(
+                detail.contains("panic"),
+                "the panic message is kept: {detail}"
+            ),
             other => panic!("expected a panic trap, got {other:?}"),
         }
     }
@@ -188,8 +228,14 @@ fn misbehave_loop_and_slow_time_out_within_the_limit() {
         let inv = invocation(200, 64, &[]);
         let (looped, took) = misbehave(isolation, "loop", &inv);
         assert_eq!(looped, Err(Failure::Timeout(Duration::from_millis(200))));
-        assert!(took >= Duration::from_millis(200), "interrupted too early: {took:?}");
-        assert!(took < Duration::from_millis(1200), "interrupted too late: {took:?}");
+        assert!(
+            took >= Duration::from_millis(200),
+            "interrupted too early: {took:?}"
+        );
+        assert!(
+            took < Duration::from_millis(1200),
+            "interrupted too late: {took:?}"
+        );
 
         let (slow, _) = misbehave(isolation, "slow:2000", &inv);
         assert_eq!(slow, Err(Failure::Timeout(Duration::from_millis(200))));
@@ -255,7 +301,11 @@ fn chatty_guests_are_capped_not_failed() {
     let mut invoker = rt.invoker(load(&rt, artifacts::CHATTY), Isolation::Reused);
     for _ in 0..3 {
         let outcome = invoker.invoke(&message("chat", b"hi"), &invocation(5000, 64, &[]));
-        assert_eq!(outcome, Ok(Vec::new()), "100 KiB of stdout and 1000 log lines are absorbed");
+        assert_eq!(
+            outcome,
+            Ok(Vec::new()),
+            "100 KiB of stdout and 1000 log lines are absorbed"
+        );
     }
 }
 
@@ -266,7 +316,10 @@ fn load_error(bytes: &[u8]) -> (LoadError, String) {
     let rt = runtime();
     let error = rt.load_file(&path).expect_err("the file must be refused");
     let text = error.to_string();
-    assert!(text.contains("broken.wasm"), "the message names the file: {text}");
+    assert!(
+        text.contains("broken.wasm"),
+        "the message names the file: {text}"
+    );
     (error, text)
 }
 
@@ -279,9 +332,14 @@ fn bad_files_are_refused_with_their_reason() {
 
     let (e, text) = load_error(b"#!/bin/sh\necho not wasm\n");
     assert!(matches!(e, LoadError::NotWasm { .. }), "{e}");
-    assert!(text.contains("wasm32-wasip2"), "says how to build one: {text}");
+    assert!(
+        text.contains("wasm32-wasip2"),
+        "says how to build one: {text}"
+    );
 
-    let random: Vec<u8> = (0u32..4096).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let random: Vec<u8> = (0u32..4096)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let (e, _) = load_error(&random);
     assert!(matches!(e, LoadError::NotWasm { .. }), "{e}");
 
@@ -299,7 +357,10 @@ fn bad_files_are_refused_with_their_reason() {
 
     let (e, text) = load_error(&std::fs::read(artifacts::WRONG_WORLD).expect("built"));
     assert!(matches!(e, LoadError::NotAHandler { .. }), "{e}");
-    assert!(text.contains("does not export `handle` from interface sluice:handler/handler@0.1.0"), "{text}");
+    assert!(
+        text.contains("does not export `handle` from interface sluice:handler/handler@0.1.0"),
+        "{text}"
+    );
 
     let (e, text) = load_error(&std::fs::read(artifacts::FUTURE_MAJOR).expect("built"));
     assert!(matches!(e, LoadError::IncompatibleVersion { .. }), "{e}");
@@ -319,7 +380,24 @@ fn plugins_are_identified_by_name_and_content_hash() {
     let plugin = load(&rt, artifacts::JSON_ROUTER);
     assert_eq!(plugin.name(), "json_router");
     assert_eq!(plugin.hash().len(), 64);
-    assert_eq!(plugin.size() as u64, std::fs::metadata(artifacts::JSON_ROUTER).expect("built").len());
-    assert!(plugin.info().exports.iter().any(|e| e == "sluice:handler/handler@0.1.0 { handle }"));
-    assert!(plugin.info().imports.iter().any(|i| i.starts_with("sluice:handler/host@0.1.0")));
+    assert_eq!(
+        plugin.size() as u64,
+        std::fs::metadata(artifacts::JSON_ROUTER)
+            .expect("built")
+            .len()
+    );
+    assert!(
+        plugin
+            .info()
+            .exports
+            .iter()
+            .any(|e| e == "sluice:handler/handler@0.1.0 { handle }")
+    );
+    assert!(
+        plugin
+            .info()
+            .imports
+            .iter()
+            .any(|i| i.starts_with("sluice:handler/host@0.1.0"))
+    );
 }

@@ -35,7 +35,11 @@ pub(super) struct DemoArgs {
 /// Sample values for a module of the examples; other modules get text.
 fn samples(module: &str) -> &'static [&'static str] {
     match module {
-        "uppercase" => &["hello, sluice", "every message handled in order", "bytes in, bytes out"],
+        "uppercase" => &[
+            "hello, sluice",
+            "every message handled in order",
+            "bytes in, bytes out",
+        ],
         "json-router" => &[
             r#"{"priority":"high","order":1001,"item":"pager"}"#,
             r#"{"priority":"low","order":1002,"item":"stapler"}"#,

@@ -1,15 +1,21 @@
 //! `KAFKA_*` environment variables: each overrides its `[kafka]` field, as
 //! the event bus's variables did.
 
-use super::ConfigError;
+use super::{ACKS, ConfigError, OFFSET_RESETS};
 
 /// The type a variable's value must parse as.
 #[derive(Clone, Copy)]
 enum Kind {
     Text,
+    /// 0 or more (every such field is unsigned).
     Whole,
     Decimal,
     Bool,
+    /// One of `kafka.acks`'s strings, checked here so that the error names
+    /// the variable.
+    Acks,
+    /// One of `kafka.auto_offset_reset`'s strings.
+    OffsetReset,
 }
 
 /// Every variable, the `[kafka]` field it overrides, and its type.
@@ -18,14 +24,38 @@ const VARIABLES: &[(&str, &str, Kind)] = &[
     ("KAFKA_ENVIRONMENT", "environment", Kind::Text),
     ("KAFKA_GROUP", "group", Kind::Text),
     ("KAFKA_TIMEOUT_SECONDS", "timeout_seconds", Kind::Whole),
-    ("KAFKA_MAX_RETRY_ATTEMPTS", "max_retry_attempts", Kind::Whole),
-    ("KAFKA_RETRY_BACKOFF_BASE", "retry_backoff_base", Kind::Decimal),
-    ("KAFKA_CIRCUIT_BREAKER_THRESHOLD", "circuit_breaker_threshold", Kind::Whole),
-    ("KAFKA_CIRCUIT_BREAKER_RESET_TIMEOUT", "circuit_breaker_reset_timeout", Kind::Decimal),
-    ("KAFKA_CONSUMER_SLEEP_INTERVAL", "consumer_sleep_interval", Kind::Decimal),
-    ("KAFKA_AUTO_OFFSET_RESET", "auto_offset_reset", Kind::Text),
+    (
+        "KAFKA_MAX_RETRY_ATTEMPTS",
+        "max_retry_attempts",
+        Kind::Whole,
+    ),
+    (
+        "KAFKA_RETRY_BACKOFF_BASE",
+        "retry_backoff_base",
+        Kind::Decimal,
+    ),
+    (
+        "KAFKA_CIRCUIT_BREAKER_THRESHOLD",
+        "circuit_breaker_threshold",
+        Kind::Whole,
+    ),
+    (
+        "KAFKA_CIRCUIT_BREAKER_RESET_TIMEOUT",
+        "circuit_breaker_reset_timeout",
+        Kind::Decimal,
+    ),
+    (
+        "KAFKA_CONSUMER_SLEEP_INTERVAL",
+        "consumer_sleep_interval",
+        Kind::Decimal,
+    ),
+    (
+        "KAFKA_AUTO_OFFSET_RESET",
+        "auto_offset_reset",
+        Kind::OffsetReset,
+    ),
     ("KAFKA_ENABLE_AUTO_COMMIT", "enable_auto_commit", Kind::Bool),
-    ("KAFKA_ACKS", "acks", Kind::Text),
+    ("KAFKA_ACKS", "acks", Kind::Acks),
     ("KAFKA_ENABLE_IDEMPOTENCE", "enable_idempotence", Kind::Bool),
     ("KAFKA_DEAD_LETTER_TOPIC", "dead_letter_topic", Kind::Text),
 ];
@@ -41,18 +71,23 @@ pub const KAFKA_VARIABLES: [&str; 14] = {
     names
 };
 
+/// A variable that was set, and the `[kafka]` field it overrode.
+pub(super) type Overridden = Vec<(&'static str, &'static str)>;
+
 /// Writes each set variable into the `[kafka]` table, typed, so that range
-/// checks report it like a value from the file.
+/// checks apply to it as to a value from the file; returns the variables
+/// that were set, for [`name_variable`].
 pub(super) fn apply_overrides(
     table: &mut toml::Table,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), ConfigError> {
+) -> Result<Overridden, ConfigError> {
+    let mut overridden = Vec::new();
     let kafka = table
         .entry("kafka")
         .or_insert_with(|| toml::Value::Table(toml::Table::new()));
     let Some(kafka) = kafka.as_table_mut() else {
         // Not a table: let deserialisation report the type error.
-        return Ok(());
+        return Ok(overridden);
     };
     for &(var, field, kind) in VARIABLES {
         let Some(raw) = env(var) else { continue };
@@ -62,17 +97,57 @@ pub(super) fn apply_overrides(
             value: raw.clone(),
             expected,
         };
+        let choice = |allowed: bool, expected| match allowed {
+            true => Ok(toml::Value::String(value.to_owned())),
+            false => Err(bad(expected)),
+        };
         let typed = match kind {
             Kind::Text => toml::Value::String(value.to_owned()),
-            Kind::Whole => toml::Value::Integer(value.parse().map_err(|_| bad("a whole number"))?),
+            Kind::Whole => toml::Value::Integer(
+                value
+                    .parse::<u32>()
+                    .map_err(|_| bad("a whole number (0 or more)"))?
+                    .into(),
+            ),
             Kind::Decimal => toml::Value::Float(value.parse().map_err(|_| bad("a number"))?),
             Kind::Bool => toml::Value::Boolean(match value.to_ascii_lowercase().as_str() {
                 "true" | "1" | "yes" => true,
                 "false" | "0" | "no" => false,
                 _ => return Err(bad("true or false")),
             }),
+            Kind::Acks => choice(ACKS.find(value).is_some(), ACKS.expected)?,
+            Kind::OffsetReset => {
+                choice(OFFSET_RESETS.find(value).is_some(), OFFSET_RESETS.expected)?
+            }
         };
         kafka.insert(field.to_owned(), typed);
+        overridden.push((var, field));
     }
-    Ok(())
+    Ok(overridden)
+}
+
+/// Adds the variable to a validation error about a field it set, so the
+/// user does not look for the value in the file.
+pub(super) fn name_variable(error: ConfigError, overridden: &Overridden) -> ConfigError {
+    match error {
+        ConfigError::Invalid {
+            field,
+            value,
+            allowed,
+        } => {
+            let var = overridden
+                .iter()
+                .find(|(_, f)| field.strip_prefix("kafka.") == Some(*f))
+                .map(|(var, _)| *var);
+            ConfigError::Invalid {
+                value: match var {
+                    Some(var) => format!("{value} (from {var})"),
+                    None => value,
+                },
+                field,
+                allowed,
+            }
+        }
+        other => other,
+    }
 }

@@ -50,7 +50,8 @@ pub enum ConfigError {
     Invalid {
         /// The field, as a TOML path (`routes[1].timeout_ms`).
         field: String,
-        /// The value given, as written in TOML.
+        /// The value given, as written in TOML, followed by
+        /// `(from KAFKA_...)` when an environment variable set it.
         value: String,
         /// What is allowed instead.
         allowed: String,
@@ -62,7 +63,8 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Connection, consumer-group and delivery settings (the event bus's
-    /// `KAFKA_*` settings, same names, same defaults, same ranges).
+    /// `KAFKA_*` settings, same names, same defaults, same ranges). The table
+    /// may be left out: every field has a default.
     pub kafka: KafkaConfig,
     /// Where handler modules live.
     #[serde(default)]
@@ -70,7 +72,8 @@ pub struct Config {
     /// How messages are scheduled onto handlers.
     #[serde(default)]
     pub processing: ProcessingConfig,
-    /// Which module handles which topic; a topic appears in one route only.
+    /// Which module handles which topic; at least one, and a topic appears
+    /// in one route only.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
     /// The directory relative paths are resolved against: the config file's
@@ -106,15 +109,18 @@ pub struct KafkaConfig {
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
     /// Timeout of broker operations in seconds, 1 to 300: a produce that is
-    /// not acknowledged within it has failed. `KAFKA_TIMEOUT_SECONDS`.
+    /// not acknowledged within it has failed, and the producer's flush on
+    /// shutdown waits at most this long. `KAFKA_TIMEOUT_SECONDS`.
     #[serde(default = "default_timeout_seconds")]
     pub timeout_seconds: u64,
-    /// How many times a retryable handler failure is retried, 0 to 10.
+    /// How many times a retryable failure (a handler error marked retryable,
+    /// a timeout) is retried before the message is dead-lettered, 0 to 10.
     /// `KAFKA_MAX_RETRY_ATTEMPTS`.
     #[serde(default = "default_max_retry_attempts")]
     pub max_retry_attempts: u32,
-    /// Base of the exponential retry backoff in seconds, 0.1 to 60.0.
-    /// `KAFKA_RETRY_BACKOFF_BASE`.
+    /// Base of the exponential retry backoff in seconds, 0.1 to 60.0: retry
+    /// `n` waits `base * 2^(n-1)`, times a jitter from 0.5 to 1.5, at most ten
+    /// minutes. `KAFKA_RETRY_BACKOFF_BASE`.
     #[serde(default = "default_retry_backoff_base")]
     pub retry_backoff_base: f64,
     /// Consecutive broker failures before the circuit opens, 1 to 100.
@@ -143,14 +149,14 @@ pub struct KafkaConfig {
     #[serde(default = "default_true")]
     pub enable_idempotence: bool,
     /// Any other librdkafka property, passed through to both the consumer and
-    /// the producer (for example `"security.protocol" = "ssl"`).
+    /// the producer (for example `"security.protocol" = "ssl"`): a string,
+    /// number or boolean. The properties Sluice manages itself are refused.
     #[serde(default)]
     pub librdkafka: BTreeMap<String, toml::Value>,
 }
 
 /// Where a consumer group without committed offsets starts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum OffsetReset {
     /// From the oldest message still in the topic.
     Earliest,
@@ -160,17 +166,15 @@ pub enum OffsetReset {
 }
 
 /// Producer acknowledgements.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Acks {
-    /// Every in-sync replica (required by the idempotent producer).
+    /// Every in-sync replica (required by the idempotent producer): `"all"`.
     #[default]
-    #[serde(rename = "all")]
     All,
-    /// The partition leader only.
-    #[serde(rename = "1")]
+    /// The partition leader only: `"1"`.
     Leader,
-    /// None: the broker is not asked to acknowledge, so at-least-once is lost.
-    #[serde(rename = "0")]
+    /// None: the broker is not asked to acknowledge, so at-least-once is
+    /// lost: `"0"`.
     None,
 }
 
@@ -353,16 +357,66 @@ fn default_memory_limit_mb() -> u64 {
     64
 }
 
-fn deserialize_isolation<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Isolation, D::Error> {
-    let name = String::deserialize(d)?;
-    match name.as_str() {
-        "fresh" => Ok(Isolation::Fresh),
-        "reused" => Ok(Isolation::Reused),
-        other => Err(serde::de::Error::invalid_value(
-            serde::de::Unexpected::Str(other),
-            &"\"reused\" or \"fresh\"",
-        )),
+/// The strings a setting accepts and the value each stands for. Deserialising
+/// through it names every allowed string in any error, also for a value of
+/// the wrong type (a derived enum would call `acks = 1` a "unit variant").
+struct Choices<T: 'static> {
+    names: &'static [(&'static str, T)],
+    /// The allowed strings, as error messages list them.
+    expected: &'static str,
+}
+
+impl<T: Copy> Choices<T> {
+    fn find(&self, name: &str) -> Option<T> {
+        self.names.iter().find(|(n, _)| *n == name).map(|&(_, v)| v)
     }
+}
+
+impl<'de, T: Copy> serde::de::Visitor<'de> for &Choices<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (a string)", self.expected)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+        self.find(v)
+            .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+    }
+}
+
+const ACKS: Choices<Acks> = Choices {
+    names: &[("all", Acks::All), ("1", Acks::Leader), ("0", Acks::None)],
+    expected: r#"one of "all", "1", "0""#,
+};
+
+const OFFSET_RESETS: Choices<OffsetReset> = Choices {
+    names: &[
+        ("earliest", OffsetReset::Earliest),
+        ("latest", OffsetReset::Latest),
+    ],
+    expected: r#"one of "earliest", "latest""#,
+};
+
+const ISOLATIONS: Choices<Isolation> = Choices {
+    names: &[("reused", Isolation::Reused), ("fresh", Isolation::Fresh)],
+    expected: r#"one of "reused", "fresh""#,
+};
+
+impl<'de> Deserialize<'de> for Acks {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(&ACKS)
+    }
+}
+
+impl<'de> Deserialize<'de> for OffsetReset {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(&OFFSET_RESETS)
+    }
+}
+
+fn deserialize_isolation<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Isolation, D::Error> {
+    d.deserialize_str(&ISOLATIONS)
 }
 
 impl Config {
@@ -391,14 +445,14 @@ impl Config {
         base_dir: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let mut table: toml::Table =
-            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string().trim().to_owned()))?;
-        env::apply_overrides(&mut table, env)?;
+        let mut table: toml::Table = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse(e.to_string().trim().to_owned()))?;
+        let overridden = env::apply_overrides(&mut table, env)?;
         let mut config: Config = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string().trim().to_owned()))?;
         config.base_dir = base_dir.to_owned();
-        validate::validate(&config)?;
+        validate::validate(&config).map_err(|e| env::name_variable(e, &overridden))?;
         Ok(config)
     }
 

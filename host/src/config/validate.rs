@@ -2,7 +2,7 @@
 //! what is allowed.
 
 use std::collections::BTreeMap;
-use std::fmt::Display;
+use std::fmt::{Debug, Display};
 use std::ops::RangeInclusive;
 
 use super::{Acks, Config, ConfigError};
@@ -12,14 +12,21 @@ use super::{Acks, Config, ConfigError};
 const MANAGED_PROPERTIES: &[(&str, &str)] = &[
     ("bootstrap.servers", "set kafka.bootstrap_servers"),
     ("group.id", "set kafka.environment and kafka.group"),
-    ("enable.auto.offset.store", "Sluice stores offsets only after outputs are acknowledged"),
+    (
+        "enable.auto.offset.store",
+        "Sluice stores offsets only after outputs are acknowledged",
+    ),
     ("enable.auto.commit", "set kafka.enable_auto_commit"),
     ("auto.offset.reset", "set kafka.auto_offset_reset"),
     ("acks", "set kafka.acks"),
     ("enable.idempotence", "set kafka.enable_idempotence"),
 ];
 
-fn invalid(field: impl Into<String>, value: impl Display, allowed: impl Into<String>) -> ConfigError {
+fn invalid(
+    field: impl Into<String>,
+    value: impl Display,
+    allowed: impl Into<String>,
+) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
         value: value.to_string(),
@@ -27,7 +34,9 @@ fn invalid(field: impl Into<String>, value: impl Display, allowed: impl Into<Str
     }
 }
 
-fn in_range<T: PartialOrd + Display>(
+/// Checks an inclusive range. Numbers are quoted with `Debug`, which writes
+/// a float as TOML does (`3600.0`, not `3600`).
+fn in_range<T: PartialOrd + Debug>(
     field: &str,
     value: T,
     range: RangeInclusive<T>,
@@ -37,15 +46,20 @@ fn in_range<T: PartialOrd + Display>(
     }
     Err(invalid(
         field,
-        &value,
-        format!("from {} to {}", range.start(), range.end()),
+        format!("{value:?}"),
+        format!("from {:?} to {:?}", range.start(), range.end()),
     ))
 }
 
 /// Kafka's rule for topic names.
 fn check_topic(field: &str, topic: &str) -> Result<(), ConfigError> {
     let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    if topic.is_empty() || topic.len() > 249 || !topic.chars().all(legal) || topic == "." || topic == ".." {
+    if topic.is_empty()
+        || topic.len() > 249
+        || !topic.chars().all(legal)
+        || topic == "."
+        || topic == ".."
+    {
         return Err(invalid(
             field,
             format!("{topic:?}"),
@@ -70,9 +84,21 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     in_range("kafka.timeout_seconds", k.timeout_seconds, 1..=300)?;
     in_range("kafka.max_retry_attempts", k.max_retry_attempts, 0..=10)?;
     in_range("kafka.retry_backoff_base", k.retry_backoff_base, 0.1..=60.0)?;
-    in_range("kafka.circuit_breaker_threshold", k.circuit_breaker_threshold, 1..=100)?;
-    in_range("kafka.circuit_breaker_reset_timeout", k.circuit_breaker_reset_timeout, 1.0..=3600.0)?;
-    in_range("kafka.consumer_sleep_interval", k.consumer_sleep_interval, 0.01..=10.0)?;
+    in_range(
+        "kafka.circuit_breaker_threshold",
+        k.circuit_breaker_threshold,
+        1..=100,
+    )?;
+    in_range(
+        "kafka.circuit_breaker_reset_timeout",
+        k.circuit_breaker_reset_timeout,
+        1.0..=3600.0,
+    )?;
+    in_range(
+        "kafka.consumer_sleep_interval",
+        k.consumer_sleep_interval,
+        0.01..=10.0,
+    )?;
     if let Some(topic) = &k.dead_letter_topic {
         check_topic("kafka.dead_letter_topic", topic)?;
     }
@@ -105,13 +131,17 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     in_range("processing.concurrency", p.concurrency, 1..=1024)?;
     in_range("processing.partition_queue", p.partition_queue, 1..=100_000)?;
     in_range("processing.batch_size", p.batch_size, 1..=10_000)?;
-    in_range("processing.commit_interval_seconds", p.commit_interval_seconds, 0.1..=3600.0)?;
+    in_range(
+        "processing.commit_interval_seconds",
+        p.commit_interval_seconds,
+        0.1..=3600.0,
+    )?;
     in_range("processing.max_memory_mb", p.max_memory_mb, 1..=4096)?;
     let session_timeout = session_timeout_seconds(&k.librdkafka);
     if !(0.0..session_timeout).contains(&p.drain_timeout_seconds) {
         return Err(invalid(
             "processing.drain_timeout_seconds",
-            p.drain_timeout_seconds,
+            format!("{:?}", p.drain_timeout_seconds),
             format!(
                 "from 0 to less than the consumer session timeout ({session_timeout} s), so \
                  the group does not evict this member while it drains"
@@ -135,7 +165,9 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             return Err(invalid(
                 at("topic"),
                 format!("{:?}", route.topic),
-                format!("a topic not routed already: routes[{first}] handles it; a topic appears in one route only"),
+                format!(
+                    "a topic not routed already: routes[{first}] handles it; a topic appears in one route only"
+                ),
             ));
         }
         let module_ok = !route.module.is_empty()
@@ -153,12 +185,16 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         }
         let file = plugins_dir.join(format!("{}.wasm", route.module));
         if !file.is_file() {
+            let hint = match route.module.strip_suffix(".wasm") {
+                Some(stem) => format!("; the name has no .wasm extension: module = {stem:?}"),
+                None => String::new(),
+            };
             return Err(invalid(
                 at("module"),
                 format!("{:?}", route.module),
                 format!(
                     "a module present in the plugins directory, but {} does not exist; build it \
-                     (scripts/build-examples for the examples) or fix plugins.dir",
+                     (scripts/build-examples for the examples) or fix plugins.dir{hint}",
                     file.display()
                 ),
             ));
@@ -174,7 +210,11 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             }
         }
         in_range(&at("timeout_ms"), route.timeout_ms, 1..=300_000)?;
-        in_range(&at("memory_limit_mb"), route.memory_limit_mb, 1..=p.max_memory_mb)?;
+        in_range(
+            &at("memory_limit_mb"),
+            route.memory_limit_mb,
+            1..=p.max_memory_mb,
+        )?;
         if let Some(topic) = &route.dead_letter_topic {
             check_topic(&at("dead_letter_topic"), topic)?;
         }

@@ -31,7 +31,9 @@ impl EmbeddedBroker {
                 let cluster = match MockCluster::new(1) {
                     Ok(cluster) => cluster,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(anyhow::anyhow!("cannot start the embedded broker: {e}")));
+                        let _ = ready_tx.send(Err(anyhow::anyhow!(
+                            "cannot start the embedded broker: {e}"
+                        )));
                         return;
                     }
                 };

@@ -57,9 +57,10 @@ impl ErrorType {
             Failure::Handler {
                 retryable: false, ..
             } => ErrorType::HandlerError,
-            Failure::Handler { retryable: true, .. } | Failure::Instantiate(_) => {
-                ErrorType::RetriesExhausted
+            Failure::Handler {
+                retryable: true, ..
             }
+            | Failure::Instantiate(_) => ErrorType::RetriesExhausted,
             Failure::Timeout(_) => ErrorType::HandlerTimeout,
             Failure::Trap { .. } => ErrorType::HandlerTrap,
             Failure::MemoryLimitExceeded { .. } => ErrorType::MemoryLimitExceeded,
@@ -269,7 +270,10 @@ mod tests {
         assert_eq!(e["original_message"]["value"], "wygA");
         assert_eq!(e["original_message"]["value_encoding"], "base64");
         assert_eq!(e["original_message"]["headers"][0]["value"], "/wA=");
-        assert_eq!(e["original_message"]["headers"][0]["value_encoding"], "base64");
+        assert_eq!(
+            e["original_message"]["headers"][0]["value_encoding"],
+            "base64"
+        );
     }
 
     #[test]
@@ -285,7 +289,10 @@ mod tests {
         assert_eq!(get("original_offset").as_deref(), Some("12345"));
         assert_eq!(get("original_partition").as_deref(), Some("2"));
         assert_eq!(get("error_type").as_deref(), Some("HandlerTimeout"));
-        assert_eq!(get("failure_timestamp").as_deref(), Some("2025-01-15T10:30:00.123Z"));
+        assert_eq!(
+            get("failure_timestamp").as_deref(),
+            Some("2025-01-15T10:30:00.123Z")
+        );
         assert_eq!(headers.len(), 9);
     }
 

@@ -115,7 +115,9 @@ fn load_routes(config: &Config, runtime: &Runtime) -> anyhow::Result<Vec<Arc<Rou
             None => {
                 let p = Arc::new(runtime.load_file(&dir.join(format!("{}.wasm", route.module)))?);
                 tracing::info!(
-                    module = p.name(), module_hash = p.short_hash(), size = p.size(),
+                    module = p.name(),
+                    module_hash = p.short_hash(),
+                    size = p.size(),
                     "module loaded"
                 );
                 plugins.insert(&route.module, p.clone());
@@ -161,7 +163,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     let bootstrap = embedded
         .as_ref()
-        .map_or(config.kafka.bootstrap_servers.clone(), |b| b.bootstrap_servers().to_owned());
+        .map_or(config.kafka.bootstrap_servers.clone(), |b| {
+            b.bootstrap_servers().to_owned()
+        });
     run_with_bootstrap(config, &bootstrap, shutdown).await
 }
 
@@ -174,7 +178,8 @@ pub async fn run_with_bootstrap(
     let p = &config.processing;
     let concurrency = p.concurrency;
     let runtime_config = RuntimeConfig {
-        max_instances: u32::try_from((config.routes.len() + 1) * concurrency + 8).unwrap_or(u32::MAX),
+        max_instances: u32::try_from((config.routes.len() + 1) * concurrency + 8)
+            .unwrap_or(u32::MAX),
         max_memory_bytes: usize::try_from(p.max_memory_mb << 20).unwrap_or(usize::MAX),
         ..RuntimeConfig::default()
     };
@@ -189,8 +194,10 @@ pub async fn run_with_bootstrap(
         .await??
     };
     drop(runtime);
-    let by_topic: HashMap<String, Arc<Route>> =
-        routes.iter().map(|r| (r.config.topic.clone(), r.clone())).collect();
+    let by_topic: HashMap<String, Arc<Route>> = routes
+        .iter()
+        .map(|r| (r.config.topic.clone(), r.clone()))
+        .collect();
 
     let producer: FutureProducer = kafka::producer_config(&config, bootstrap)
         .create()
@@ -205,7 +212,9 @@ pub async fn run_with_bootstrap(
             .context("creating the Kafka consumer")?,
     );
     let topics: Vec<&str> = by_topic.keys().map(String::as_str).collect();
-    consumer.subscribe(&topics).context("subscribing to the routed topics")?;
+    consumer
+        .subscribe(&topics)
+        .context("subscribing to the routed topics")?;
     tracing::info!(
         group = %config.group_id(), bootstrap_servers = bootstrap, topics = ?topics,
         "consuming"
@@ -269,7 +278,10 @@ pub async fn run_with_bootstrap(
 
     // Drain: stop fetching, let handled messages' records be acknowledged and
     // stored, then commit and flush.
-    tracing::info!(drain_timeout_s = p.drain_timeout_seconds, "shutting down: draining in-flight messages");
+    tracing::info!(
+        drain_timeout_s = p.drain_timeout_seconds,
+        "shutting down: draining in-flight messages"
+    );
     stop_all.cancel();
     partitions.clear();
     let drained = tokio::time::timeout(p.drain_timeout(), async {
@@ -316,7 +328,11 @@ fn dispatch(
 
 /// Moves overflow into the worker's queue as room appears; resumes the
 /// partition once the overflow is empty.
-fn refill(consumer: &StreamConsumer<RebalanceContext>, tp: &TopicPartition, handle: &mut PartitionHandle) {
+fn refill(
+    consumer: &StreamConsumer<RebalanceContext>,
+    tp: &TopicPartition,
+    handle: &mut PartitionHandle,
+) {
     while let Some(message) = handle.overflow.pop_front() {
         match handle.tx.try_send(message) {
             Ok(()) => {}
@@ -338,7 +354,11 @@ fn refill(consumer: &StreamConsumer<RebalanceContext>, tp: &TopicPartition, hand
 fn set_paused(consumer: &StreamConsumer<RebalanceContext>, tp: &TopicPartition, paused: bool) {
     let mut list = TopicPartitionList::new();
     list.add_partition(&tp.0, tp.1);
-    let result = if paused { consumer.pause(&list) } else { consumer.resume(&list) };
+    let result = if paused {
+        consumer.pause(&list)
+    } else {
+        consumer.resume(&list)
+    };
     if let Err(e) = result {
         tracing::warn!(topic = %tp.0, partition = tp.1, paused, "cannot change pause state: {e}");
     }
@@ -349,7 +369,11 @@ fn drop_revoked(
     consumer: &StreamConsumer<RebalanceContext>,
     partitions: &mut HashMap<TopicPartition, PartitionHandle>,
 ) {
-    let mut revoked = consumer.context().revoked.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut revoked = consumer
+        .context()
+        .revoked
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     for tp in revoked.drain(..) {
         partitions.remove(&tp);
     }
@@ -381,18 +405,22 @@ fn to_message(m: &BorrowedMessage<'_>) -> Message {
 /// every 30 seconds, with a count of the repeats.
 #[derive(Default)]
 struct ErrorLog {
-    last: HashMap<String, (std::time::Instant, u64)>,
+    /// Per error text: when it was last logged, and repeats since.
+    last: HashMap<String, (Option<std::time::Instant>, u64)>,
 }
 
 impl ErrorLog {
+    const EVERY: Duration = Duration::from_secs(30);
+
     fn report(&mut self, error: &KafkaError) {
         let text = error.to_string();
         let now = std::time::Instant::now();
-        let entry = self.last.entry(text.clone()).or_insert((now - Duration::from_secs(3600), 0));
-        entry.1 += 1;
-        if now.duration_since(entry.0) >= Duration::from_secs(30) {
-            tracing::warn!(repeats = entry.1, "Kafka consumer: {text}");
-            *entry = (now, 0);
+        let (logged, repeats) = self.last.entry(text.clone()).or_insert((None, 0));
+        *repeats += 1;
+        if logged.is_none_or(|at| now.duration_since(at) >= Self::EVERY) {
+            tracing::warn!(repeats = *repeats, "Kafka consumer: {text}");
+            *logged = Some(now);
+            *repeats = 0;
         }
     }
 }
@@ -416,9 +444,11 @@ pub fn committed_offsets(
     }
     let committed = consumer.committed_offsets(list, timeout)?;
     Ok((0..partitions)
-        .map(|p| match committed.find_partition(topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => Some(o),
-            _ => None,
-        })
+        .map(
+            |p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => Some(o),
+                _ => None,
+            },
+        )
         .collect())
 }

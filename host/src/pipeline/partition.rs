@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use rdkafka::Message as _;
 use rdkafka::consumer::Consumer as _;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header as KafkaHeader, Headers as _, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureRecord};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::Message as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -89,9 +89,13 @@ enum Next {
 
 fn decide(route: &Route, attempt: u32, outcome: Outcome) -> Next {
     match outcome {
-        Ok(outputs) => match outputs.iter().find(|o| !route.output_topics.contains(&o.topic)) {
+        Ok(outputs) => match outputs
+            .iter()
+            .find(|o| !route.output_topics.contains(&o.topic))
+        {
             Some(bad) => {
-                let mut allowed: Vec<&str> = route.output_topics.iter().map(String::as_str).collect();
+                let mut allowed: Vec<&str> =
+                    route.output_topics.iter().map(String::as_str).collect();
                 allowed.sort_unstable();
                 Next::DeadLetter {
                     error_type: ErrorType::InvalidOutput,
@@ -193,10 +197,19 @@ pub async fn run_worker(
                 match next {
                     Next::Produce(outputs) => {
                         let correlation = correlation_id(&message);
-                        let Some(deliveries) = produce_all(&shared, outputs, &correlation, &gate.cancel).await else {
+                        let Some(deliveries) =
+                            produce_all(&shared, outputs, &correlation, &gate.cancel).await
+                        else {
                             break 'messages;
                         };
-                        if ack_tx.send(Pending { offset: message.offset, deliveries }).await.is_err() {
+                        if ack_tx
+                            .send(Pending {
+                                offset: message.offset,
+                                deliveries,
+                            })
+                            .await
+                            .is_err()
+                        {
                             break 'messages;
                         }
                     }
@@ -219,7 +232,10 @@ pub async fn run_worker(
                     }
                     Next::DeadLetter { error_type, reason } => {
                         let Some(dlq) = route.dead_letter_topic.as_deref() else {
-                            stop_partition(&tp, &route, &shared, &message, error_type, &reason, &gate).await;
+                            stop_partition(
+                                &tp, &route, &shared, &message, error_type, &reason, &gate,
+                            )
+                            .await;
                             break 'messages;
                         };
                         let correlation = correlation_id(&message);
@@ -246,10 +262,19 @@ pub async fn run_worker(
                             value: serde_json::to_vec(&letter.envelope()).ok(),
                             headers: letter.headers(),
                         };
-                        let Some(deliveries) = produce_all(&shared, vec![record], &correlation, &gate.cancel).await else {
+                        let Some(deliveries) =
+                            produce_all(&shared, vec![record], &correlation, &gate.cancel).await
+                        else {
                             break 'messages;
                         };
-                        if ack_tx.send(Pending { offset: message.offset, deliveries }).await.is_err() {
+                        if ack_tx
+                            .send(Pending {
+                                offset: message.offset,
+                                deliveries,
+                            })
+                            .await
+                            .is_err()
+                        {
                             break 'messages;
                         }
                     }
@@ -279,12 +304,26 @@ async fn stop_partition(
         "partition stopped: the message failed and no dead_letter_topic is configured; \
          nothing after it is committed until it is handled: {reason}"
     );
-    shared.status.stopped.lock().unwrap_or_else(PoisonError::into_inner).insert(
-        tp.clone(),
-        format!("offset {}: {}: {reason}", message.offset, error_type.as_str()),
-    );
+    shared
+        .status
+        .stopped
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(
+            tp.clone(),
+            format!(
+                "offset {}: {}: {reason}",
+                message.offset,
+                error_type.as_str()
+            ),
+        );
     gate.cancel.cancelled().await;
-    shared.status.stopped.lock().unwrap_or_else(PoisonError::into_inner).remove(tp);
+    shared
+        .status
+        .stopped
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(tp);
 }
 
 /// The message's correlation id: its `correlation_id` header, or a new UUID.

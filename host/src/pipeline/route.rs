@@ -33,7 +33,12 @@ pub struct Route {
 
 impl Route {
     /// Builds the run-time route from its configuration and loaded module.
-    pub fn new(config: &Config, route: &RouteConfig, plugin: Arc<Plugin>, runtime: Runtime) -> Route {
+    pub fn new(
+        config: &Config,
+        route: &RouteConfig,
+        plugin: Arc<Plugin>,
+        runtime: Runtime,
+    ) -> Route {
         Route {
             invocation: Invocation {
                 limits: Limits {
@@ -56,7 +61,11 @@ impl Route {
 
     /// Takes an idle invoker, or makes one.
     pub fn take_invoker(&self) -> Invoker {
-        let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
         idle.unwrap_or_else(|| self.runtime.invoker(self.plugin.clone(), self.isolation))
     }
 
@@ -73,7 +82,11 @@ impl Route {
     /// ten minutes.
     pub fn backoff(&self, retry: u32) -> Duration {
         const CAP: Duration = Duration::from_secs(600);
-        let exp = 2f64.powi(i32::try_from(retry.saturating_sub(1)).unwrap_or(i32::MAX).min(30));
+        let exp = 2f64.powi(
+            i32::try_from(retry.saturating_sub(1))
+                .unwrap_or(i32::MAX)
+                .min(30),
+        );
         let jitter = 0.5 + fastrand::f64();
         let secs = self.retry_backoff_base.as_secs_f64() * exp * jitter;
         Duration::try_from_secs_f64(secs).map_or(CAP, |d| d.min(CAP))

@@ -72,7 +72,9 @@ pub enum Failure {
         detail: String,
     },
     /// The guest tried to grow its memory past the route's limit.
-    #[error("handler exceeded its memory limit of {limit_bytes} bytes (it asked for {requested_bytes})")]
+    #[error(
+        "handler exceeded its memory limit of {limit_bytes} bytes (it asked for {requested_bytes})"
+    )]
     MemoryLimitExceeded {
         /// The route's limit.
         limit_bytes: usize,

@@ -22,12 +22,11 @@ pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "plugin",
+        additional_derives: [PartialEq, Eq],
     });
 
-    pub use exports::sluice::handler::handler::{
-        HandlerError, Header, Message, Output,
-    };
-    pub use sluice::handler::host::Level;
+    pub use self::exports::sluice::handler::handler::{HandlerError, Header, Message, Output};
+    pub use self::sluice::handler::host::Level;
 }
 
 pub use bindings::{HandlerError, Header, Level, Message, Output};

@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::types::ComponentItem;
 use wasmtime::component::Component;
+use wasmtime::component::types::ComponentItem;
 
 use super::bindings::PluginPre;
 use super::contract;
@@ -45,7 +45,9 @@ pub enum LoadError {
         path: PathBuf,
     },
     /// The file does not start with the WebAssembly magic number.
-    #[error("plugin {path} is not a WebAssembly file (it starts with {found}, not \\0asm); {BUILD_HINT}")]
+    #[error(
+        "plugin {path} is not a WebAssembly file (it starts with {found}, not \\0asm); {BUILD_HINT}"
+    )]
     NotWasm {
         /// The plugin file.
         path: PathBuf,
@@ -77,7 +79,8 @@ pub enum LoadError {
     #[error(
         "plugin {path} does not export `handle` from interface {} (world {}); it exports: {exports}; \
          {BUILD_HINT} and export your type with `sluice_guest::export!`",
-        contract::HANDLER_EXPORT, contract::WORLD
+        contract::HANDLER_EXPORT,
+        contract::WORLD
     )]
     NotAHandler {
         /// The plugin file.
@@ -89,7 +92,9 @@ pub enum LoadError {
     #[error(
         "plugin {path} was built for {found} but this Sluice speaks {}@{}: \
          rebuild it against a sluice-guest release for contract {}",
-        contract::PACKAGE, contract::VERSION, contract::VERSION
+        contract::PACKAGE,
+        contract::VERSION,
+        contract::VERSION
     )]
     IncompatibleVersion {
         /// The plugin file.
@@ -211,13 +216,14 @@ impl Plugin {
             reason: format!("{e:#}"),
         })?;
         let info = inspect(runtime, path, &component)?;
-        let instance_pre = runtime
-            .linker()
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::Link {
-                path: path_buf(),
-                reason: format!("{e:#}"),
-            })?;
+        let instance_pre =
+            runtime
+                .linker()
+                .instantiate_pre(&component)
+                .map_err(|e| LoadError::Link {
+                    path: path_buf(),
+                    reason: format!("{e:#}"),
+                })?;
         let pre = PluginPre::new(instance_pre).map_err(|e| LoadError::NotAHandler {
             path: path_buf(),
             exports: format!("{} ({e:#})", info.exports.join(", ")),
@@ -273,7 +279,11 @@ fn inspect(runtime: &Runtime, path: &Path, component: &Component) -> Result<Plug
     let ty = component.component_type();
     let describe = |name: &str, item: &ComponentItem| match item {
         ComponentItem::ComponentInstance(instance) => {
-            let funcs: Vec<&str> = instance.exports(engine).map(|(n, _)| n).collect();
+            let funcs: Vec<&str> = instance
+                .exports(engine)
+                .filter(|(_, e)| matches!(e.ty, ComponentItem::ComponentFunc(_)))
+                .map(|(n, _)| n)
+                .collect();
             format!("{name} {{ {} }}", funcs.join(", "))
         }
         _ => name.to_owned(),
@@ -347,8 +357,13 @@ mod tests {
     #[test]
     fn header_checks_name_the_file_and_the_problem() {
         assert!(header_error(b"").contains("plugins/x.wasm is empty"));
-        assert!(header_error(b"\x7fELF\x02\x01").contains("not a WebAssembly file (it starts with 0x7f454c46"));
-        assert!(header_error(b"\0asm\x01\0\0\0").contains("core WebAssembly module, not a component"));
+        assert!(
+            header_error(b"\x7fELF\x02\x01")
+                .contains("not a WebAssembly file (it starts with 0x7f454c46")
+        );
+        assert!(
+            header_error(b"\0asm\x01\0\0\0").contains("core WebAssembly module, not a component")
+        );
         assert_eq!(header_error(b"\0asm\x0d\0\x01\0"), "accepted");
     }
 }

@@ -1,0 +1,129 @@
+//! Sluice under test: in-process (with its own shutdown) or as a child
+//! process that can be killed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use sluice::config::Config;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The directory holding the compiled guests, used as the plugins directory:
+/// modules `uppercase`, `json_router`, `misbehave`, ...
+pub fn plugins_dir() -> PathBuf {
+    Path::new(crate::artifacts::UPPERCASE)
+        .parent()
+        .expect("artifacts live in a directory")
+        .to_owned()
+}
+
+/// A config file's text: the `[kafka]` table for `bootstrap` and `group`
+/// (reading from the earliest offset, committing every 200 ms), the plugins
+/// directory, then `rest` (routes and any other tables).
+pub fn config_text(bootstrap: &str, group: &str, kafka_extra: &str, rest: &str) -> String {
+    format!(
+        r#"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+environment = "test"
+group = "{group}"
+auto_offset_reset = "earliest"
+{kafka_extra}
+
+[kafka.librdkafka]
+"session.timeout.ms" = 6000
+"heartbeat.interval.ms" = 500
+"topic.metadata.refresh.interval.ms" = 1000
+
+[plugins]
+dir = {dir:?}
+
+[processing]
+commit_interval_seconds = 0.2
+drain_timeout_seconds = 5
+
+{rest}
+"#,
+        dir = plugins_dir().display().to_string()
+    )
+}
+
+/// Parses config text without reading the process environment.
+pub fn parse(text: &str) -> Config {
+    Config::parse(text, &plugins_dir(), &|_| None)
+        .unwrap_or_else(|e| panic!("test config: {e}\n{text}"))
+}
+
+/// The daemon running in this process.
+pub struct Daemon {
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Daemon {
+    /// Starts `sluice::run` with `config` on the current tokio runtime.
+    pub fn start(config: Config) -> Daemon {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(sluice::run(config, stop.clone().cancelled_owned()));
+        Daemon { stop, task }
+    }
+
+    /// Asks it to stop (as SIGTERM does) and waits for the drain.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task
+            .await
+            .expect("the daemon task does not panic")
+            .expect("the daemon stops cleanly");
+    }
+}
+
+/// The daemon as a child process (`sluice run --config FILE`).
+pub struct DaemonProcess {
+    child: Child,
+    _config: tempfile::NamedTempFile,
+}
+
+impl DaemonProcess {
+    /// Writes `config` to a file and starts the daemon binary `program` on
+    /// it (an integration test passes `env!("CARGO_BIN_EXE_sluice-test-daemon")`).
+    pub fn start(program: &str, config: &str) -> DaemonProcess {
+        let mut file = tempfile::Builder::new()
+            .suffix(".toml")
+            .tempfile()
+            .expect("config file");
+        std::io::Write::write_all(&mut file, config.as_bytes()).expect("write config");
+        let child = Command::new(program)
+            .args(["run", "--config"])
+            .arg(file.path())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start the daemon binary");
+        DaemonProcess {
+            child,
+            _config: file,
+        }
+    }
+
+    /// Kills it with SIGKILL: no drain, no commit.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits; returns the exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().ok().and_then(|s| s.code())
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

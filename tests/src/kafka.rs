@@ -1,0 +1,252 @@
+//! Producing test traffic and reading back what Sluice wrote.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::{Header as KafkaHeader, Headers as _, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+
+/// A record read back from a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Record {
+    /// The value as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(self.value.as_deref().unwrap_or_default()).into_owned()
+    }
+
+    /// The key as text (lossy).
+    pub fn key_text(&self) -> String {
+        String::from_utf8_lossy(self.key.as_deref().unwrap_or_default()).into_owned()
+    }
+
+    /// The last header with that name, as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// One record to produce.
+pub struct Send<'a> {
+    pub partition: Option<i32>,
+    pub key: Option<&'a [u8]>,
+    pub value: &'a [u8],
+    pub headers: &'a [(&'a str, &'a [u8])],
+}
+
+/// Produces records (idempotent, acks=all) and waits for every
+/// acknowledgement.
+pub async fn produce<'a>(
+    bootstrap: &str,
+    topic: &str,
+    records: impl IntoIterator<Item = Send<'a>>,
+) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("test producer");
+    let mut pending = Vec::new();
+    for r in records {
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in r.headers {
+            headers = headers.insert(KafkaHeader {
+                key: k,
+                value: Some(*v),
+            });
+        }
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic)
+            .payload(r.value)
+            .headers(headers);
+        if let Some(key) = r.key {
+            record = record.key(key);
+        }
+        if let Some(p) = r.partition {
+            record = record.partition(p);
+        }
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    pending.push(delivery);
+                    break;
+                }
+                Err((_, back)) => {
+                    record = back;
+                    // The local queue is full: wait for the oldest delivery.
+                    if let Some(first) = pending.first_mut() {
+                        let _ = first.await;
+                        pending.remove(0);
+                    }
+                }
+            }
+        }
+    }
+    for delivery in pending {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            other => panic!("test record not acknowledged: {other:?}"),
+        }
+    }
+}
+
+/// Produces `count` small text records spread over `partitions` partitions:
+/// key `k{p}`, value `{prefix}-{p}-{seq}` with seq counting per partition.
+pub async fn produce_sequence(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    count: usize,
+    prefix: &str,
+) {
+    let items: Vec<(i32, Vec<u8>, Vec<u8>)> = (0..count)
+        .map(|i| {
+            let p = (i % partitions as usize) as i32;
+            let seq = i / partitions as usize;
+            (
+                p,
+                format!("k{p}").into_bytes(),
+                format!("{prefix}-{p}-{seq}").into_bytes(),
+            )
+        })
+        .collect();
+    produce(
+        bootstrap,
+        topic,
+        items.iter().map(|(p, k, v)| Send {
+            partition: Some(*p),
+            key: Some(k),
+            value: v,
+            headers: &[],
+        }),
+    )
+    .await;
+}
+
+fn reader(bootstrap: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "sluice-test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("test reader")
+}
+
+/// Reads a topic from the beginning (without joining a group) until `at_least`
+/// records arrived or `timeout` passed; then keeps reading for `settle` to
+/// catch any extra (duplicate or unexpected) records.
+pub fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    at_least: usize,
+    timeout: Duration,
+    settle: Duration,
+) -> Vec<Record> {
+    let consumer = reader(bootstrap);
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("assignable partition");
+    }
+    consumer.assign(&list).expect("assign");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    let mut settle_until: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if out.len() >= at_least && settle_until.is_none() {
+            settle_until = Some(now + settle);
+        }
+        match settle_until {
+            Some(until) if now >= until => break,
+            None if now >= deadline => break,
+            _ => {}
+        }
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            out.push(Record {
+                topic: m.topic().to_owned(),
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().map(<[u8]>::to_vec),
+                headers: m
+                    .headers()
+                    .map(|hs| {
+                        hs.iter()
+                            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            });
+        }
+    }
+    out
+}
+
+/// The high watermark (end offset) of each partition.
+pub fn end_offsets(bootstrap: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let consumer = reader(bootstrap);
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks")
+                .1
+        })
+        .collect()
+}
+
+/// Waits until the group's committed offsets equal `expected` for every
+/// partition, or `timeout` passes; returns the last committed offsets seen.
+pub fn wait_committed(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    expected: &[i64],
+    timeout: Duration,
+) -> Vec<Option<i64>> {
+    let deadline = Instant::now() + timeout;
+    let partitions = expected.len() as i32;
+    loop {
+        let committed = sluice::pipeline::committed_offsets(
+            bootstrap,
+            group,
+            topic,
+            partitions,
+            Duration::from_secs(5),
+        )
+        .unwrap_or_else(|_| vec![None; expected.len()]);
+        let done = committed
+            .iter()
+            .zip(expected)
+            .all(|(c, e)| *c == Some(*e) || (*e == 0 && c.is_none()));
+        if done || Instant::now() >= deadline {
+            return committed;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Counts how often each value occurs.
+pub fn tally<'a>(values: impl IntoIterator<Item = &'a str>) -> HashMap<&'a str, usize> {
+    let mut counts = HashMap::new();
+    for v in values {
+        *counts.entry(v).or_insert(0) += 1;
+    }
+    counts
+}
