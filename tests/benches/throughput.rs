@@ -15,26 +15,30 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message as _};
 use sluice_tests::broker::Broker;
 use sluice_tests::daemon::{Daemon, config_text, parse};
-use sluice_tests::kafka::{Send, end_offsets, produce};
+use sluice_tests::kafka::{Counter, Send, produce_with};
 use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 3;
 
 /// Waits until `topic` holds `count` records; returns the time the first
 /// record appeared and the time the last one did.
-async fn watch(bootstrap: &str, topic: &str, count: i64) -> (Instant, Instant) {
-    let mut first = None;
-    loop {
-        let total: i64 = end_offsets(bootstrap, topic, PARTITIONS).iter().sum();
-        let now = Instant::now();
-        if total > 0 && first.is_none() {
-            first = Some(now);
+fn watch(bootstrap: &str, topic: &str, count: usize) -> (Instant, Instant) {
+    let mut counter = Counter::new(bootstrap, topic, PARTITIONS);
+    let mut span: Option<(Instant, Instant)> = None;
+    while counter.count < count {
+        if let Some((first, last)) = counter.poll(Duration::from_millis(100)) {
+            span = Some((span.map_or(first, |(f, _)| f), last));
         }
-        if total >= count {
-            return (first.unwrap_or(now), now);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    span.unwrap_or_else(|| (Instant::now(), Instant::now()))
+}
+
+/// [`watch`] on a blocking thread.
+async fn watch_async(bootstrap: &str, topic: &str, count: usize) -> (Instant, Instant) {
+    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || watch(&bootstrap, &topic, count))
+        .await
+        .expect("watcher")
 }
 
 /// The baseline: consume, upper-case, produce, store the offset after the
@@ -116,7 +120,7 @@ async fn run(broker: &Broker, size: usize, count: usize) -> (f64, f64) {
     }
     let value: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
     let keys: Vec<Vec<u8>> = (0..64).map(|i| format!("key-{i}").into_bytes()).collect();
-    produce(
+    produce_with(
         &bootstrap,
         &input,
         (0..count).map(|i| Send {
@@ -125,6 +129,7 @@ async fn run(broker: &Broker, size: usize, count: usize) -> (f64, f64) {
             value: &value,
             headers: &[],
         }),
+        true,
     )
     .await;
 
@@ -137,7 +142,7 @@ async fn run(broker: &Broker, size: usize, count: usize) -> (f64, f64) {
         out.clone(),
         stop.clone(),
     ));
-    let (first, last) = watch(&bootstrap, &out, count as i64).await;
+    let (first, last) = watch_async(&bootstrap, &out, count).await;
     stop.cancel();
     let _ = task.await;
     let bare = count as f64 / last.duration_since(first).as_secs_f64();
@@ -153,7 +158,7 @@ async fn run(broker: &Broker, size: usize, count: usize) -> (f64, f64) {
         "",
         &routes,
     )));
-    let (first, last) = watch(&bootstrap, &out, count as i64).await;
+    let (first, last) = watch_async(&bootstrap, &out, count).await;
     daemon.stop().await;
     let sluice = count as f64 / last.duration_since(first).as_secs_f64();
     (bare, sluice)

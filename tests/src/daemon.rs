@@ -63,6 +63,10 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `sluice::run` with `config` on the current tokio runtime.
     pub fn start(config: Config) -> Daemon {
+        // Logs go to stderr when RUST_LOG asks for them.
+        if std::env::var_os("RUST_LOG").is_some() {
+            sluice::telemetry::init(sluice::telemetry::LogFormat::Human, "warn");
+        }
         let stop = CancellationToken::new();
         let task = tokio::spawn(sluice::run(config, stop.clone().cancelled_owned()));
         Daemon { stop, task }
@@ -96,7 +100,10 @@ impl DaemonProcess {
         let child = Command::new(program)
             .args(["run", "--config"])
             .arg(file.path())
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .spawn()
             .expect("start the daemon binary");

@@ -48,19 +48,38 @@ pub struct Send<'a> {
     pub headers: &'a [(&'a str, &'a [u8])],
 }
 
-/// Produces records (idempotent, acks=all) and waits for every
-/// acknowledgement.
+/// Produces records (idempotent, acks=all), each in a record batch of its
+/// own, and waits for every acknowledgement.
+///
+/// One record per batch keeps every offset a batch boundary: Tansu 0.6
+/// returns nothing to a fetch that starts inside a batch, and the tests that
+/// resume mid-stream after a crash need to start anywhere.
 pub async fn produce<'a>(
     bootstrap: &str,
     topic: &str,
     records: impl IntoIterator<Item = Send<'a>>,
 ) {
-    let producer: FutureProducer = ClientConfig::new()
+    produce_with(bootstrap, topic, records, false).await;
+}
+
+/// Like [`produce`]; with `batched`, records share batches (faster, for
+/// benchmarks that read every topic from its start).
+pub async fn produce_with<'a>(
+    bootstrap: &str,
+    topic: &str,
+    records: impl IntoIterator<Item = Send<'a>>,
+    batched: bool,
+) {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .expect("test producer");
+        .set("enable.idempotence", "true");
+    if batched {
+        config.set("linger.ms", "5");
+    } else {
+        config.set("linger.ms", "0").set("batch.num.messages", "1");
+    }
+    let producer: FutureProducer = config.create().expect("test producer");
     let mut pending = Vec::new();
     for r in records {
         let mut headers = OwnedHeaders::new();
@@ -198,17 +217,47 @@ pub fn read_topic(
     out
 }
 
-/// The high watermark (end offset) of each partition.
-pub fn end_offsets(bootstrap: &str, topic: &str, partitions: i32) -> Vec<i64> {
-    let consumer = reader(bootstrap);
-    (0..partitions)
-        .map(|p| {
-            consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .expect("watermarks")
-                .1
-        })
-        .collect()
+/// Counts the records of a topic from the beginning, reading until `timeout`
+/// has passed with no new record (or `at_least` were counted and the topic
+/// went quiet). Counting by consuming works on any broker, whatever its
+/// offsets look like.
+pub struct Counter {
+    consumer: BaseConsumer,
+    /// Records counted so far.
+    pub count: usize,
+}
+
+impl Counter {
+    /// Starts counting `topic` from the beginning of every partition.
+    pub fn new(bootstrap: &str, topic: &str, partitions: i32) -> Counter {
+        let consumer = reader(bootstrap);
+        let mut list = TopicPartitionList::new();
+        for p in 0..partitions {
+            list.add_partition_offset(topic, p, Offset::Beginning)
+                .expect("assignable partition");
+        }
+        consumer.assign(&list).expect("assign");
+        Counter { consumer, count: 0 }
+    }
+
+    /// Counts what arrives within `wait`; returns when the first and the
+    /// last of those records arrived, if any did.
+    pub fn poll(&mut self, wait: Duration) -> Option<(Instant, Instant)> {
+        let mut seen: Option<(Instant, Instant)> = None;
+        let deadline = Instant::now() + wait;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.consumer.poll(left) {
+                Some(Ok(_)) => {
+                    self.count += 1;
+                    let now = Instant::now();
+                    seen = Some((seen.map_or(now, |(first, _)| first), now));
+                }
+                Some(Err(_)) => {}
+                None => break,
+            }
+        }
+        seen
+    }
 }
 
 /// Waits until the group's committed offsets equal `expected` for every

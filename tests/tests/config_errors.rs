@@ -62,7 +62,20 @@ fn parse(
     text: &str,
     env: &BTreeMap<String, String>,
 ) -> (Result<Config, String>, tempfile::TempDir) {
+    parse_with_modules(text, env, &[])
+}
+
+/// Like [`parse`], with more (empty) modules in the plugins directory.
+fn parse_with_modules(
+    text: &str,
+    env: &BTreeMap<String, String>,
+    extra_modules: &[&str],
+) -> (Result<Config, String>, tempfile::TempDir) {
     let dir = config_dir();
+    for module in extra_modules {
+        fs::write(dir.path().join(format!("plugins/{module}.wasm")), b"")
+            .expect("write an empty module");
+    }
     fs::write(dir.path().join("sluice.toml"), text).expect("copy the case into its directory");
     let lookup = |var: &str| env.get(var).cloned();
     let result = Config::parse(text, dir.path(), &lookup).map_err(|e| {
@@ -264,4 +277,22 @@ fn an_unreadable_file_is_named_in_the_error() {
         message.starts_with(&format!("cannot read config file {}: ", path.display())),
         "{message}"
     );
+}
+
+#[test]
+fn the_documented_example_is_valid() {
+    let doc_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+    let doc = fs::read_to_string(&doc_path).expect("docs/configuration.md exists");
+    let example = doc
+        .split_once("## A complete example")
+        .and_then(|(_, rest)| rest.split_once("```toml\n"))
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(toml, _)| toml)
+        .expect("docs/configuration.md has a toml block under \"A complete example\"");
+    let (config, dir) = parse_with_modules(example, &BTreeMap::new(), &["json-router"]);
+    let config = config.unwrap_or_else(|e| panic!("the documented example is refused: {e}"));
+    assert_eq!(config.group_id(), "prod.orders");
+    let modules: Vec<&str> = config.routes.iter().map(|r| r.module.as_str()).collect();
+    assert_eq!(modules, ["uppercase", "json-router", "misbehave"]);
+    assert_eq!(config.plugins_dir(), dir.path().join("plugins"));
 }

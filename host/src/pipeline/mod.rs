@@ -86,6 +86,15 @@ impl ConsumerContext for RebalanceContext {
             Rebalance::Error(e) => tracing::warn!("rebalance error: {e}"),
         }
     }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => tracing::debug!(offsets = ?offsets.to_topic_map(), "offsets committed"),
+            Err(e) => {
+                tracing::warn!(offsets = ?offsets.to_topic_map(), "offset commit failed: {e}")
+            }
+        }
+    }
 }
 
 /// Commits stored offsets; having nothing new to commit is not an error.

@@ -67,6 +67,8 @@ impl Gate {
             // After a rebalance librdkafka refuses offsets of partitions no
             // longer assigned; the message will be handled by the new owner.
             tracing::debug!(topic = %tp.0, partition = tp.1, offset, "offset not stored: {e}");
+        } else {
+            tracing::trace!(topic = %tp.0, partition = tp.1, offset, "offset stored");
         }
     }
 }
