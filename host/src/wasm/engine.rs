@@ -8,7 +8,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
+};
 
 use super::bindings;
 use super::invoke::{Invoker, StoreState};
@@ -125,10 +127,14 @@ impl Runtime {
                 .total_memories(n.saturating_mul(2))
                 .total_tables(n.saturating_mul(8))
                 .max_memory_size(config.max_memory_bytes)
-                // Keep the first pages of each slot mapped between instances:
-                // resetting them with memset is cheaper than a page fault storm.
-                .linear_memory_keep_resident(64 << 10)
-                .table_keep_resident(16 << 10);
+                // Keep the pages an instance dirtied mapped when its slot is
+                // reused, resetting only those (found with PAGEMAP_SCAN where
+                // the kernel has it) instead of unmapping them and taking a
+                // page fault for each on the next use: instantiation cost
+                // in `host/benches/dispatch.rs` dropped by about half.
+                .linear_memory_keep_resident(2 << 20)
+                .table_keep_resident(64 << 10)
+                .pagemap_scan(Enabled::Auto);
             wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
         let engine = Engine::new(&wasm).map_err(RuntimeError::Engine)?;

@@ -1,5 +1,5 @@
-//! `sluice check` as a user runs it: the description of a valid plugin, a
-//! single invocation, and the exit codes.
+//! The `sluice` command as a user runs it: `check` describing and invoking a
+//! plugin, `run` refusing a bad config, and `demo` on the embedded broker.
 
 use std::process::{Command, Output};
 
@@ -118,5 +118,87 @@ fn help_explains_the_commands() {
         "--memory-limit-mb",
     ] {
         assert!(stdout(&out).contains(flag), "check --help mentions {flag}");
+    }
+}
+
+#[test]
+fn run_fails_fast_on_a_bad_config_naming_the_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        "[kafka]\ntimeout_seconds = 0\n\n[[routes]]\ntopic = \"orders\"\nmodule = \"enrich\"\n",
+    )
+    .expect("write config");
+    let out = sluice(&["run", "--config", config.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid config file"), "{err}");
+    assert!(
+        err.contains("kafka.timeout_seconds = 0 is not allowed: from 1 to 300"),
+        "{err}"
+    );
+
+    std::fs::write(
+        &config,
+        "[[routes]]\ntopic = \"orders\"\nmodule = \"enrich\"\n",
+    )
+    .expect("write config");
+    let out = sluice(&["run", "--config", config.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("routes[0].module = \"enrich\""),
+        "a missing module is named: {err}"
+    );
+    assert!(err.contains("enrich.wasm does not exist"), "{err}");
+}
+
+#[test]
+fn demo_shows_every_sample_with_its_output_or_dead_letter() {
+    // The demo config with the plugins directory pointing at the built
+    // examples, under the module names the config uses.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).expect("plugins dir");
+    for (name, path) in [
+        ("uppercase", artifacts::UPPERCASE),
+        ("json-router", artifacts::JSON_ROUTER),
+        ("misbehave", artifacts::MISBEHAVE),
+    ] {
+        std::fs::copy(path, plugins.join(format!("{name}.wasm"))).expect("copy plugin");
+    }
+    let demo = include_str!("../../examples/demo.toml")
+        .replace("dir = \"../plugins\"", "dir = \"plugins\"");
+    let config = dir.path().join("demo.toml");
+    std::fs::write(&config, demo).expect("write config");
+
+    let out = sluice(&[
+        "demo",
+        "--config",
+        config.to_str().expect("utf-8 path"),
+        "--exit-when-done",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(
+        text.contains("every sample message has its output or dead letter"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"→ text.out key="sample-0" value="HELLO, SLUICE""#),
+        "{text}"
+    );
+    assert!(text.contains("→ events.high"), "{text}");
+    for error_type in [
+        "HandlerError",
+        "HandlerTrap",
+        "HandlerTimeout",
+        "MemoryLimitExceeded",
+    ] {
+        assert!(
+            text.contains(&format!("✗ dlq-events {error_type} from")),
+            "{error_type}: {text}"
+        );
     }
 }
