@@ -163,12 +163,14 @@ async fn run(broker: &Broker, size: usize, count: usize) -> (f64, f64) {
         "[[routes]]\ntopic = \"{input}\"\nmodule = \"uppercase\"\noutput_topics = [\"{out}\"]\n[routes.config]\noutput_topic = \"{out}\"\n"
     );
     let started = Instant::now();
-    let daemon = Daemon::start(parse(&config_text(
-        &bootstrap,
-        &format!("sluice-{tag}"),
-        "",
-        &routes,
-    )));
+    let mut text = config_text(&bootstrap, &format!("sluice-{tag}"), "", &routes);
+    if let Ok(queue) = std::env::var("SLUICE_BENCH_PARTITION_QUEUE") {
+        text = text.replace(
+            "[processing]\n",
+            &format!("[processing]\npartition_queue = {queue}\n"),
+        );
+    }
+    let daemon = Daemon::start(parse(&text));
     let (_, last) = watch_async(&bootstrap, &out, count).await;
     daemon.stop().await;
     let sluice = count as f64 / last.duration_since(started).as_secs_f64();

@@ -332,8 +332,10 @@ fn default_concurrency() -> usize {
     std::thread::available_parallelism().map_or(2, usize::from)
 }
 fn default_partition_queue() -> usize {
-    // Enough to keep a handler busy between fetches, small enough to bound memory.
-    1000
+    // Enough to keep a handler busy between fetches (pausing and resuming a
+    // partition costs a fetch), small enough to bound memory; see the
+    // README's throughput figures.
+    5000
 }
 fn default_batch_size() -> usize {
     // Amortises the hand-off to a worker thread; see the README's figures.

@@ -185,7 +185,10 @@ pub async fn run_worker(
         if received == 0 {
             break;
         }
-        if gate.paused.load(Ordering::Relaxed) {
+        // A paused partition is resumed once its queue is half empty, not at
+        // the first free slot: every resume makes the consumer fetch again,
+        // so resuming often costs more than it gains.
+        if gate.paused.load(Ordering::Relaxed) && rx.len() <= rx.max_capacity() / 2 {
             let _ = room.send(tp.clone());
         }
         let mut queue: VecDeque<Message> = batch.drain(..).collect();
