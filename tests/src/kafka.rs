@@ -165,6 +165,18 @@ fn reader(bootstrap: &str) -> BaseConsumer {
         .expect("test reader")
 }
 
+/// A reader assigned to every partition of `topic` from its beginning.
+fn reader_from_start(bootstrap: &str, topic: &str, partitions: i32) -> BaseConsumer {
+    let consumer = reader(bootstrap);
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("assignable partition");
+    }
+    consumer.assign(&list).expect("assign");
+    consumer
+}
+
 /// Reads a topic from the beginning (without joining a group) until `at_least`
 /// records arrived or `timeout` passed; then keeps reading for `settle` to
 /// catch any extra (duplicate or unexpected) records.
@@ -176,13 +188,7 @@ pub fn read_topic(
     timeout: Duration,
     settle: Duration,
 ) -> Vec<Record> {
-    let consumer = reader(bootstrap);
-    let mut list = TopicPartitionList::new();
-    for p in 0..partitions {
-        list.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("assignable partition");
-    }
-    consumer.assign(&list).expect("assign");
+    let consumer = reader_from_start(bootstrap, topic, partitions);
     let mut out = Vec::new();
     let deadline = Instant::now() + timeout;
     let mut settle_until: Option<Instant> = None;
@@ -230,14 +236,10 @@ pub struct Counter {
 impl Counter {
     /// Starts counting `topic` from the beginning of every partition.
     pub fn new(bootstrap: &str, topic: &str, partitions: i32) -> Counter {
-        let consumer = reader(bootstrap);
-        let mut list = TopicPartitionList::new();
-        for p in 0..partitions {
-            list.add_partition_offset(topic, p, Offset::Beginning)
-                .expect("assignable partition");
+        Counter {
+            consumer: reader_from_start(bootstrap, topic, partitions),
+            count: 0,
         }
-        consumer.assign(&list).expect("assign");
-        Counter { consumer, count: 0 }
     }
 
     /// Counts what arrives within `wait`; returns when the first and the

@@ -199,25 +199,8 @@ pub async fn run_worker(
                 break 'messages;
             }
             for (mut message, next) in done {
-                match next {
-                    Next::Produce(outputs) => {
-                        let correlation = correlation_id(&message);
-                        let Some(deliveries) =
-                            produce_all(&shared, outputs, &correlation, &gate.cancel).await
-                        else {
-                            break 'messages;
-                        };
-                        if ack_tx
-                            .send(Pending {
-                                offset: message.offset,
-                                deliveries,
-                            })
-                            .await
-                            .is_err()
-                        {
-                            break 'messages;
-                        }
-                    }
+                let (records, correlation) = match next {
+                    Next::Produce(outputs) => (outputs, correlation_id(&message)),
                     Next::Retry(failure) => {
                         let delay = route.backoff(message.attempt);
                         tracing::info!(
@@ -234,6 +217,7 @@ pub async fn run_worker(
                         }
                         message.attempt += 1;
                         queue.push_front(message);
+                        continue;
                     }
                     Next::DeadLetter { error_type, reason } => {
                         let Some(dlq) = route.dead_letter_topic.as_deref() else {
@@ -244,51 +228,71 @@ pub async fn run_worker(
                             break 'messages;
                         };
                         let correlation = correlation_id(&message);
-                        let letter = DeadLetter {
-                            message: &message,
+                        let record = dead_letter(
+                            &tp,
+                            &route,
+                            &message,
                             error_type,
                             reason,
-                            correlation_id: &correlation,
-                            retry_count: message.attempt - 1,
-                            module: route.plugin.name(),
-                            module_hash: route.plugin.hash(),
-                            failed_at: SystemTime::now(),
-                        };
-                        tracing::warn!(
-                            topic = %tp.0, partition = tp.1, offset = message.offset,
-                            module = route.plugin.name(), module_hash = route.plugin.short_hash(),
-                            correlation_id = %correlation, error_type = error_type.as_str(),
-                            dead_letter_topic = dlq,
-                            "dead-lettering message: {}", letter.reason
+                            &correlation,
+                            dlq,
                         );
-                        let record = Output {
-                            topic: dlq.to_owned(),
-                            key: message.key.clone(),
-                            value: serde_json::to_vec(&letter.envelope()).ok(),
-                            headers: letter.headers(),
-                        };
-                        let Some(deliveries) =
-                            produce_all(&shared, vec![record], &correlation, &gate.cancel).await
-                        else {
-                            break 'messages;
-                        };
-                        if ack_tx
-                            .send(Pending {
-                                offset: message.offset,
-                                deliveries,
-                            })
-                            .await
-                            .is_err()
-                        {
-                            break 'messages;
-                        }
+                        (vec![record], correlation)
                     }
+                };
+                // The message is done once every record is acknowledged.
+                let Some(deliveries) =
+                    produce_all(&shared, records, &correlation, &gate.cancel).await
+                else {
+                    break 'messages;
+                };
+                let pending = Pending {
+                    offset: message.offset,
+                    deliveries,
+                };
+                if ack_tx.send(pending).await.is_err() {
+                    break 'messages;
                 }
             }
         }
     }
     drop(ack_tx);
     let _ = acker.await;
+}
+
+/// Builds the dead-letter record for a failed message, and logs it.
+fn dead_letter(
+    tp: &TopicPartition,
+    route: &Route,
+    message: &Message,
+    error_type: ErrorType,
+    reason: String,
+    correlation: &str,
+    dlq: &str,
+) -> Output {
+    let letter = DeadLetter {
+        message,
+        error_type,
+        reason,
+        correlation_id: correlation,
+        retry_count: message.attempt - 1,
+        module: route.plugin.name(),
+        module_hash: route.plugin.hash(),
+        failed_at: SystemTime::now(),
+    };
+    tracing::warn!(
+        topic = %tp.0, partition = tp.1, offset = message.offset,
+        module = route.plugin.name(), module_hash = route.plugin.short_hash(),
+        correlation_id = %correlation, error_type = error_type.as_str(),
+        dead_letter_topic = dlq,
+        "dead-lettering message: {}", letter.reason
+    );
+    Output {
+        topic: dlq.to_owned(),
+        key: message.key.clone(),
+        value: serde_json::to_vec(&letter.envelope()).ok(),
+        headers: letter.headers(),
+    }
 }
 
 /// Without a dead-letter topic a failed message is never skipped: the
@@ -338,7 +342,16 @@ fn correlation_id(message: &Message) -> String {
         .iter()
         .find(|h| h.key == CORRELATION_HEADER)
         .and_then(|h| std::str::from_utf8(&h.value).ok())
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+        .map_or_else(new_correlation_id, str::to_owned)
+}
+
+/// A random (version 4) UUID. Correlation ids need uniqueness, not
+/// unpredictability, so a fast user-space generator replaces a system call
+/// per message.
+fn new_correlation_id() -> String {
+    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
+        .into_uuid()
+        .to_string()
 }
 
 fn kafka_headers(headers: &[Header], correlation: &str) -> OwnedHeaders {
@@ -417,13 +430,25 @@ async fn run_acker(
     gate: Arc<Gate>,
     mut rx: mpsc::Receiver<Pending>,
 ) {
-    while let Some(pending) = rx.recv().await {
-        for delivery in pending.deliveries {
-            if !await_delivery(&shared, &gate, delivery).await {
-                return;
+    let mut ready = Vec::with_capacity(256);
+    while rx.recv_many(&mut ready, 256).await > 0 {
+        // Store once per batch of handled messages: the last offset covers
+        // every message before it.
+        let mut last_acked = None;
+        for pending in ready.drain(..) {
+            for delivery in pending.deliveries {
+                if !await_delivery(&shared, &gate, delivery).await {
+                    if let Some(offset) = last_acked {
+                        gate.store(&shared, &tp, offset);
+                    }
+                    return;
+                }
             }
+            last_acked = Some(pending.offset);
         }
-        gate.store(&shared, &tp, pending.offset);
+        if let Some(offset) = last_acked {
+            gate.store(&shared, &tp, offset);
+        }
     }
 }
 
