@@ -2,7 +2,7 @@
 //! loopback port, stopped when dropped.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -65,10 +65,19 @@ impl Broker {
 
     fn launch(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let engine = match &self.storage {
-            Storage::Memory => "memory://tansu/".to_owned(),
-            Storage::Sqlite(file) => format!("sqlite://{}", file.display()),
+        // Tansu resolves a SQLite path against its working directory, even
+        // one written as absolute: run it in the file's directory.
+        let (engine, dir) = match &self.storage {
+            Storage::Memory => ("memory://tansu/".to_owned(), self._dir.path().to_owned()),
+            Storage::Sqlite(file) => (
+                format!(
+                    "sqlite://{}",
+                    file.file_name().unwrap_or_default().to_string_lossy()
+                ),
+                file.parent().map(Path::to_owned).unwrap_or_default(),
+            ),
         };
+        let log = std::fs::File::create(self.log_file()).expect("broker log file");
         let child = Command::new("tansu")
             .args([
                 "broker",
@@ -79,9 +88,10 @@ impl Broker {
             ])
             .args(["--storage-engine", &engine])
             .env("RUST_LOG", "warn")
+            .current_dir(dir)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone().expect("broker log file"))
+            .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start the tansu broker ({e}); {INSTALL_HINT}"));
         self.child = Some(child);
@@ -102,9 +112,15 @@ impl Broker {
         {
             assert!(
                 Instant::now() < deadline,
-                "tansu did not become ready within 30 s"
+                "tansu did not become ready within 30 s; its output:\n{}",
+                std::fs::read_to_string(self.log_file()).unwrap_or_default()
             );
         }
+    }
+
+    /// Where the broker's output goes (overwritten at each start).
+    fn log_file(&self) -> PathBuf {
+        self._dir.path().join("tansu.log")
     }
 
     /// The address clients connect to.

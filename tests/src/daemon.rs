@@ -3,8 +3,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 
 use sluice::config::Config;
+use sluice::pipeline::Status;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +33,7 @@ auto_offset_reset = "earliest"
 {kafka_extra}
 
 [kafka.librdkafka]
+"reconnect.backoff.max.ms" = 1000
 "session.timeout.ms" = 6000
 "heartbeat.interval.ms" = 500
 "topic.metadata.refresh.interval.ms" = 1000
@@ -58,6 +61,8 @@ pub fn parse(text: &str) -> Config {
 pub struct Daemon {
     stop: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
+    /// What it reports: breakers, stopped partitions, messages consumed.
+    pub status: Arc<Status>,
 }
 
 impl Daemon {
@@ -68,8 +73,18 @@ impl Daemon {
             sluice::telemetry::init(sluice::telemetry::LogFormat::Human, "warn");
         }
         let stop = CancellationToken::new();
-        let task = tokio::spawn(sluice::run(config, stop.clone().cancelled_owned()));
-        Daemon { stop, task }
+        let status = Status::new(&config);
+        let task = tokio::spawn(sluice::pipeline::run_with_status(
+            config,
+            status.clone(),
+            stop.clone().cancelled_owned(),
+        ));
+        Daemon { stop, task, status }
+    }
+
+    /// Whether it has stopped on its own (it should not).
+    pub fn has_exited(&self) -> bool {
+        self.task.is_finished()
     }
 
     /// Asks it to stop (as SIGTERM does) and waits for the drain.

@@ -203,24 +203,48 @@ pub fn read_topic(
             _ => {}
         }
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            out.push(Record {
-                topic: m.topic().to_owned(),
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(<[u8]>::to_vec),
-                value: m.payload().map(<[u8]>::to_vec),
-                headers: m
-                    .headers()
-                    .map(|hs| {
-                        hs.iter()
-                            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            });
+            out.push(to_record(&m));
         }
     }
     out
+}
+
+/// Reads a topic from the beginning until `done` holds for everything read
+/// so far, or `timeout` passes; returns what was read either way.
+pub fn read_until(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    timeout: Duration,
+    done: impl Fn(&[Record]) -> bool,
+) -> Vec<Record> {
+    let consumer = reader_from_start(bootstrap, topic, partitions);
+    let mut out = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while !done(&out) && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            out.push(to_record(&m));
+        }
+    }
+    out
+}
+
+fn to_record(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+    Record {
+        topic: m.topic().to_owned(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        value: m.payload().map(<[u8]>::to_vec),
+        headers: m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
 }
 
 /// Counts the records of a topic from the beginning, reading until `timeout`

@@ -212,6 +212,7 @@ dead_letter_topic = "file-dlq"
 timeout_seconds = 20
 max_retry_attempts = 4
 retry_backoff_base = 0.5
+retry_backoff_max = 100.0
 circuit_breaker_threshold = 7
 circuit_breaker_reset_timeout = 20.0
 consumer_sleep_interval = 0.2
@@ -230,6 +231,7 @@ module = "uppercase"
         ("KAFKA_TIMEOUT_SECONDS", "60"),
         ("KAFKA_MAX_RETRY_ATTEMPTS", "5"),
         ("KAFKA_RETRY_BACKOFF_BASE", "2.5"),
+        ("KAFKA_RETRY_BACKOFF_MAX", "120.5"),
         ("KAFKA_CIRCUIT_BREAKER_THRESHOLD", "10"),
         ("KAFKA_CIRCUIT_BREAKER_RESET_TIMEOUT", "60.5"),
         ("KAFKA_CONSUMER_SLEEP_INTERVAL", "0.05"),
@@ -257,6 +259,7 @@ module = "uppercase"
     assert_eq!(k.timeout_seconds, 60);
     assert_eq!(k.max_retry_attempts, 5);
     assert_eq!(k.retry_backoff_base, 2.5);
+    assert_eq!(k.retry_backoff_max, 120.5);
     assert_eq!(k.circuit_breaker_threshold, 10);
     assert_eq!(k.circuit_breaker_reset_timeout, 60.5);
     assert_eq!(k.consumer_sleep_interval, 0.05);

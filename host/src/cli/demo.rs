@@ -82,8 +82,9 @@ async fn run_demo(config: Config, exit_when_done: bool) -> anyhow::Result<ExitCo
         let stop = stop.clone();
         let config = config.clone();
         let bootstrap = bootstrap.clone();
+        let status = pipeline::Status::new(&config);
         tokio::spawn(async move {
-            pipeline::run_with_bootstrap(config, &bootstrap, stop.cancelled_owned()).await
+            pipeline::run_with_bootstrap(config, &bootstrap, status, stop.cancelled_owned()).await
         })
     };
 

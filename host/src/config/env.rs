@@ -35,6 +35,11 @@ const VARIABLES: &[(&str, &str, Kind)] = &[
         Kind::Decimal,
     ),
     (
+        "KAFKA_RETRY_BACKOFF_MAX",
+        "retry_backoff_max",
+        Kind::Decimal,
+    ),
+    (
         "KAFKA_CIRCUIT_BREAKER_THRESHOLD",
         "circuit_breaker_threshold",
         Kind::Whole,
@@ -61,8 +66,8 @@ const VARIABLES: &[(&str, &str, Kind)] = &[
 ];
 
 /// The names of the variables Sluice reads.
-pub const KAFKA_VARIABLES: [&str; 14] = {
-    let mut names = [""; 14];
+pub const KAFKA_VARIABLES: [&str; 15] = {
+    let mut names = [""; 15];
     let mut i = 0;
     while i < VARIABLES.len() {
         names[i] = VARIABLES[i].0;

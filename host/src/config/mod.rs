@@ -119,15 +119,23 @@ pub struct KafkaConfig {
     #[serde(default = "default_max_retry_attempts")]
     pub max_retry_attempts: u32,
     /// Base of the exponential retry backoff in seconds, 0.1 to 60.0: retry
-    /// `n` waits `base * 2^(n-1)`, times a jitter from 0.5 to 1.5, at most ten
-    /// minutes. `KAFKA_RETRY_BACKOFF_BASE`.
+    /// `n` (0 for the first) waits `base * 2^n`, times a jitter from 0.5 to
+    /// 1.5, at most `retry_backoff_max`. `KAFKA_RETRY_BACKOFF_BASE`.
     #[serde(default = "default_retry_backoff_base")]
     pub retry_backoff_base: f64,
-    /// Consecutive broker failures before the circuit opens, 1 to 100.
+    /// The longest retry delay in seconds, 0.1 to 3600.0 and at least
+    /// `retry_backoff_base`. `KAFKA_RETRY_BACKOFF_MAX`.
+    #[serde(default = "default_retry_backoff_max")]
+    pub retry_backoff_max: f64,
+    /// Consecutive failures to produce output or dead-letter records (each
+    /// after librdkafka's own retries and `timeout_seconds`) before the
+    /// broker circuit opens and consumption pauses, 1 to 100; also the
+    /// default of each route's handler breaker.
     /// `KAFKA_CIRCUIT_BREAKER_THRESHOLD`.
     #[serde(default = "default_circuit_breaker_threshold")]
     pub circuit_breaker_threshold: u32,
-    /// Seconds an open circuit waits before a probe, 1.0 to 3600.0.
+    /// Seconds an open circuit waits before a probe, 1.0 to 3600.0; also the
+    /// default of each route's handler breaker.
     /// `KAFKA_CIRCUIT_BREAKER_RESET_TIMEOUT`.
     #[serde(default = "default_circuit_breaker_reset_timeout")]
     pub circuit_breaker_reset_timeout: f64,
@@ -279,6 +287,24 @@ pub struct RouteConfig {
     /// Retries for this route, overriding `kafka.max_retry_attempts`, 0 to 10.
     #[serde(default)]
     pub max_retry_attempts: Option<u32>,
+    /// Which failures are retried: any of `"retryable"` (the handler's
+    /// retryable error), `"timeout"`, `"trap"`, `"memory_limit"`,
+    /// `"invalid_output"`, `"permanent"`. Default `["retryable", "timeout"]`;
+    /// the rest go to the dead-letter topic at once.
+    #[serde(default = "default_retry_on")]
+    pub retry_on: Vec<String>,
+    /// Consecutive messages that fail with retryable errors or timeouts
+    /// (after their retries) before this route's handler breaker opens and
+    /// its partitions hold their failing message instead of dead-lettering
+    /// everything behind it, 0 to 100 (0: never opens). Default
+    /// `kafka.circuit_breaker_threshold`.
+    #[serde(default)]
+    pub circuit_breaker_threshold: Option<u32>,
+    /// Seconds the open handler breaker waits before re-running the held
+    /// message as a probe, 1.0 to 3600.0. Default
+    /// `kafka.circuit_breaker_reset_timeout`.
+    #[serde(default)]
+    pub circuit_breaker_reset_timeout: Option<f64>,
     /// Strings handed to the guest's `config(key)`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
@@ -307,6 +333,17 @@ fn default_max_retry_attempts() -> u32 {
 fn default_retry_backoff_base() -> f64 {
     // The event bus's KAFKA_RETRY_BACKOFF_BASE default.
     1.0
+}
+fn default_retry_backoff_max() -> f64 {
+    // Five minutes: long enough for a dependency to restart, short enough
+    // that a held partition is retried within an operator's attention span.
+    300.0
+}
+fn default_retry_on() -> Vec<String> {
+    vec![
+        RetryOn::Retryable.as_str().to_owned(),
+        RetryOn::Timeout.as_str().to_owned(),
+    ]
 }
 fn default_circuit_breaker_threshold() -> u32 {
     // The event bus's KAFKA_CIRCUIT_BREAKER_THRESHOLD default.
@@ -480,9 +517,12 @@ impl KafkaConfig {
         Duration::from_secs(self.timeout_seconds)
     }
 
-    /// The base of the retry backoff.
-    pub fn retry_backoff_base(&self) -> Duration {
-        Duration::from_secs_f64(self.retry_backoff_base)
+    /// The retry backoff.
+    pub fn retry_backoff(&self) -> crate::pipeline::Backoff {
+        crate::pipeline::Backoff {
+            base: Duration::from_secs_f64(self.retry_backoff_base),
+            max: Duration::from_secs_f64(self.retry_backoff_max),
+        }
     }
 
     /// How long an open circuit waits before a probe.
@@ -529,5 +569,73 @@ impl RouteConfig {
     /// How many retries this route allows.
     pub fn max_retry_attempts(&self, kafka: &KafkaConfig) -> u32 {
         self.max_retry_attempts.unwrap_or(kafka.max_retry_attempts)
+    }
+
+    /// The failures this route retries.
+    pub fn retry_on(&self) -> Vec<RetryOn> {
+        self.retry_on
+            .iter()
+            .filter_map(|name| RetryOn::parse(name))
+            .collect()
+    }
+
+    /// The handler breaker's threshold (0: never opens).
+    pub fn circuit_breaker_threshold(&self, kafka: &KafkaConfig) -> u32 {
+        self.circuit_breaker_threshold
+            .unwrap_or(kafka.circuit_breaker_threshold)
+    }
+
+    /// How long the open handler breaker waits before a probe.
+    pub fn circuit_breaker_reset_timeout(&self, kafka: &KafkaConfig) -> Duration {
+        Duration::from_secs_f64(
+            self.circuit_breaker_reset_timeout
+                .unwrap_or(kafka.circuit_breaker_reset_timeout),
+        )
+    }
+}
+
+/// A kind of handler failure a route may retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOn {
+    /// The handler returned a retryable error.
+    Retryable,
+    /// The call timed out.
+    Timeout,
+    /// The guest trapped (panic, stack overflow...).
+    Trap,
+    /// The guest grew past its memory limit.
+    MemoryLimit,
+    /// The handler emitted to a topic outside `output_topics`.
+    InvalidOutput,
+    /// The handler returned a permanent error.
+    Permanent,
+}
+
+impl RetryOn {
+    /// Every kind, in documentation order.
+    pub const ALL: [RetryOn; 6] = [
+        RetryOn::Retryable,
+        RetryOn::Timeout,
+        RetryOn::Trap,
+        RetryOn::MemoryLimit,
+        RetryOn::InvalidOutput,
+        RetryOn::Permanent,
+    ];
+
+    /// The name used in `retry_on`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryOn::Retryable => "retryable",
+            RetryOn::Timeout => "timeout",
+            RetryOn::Trap => "trap",
+            RetryOn::MemoryLimit => "memory_limit",
+            RetryOn::InvalidOutput => "invalid_output",
+            RetryOn::Permanent => "permanent",
+        }
+    }
+
+    /// The kind named `name`.
+    pub fn parse(name: &str) -> Option<RetryOn> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
     }
 }

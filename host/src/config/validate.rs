@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::{Debug, Display};
 use std::ops::RangeInclusive;
 
-use super::{Acks, Config, ConfigError};
+use super::{Acks, Config, ConfigError, RetryOn};
 
 /// librdkafka properties Sluice sets itself; overriding them would break
 /// at-least-once delivery or the group id contract.
@@ -84,6 +84,18 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     in_range("kafka.timeout_seconds", k.timeout_seconds, 1..=300)?;
     in_range("kafka.max_retry_attempts", k.max_retry_attempts, 0..=10)?;
     in_range("kafka.retry_backoff_base", k.retry_backoff_base, 0.1..=60.0)?;
+    in_range("kafka.retry_backoff_max", k.retry_backoff_max, 0.1..=3600.0)?;
+    if k.retry_backoff_max < k.retry_backoff_base {
+        return Err(invalid(
+            "kafka.retry_backoff_max",
+            format!("{:?}", k.retry_backoff_max),
+            format!(
+                "a value of at least kafka.retry_backoff_base ({:?}): the cap on the retry delay \
+                 cannot be below its base",
+                k.retry_backoff_base
+            ),
+        ));
+    }
     in_range(
         "kafka.circuit_breaker_threshold",
         k.circuit_breaker_threshold,
@@ -220,6 +232,25 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         }
         if let Some(retries) = route.max_retry_attempts {
             in_range(&at("max_retry_attempts"), retries, 0..=10)?;
+        }
+        for (j, name) in route.retry_on.iter().enumerate() {
+            if RetryOn::parse(name).is_none() {
+                let allowed: Vec<String> = RetryOn::ALL
+                    .iter()
+                    .map(|k| format!("{:?}", k.as_str()))
+                    .collect();
+                return Err(invalid(
+                    at(&format!("retry_on[{j}]")),
+                    format!("{name:?}"),
+                    format!("one of {}", allowed.join(", ")),
+                ));
+            }
+        }
+        if let Some(threshold) = route.circuit_breaker_threshold {
+            in_range(&at("circuit_breaker_threshold"), threshold, 0..=100)?;
+        }
+        if let Some(reset) = route.circuit_breaker_reset_timeout {
+            in_range(&at("circuit_breaker_reset_timeout"), reset, 1.0..=3600.0)?;
         }
     }
     Ok(())

@@ -6,13 +6,14 @@
 //! not parse configuration (see [`crate::config`]) nor touch wasmtime directly
 //! (see [`crate::wasm`]).
 
+mod breaker;
 pub mod dlq;
 mod partition;
 mod route;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -31,15 +32,84 @@ use crate::config::Config;
 use crate::kafka;
 use crate::wasm::{Header, Message, Plugin, Runtime, RuntimeConfig};
 
+pub use breaker::{Admission, Backoff, Breaker, CircuitState};
 pub use partition::CORRELATION_HEADER;
 use partition::{Gate, TopicPartition};
 use route::Route;
 
-/// What the daemon reports about itself.
-#[derive(Default)]
+/// What the daemon reports about itself, and the breakers operators may
+/// reset.
 pub struct Status {
+    /// The broker circuit breaker: opens when records cannot be produced.
+    pub broker: Arc<Breaker>,
+    /// Each route's handler breaker, by input topic.
+    pub routes: BTreeMap<String, Arc<Breaker>>,
     /// Partitions stopped on a failing message, with the reason.
     pub stopped: Mutex<BTreeMap<TopicPartition, String>>,
+    consumed: AtomicU64,
+    /// Whether a broker answers: unknown until the first message or the
+    /// first "all brokers down".
+    reachable: tokio::sync::watch::Sender<Option<bool>>,
+}
+
+impl Status {
+    /// A fresh status for `config`: every breaker closed.
+    pub fn new(config: &Config) -> Arc<Status> {
+        let k = &config.kafka;
+        Arc::new(Status {
+            broker: Breaker::new(
+                "broker",
+                k.circuit_breaker_threshold,
+                k.circuit_breaker_reset_timeout(),
+            ),
+            routes: config
+                .routes
+                .iter()
+                .map(|r| {
+                    let breaker = Breaker::new(
+                        format!("route {}", r.topic),
+                        r.circuit_breaker_threshold(k),
+                        r.circuit_breaker_reset_timeout(k),
+                    );
+                    (r.topic.clone(), breaker)
+                })
+                .collect(),
+            stopped: Mutex::new(BTreeMap::new()),
+            consumed: AtomicU64::new(0),
+            reachable: tokio::sync::watch::Sender::new(None),
+        })
+    }
+
+    /// Whether the brokers answer (`None` until known), and its changes.
+    pub fn broker_reachable(&self) -> tokio::sync::watch::Receiver<Option<bool>> {
+        self.reachable.subscribe()
+    }
+
+    fn set_reachable(&self, up: bool) {
+        let changed = self.reachable.send_if_modified(|known| {
+            let changed = *known != Some(up);
+            *known = Some(up);
+            changed
+        });
+        if changed && up {
+            tracing::info!("Kafka brokers reachable: consuming");
+        } else if changed {
+            tracing::warn!(
+                "no Kafka broker is reachable; retrying in the background, consumption \
+                 begins when one answers"
+            );
+        }
+    }
+
+    /// Messages received from Kafka so far (redeliveries included).
+    pub fn consumed(&self) -> u64 {
+        self.consumed.load(Ordering::Relaxed)
+    }
+
+    /// The handler breaker of the route consuming `topic`.
+    pub fn route_breaker(&self, topic: &str) -> Option<&Arc<Breaker>> {
+        self.routes.get(topic)
+    }
 }
 
 /// State shared by the main loop and every partition worker.
@@ -114,7 +184,11 @@ struct PartitionHandle {
 }
 
 /// Loads the module of every route, refusing to start when one is invalid.
-fn load_routes(config: &Config, runtime: &Runtime) -> anyhow::Result<Vec<Arc<Route>>> {
+fn load_routes(
+    config: &Config,
+    runtime: &Runtime,
+    status: &Status,
+) -> anyhow::Result<Vec<Arc<Route>>> {
     let dir = config.plugins_dir();
     let mut plugins: HashMap<&str, Arc<Plugin>> = HashMap::new();
     let mut routes = Vec::new();
@@ -133,7 +207,23 @@ fn load_routes(config: &Config, runtime: &Runtime) -> anyhow::Result<Vec<Arc<Rou
                 p
             }
         };
-        routes.push(Arc::new(Route::new(config, route, plugin, runtime.clone())));
+        let breaker = status
+            .route_breaker(&route.topic)
+            .cloned()
+            .unwrap_or_else(|| {
+                Breaker::new(
+                    format!("route {}", route.topic),
+                    route.circuit_breaker_threshold(&config.kafka),
+                    route.circuit_breaker_reset_timeout(&config.kafka),
+                )
+            });
+        routes.push(Arc::new(Route::new(
+            config,
+            route,
+            plugin,
+            runtime.clone(),
+            breaker,
+        )));
     }
     Ok(routes)
 }
@@ -159,6 +249,17 @@ pub fn all_topics(config: &Config) -> Vec<String> {
 /// With `bootstrap_servers = "embedded"` it starts the in-memory development
 /// broker first and logs its address.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let status = Status::new(&config);
+    run_with_status(config, status, shutdown).await
+}
+
+/// Like [`run`], reporting into `status` (made by [`Status::new`] from the
+/// same config).
+pub async fn run_with_status(
+    config: Config,
+    status: Arc<Status>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let embedded = if config.is_embedded() {
         let broker = kafka::EmbeddedBroker::start(&all_topics(&config))?;
         tracing::warn!(
@@ -175,13 +276,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .map_or(config.kafka.bootstrap_servers.clone(), |b| {
             b.bootstrap_servers().to_owned()
         });
-    run_with_bootstrap(config, &bootstrap, shutdown).await
+    run_with_bootstrap(config, &bootstrap, status, shutdown).await
 }
 
 /// Runs the daemon against the given brokers until `shutdown` completes.
 pub async fn run_with_bootstrap(
     config: Config,
     bootstrap: &str,
+    status: Arc<Status>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let p = &config.processing;
@@ -195,9 +297,10 @@ pub async fn run_with_bootstrap(
     // Compiling modules is CPU-heavy: keep it off the async threads.
     let (runtime, routes) = {
         let config = config.clone();
+        let status = status.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let runtime = Runtime::new(runtime_config)?;
-            let routes = load_routes(&config, &runtime)?;
+            let routes = load_routes(&config, &runtime, &status)?;
             Ok((runtime, routes))
         })
         .await??
@@ -234,8 +337,9 @@ pub async fn run_with_bootstrap(
         consumer: consumer.clone(),
         slots: Semaphore::new(concurrency),
         batch_size: p.batch_size,
-        status: Arc::new(Status::default()),
+        status: status.clone(),
     });
+    let mut broker_circuit = status.broker.subscribe();
     let stop_all = CancellationToken::new();
     let (room_tx, mut room_rx) = mpsc::unbounded_channel::<TopicPartition>();
     let mut partitions: HashMap<TopicPartition, PartitionHandle> = HashMap::new();
@@ -244,15 +348,24 @@ pub async fn run_with_bootstrap(
     commit_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let manual_commit = !config.kafka.enable_auto_commit;
     let mut errors = ErrorLog::default();
+    let mut reachable = false;
 
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             biased;
             () = &mut shutdown => break,
+            Ok(()) = broker_circuit.changed() => {
+                let state = *broker_circuit.borrow_and_update();
+                match state {
+                    CircuitState::Open => pause_all(&consumer),
+                    CircuitState::Closed => resume_all(&consumer, &partitions),
+                    CircuitState::HalfOpen => {}
+                }
+            }
             Some(tp) = room_rx.recv() => {
                 if let Some(handle) = partitions.get_mut(&tp) {
-                    refill(&consumer, &tp, handle);
+                    refill(&consumer, &tp, handle, status.broker.state());
                 }
             }
             received = consumer.recv() => {
@@ -260,10 +373,19 @@ pub async fn run_with_bootstrap(
                 let m = match received {
                     Ok(m) => m,
                     Err(e) => {
+                        if matches!(e, KafkaError::MessageConsumption(RDKafkaErrorCode::AllBrokersDown)) {
+                            status.set_reachable(false);
+                            reachable = false;
+                        }
                         errors.report(&e);
                         continue;
                     }
                 };
+                if !reachable {
+                    status.set_reachable(true);
+                    reachable = true;
+                }
+                status.consumed.fetch_add(1, Ordering::Relaxed);
                 let Some(route) = by_topic.get(m.topic()) else { continue };
                 let tp = (m.topic().to_owned(), m.partition());
                 let handle = partitions.entry(tp.clone()).or_insert_with(|| {
@@ -341,6 +463,7 @@ fn refill(
     consumer: &StreamConsumer<RebalanceContext>,
     tp: &TopicPartition,
     handle: &mut PartitionHandle,
+    broker_circuit: CircuitState,
 ) {
     while let Some(message) = handle.overflow.pop_front() {
         match handle.tx.try_send(message) {
@@ -355,8 +478,61 @@ fn refill(
             }
         }
     }
-    if handle.gate.paused.swap(false, Ordering::Relaxed) {
+    // While the broker circuit is not closed the partition stays paused;
+    // closing it resumes every partition whose queue has room.
+    if handle.gate.paused.swap(false, Ordering::Relaxed) && broker_circuit == CircuitState::Closed {
         set_paused(consumer, tp, false);
+    }
+}
+
+/// Pauses every assigned partition: the broker circuit opened, so nothing
+/// more is fetched until records can be produced again. Messages already
+/// queued are held, not dropped.
+fn pause_all(consumer: &StreamConsumer<RebalanceContext>) {
+    match consumer.assignment() {
+        Ok(list) => {
+            if let Err(e) = consumer.pause(&list) {
+                tracing::warn!("cannot pause consumption: {e}");
+            } else {
+                tracing::warn!(
+                    partitions = list.count(),
+                    "broker circuit open: consumption paused"
+                );
+            }
+        }
+        Err(e) => tracing::warn!("cannot read the assignment to pause it: {e}"),
+    }
+}
+
+/// Resumes every assigned partition except those paused for a full queue.
+fn resume_all(
+    consumer: &StreamConsumer<RebalanceContext>,
+    partitions: &HashMap<TopicPartition, PartitionHandle>,
+) {
+    let assignment = match consumer.assignment() {
+        Ok(list) => list,
+        Err(e) => {
+            tracing::warn!("cannot read the assignment to resume it: {e}");
+            return;
+        }
+    };
+    let mut list = TopicPartitionList::new();
+    for e in assignment.elements() {
+        let tp = (e.topic().to_owned(), e.partition());
+        let full = partitions
+            .get(&tp)
+            .is_some_and(|h| h.gate.paused.load(Ordering::Relaxed));
+        if !full {
+            list.add_partition(&tp.0, tp.1);
+        }
+    }
+    if let Err(e) = consumer.resume(&list) {
+        tracing::warn!("cannot resume consumption: {e}");
+    } else {
+        tracing::info!(
+            partitions = list.count(),
+            "broker circuit closed: consumption resumed"
+        );
     }
 }
 

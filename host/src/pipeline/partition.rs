@@ -17,8 +17,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
+use super::breaker::{Admission, CircuitState};
 use super::dlq::{DeadLetter, ErrorType};
 use super::route::Route;
+use crate::config::RetryOn;
 use crate::wasm::{Failure, Header, Message, Outcome, Output};
 
 /// The header that carries a message's correlation id.
@@ -79,53 +81,88 @@ struct Pending {
     deliveries: Vec<DeliveryFuture>,
 }
 
-/// What to do with a message after a call.
+/// What a call's outcome means for the message.
 enum Next {
     Produce(Vec<Output>),
-    Retry(Failure),
-    DeadLetter {
-        error_type: ErrorType,
-        reason: String,
-    },
+    Failed(Failed),
 }
 
-fn decide(route: &Route, attempt: u32, outcome: Outcome) -> Next {
-    match outcome {
-        Ok(outputs) => match outputs
-            .iter()
-            .find(|o| !route.output_topics.contains(&o.topic))
-        {
-            Some(bad) => {
-                let mut allowed: Vec<&str> =
-                    route.output_topics.iter().map(String::as_str).collect();
-                allowed.sort_unstable();
-                Next::DeadLetter {
-                    error_type: ErrorType::InvalidOutput,
-                    reason: format!(
-                        "handler emitted to topic {:?}, which is not in the route's output_topics {allowed:?}",
-                        bad.topic
-                    ),
-                }
-            }
-            None => Next::Produce(outputs),
-        },
-        Err(failure) if failure.is_retryable() && attempt <= route.max_retry_attempts => {
-            Next::Retry(failure)
-        }
-        Err(failure) => Next::DeadLetter {
-            error_type: ErrorType::of(&failure),
-            reason: failure.to_string(),
-        },
+/// A failed call, classified.
+struct Failed {
+    kind: RetryOn,
+    /// The dead-letter error type if it is not retried (again).
+    error_type: ErrorType,
+    reason: String,
+}
+
+impl Failed {
+    /// Retryable errors and timeouts (after their retries) are what the
+    /// handler breaker counts: they suggest something the handler depends
+    /// on is down, so the messages behind them would fail too.
+    fn trips_breaker(&self) -> bool {
+        matches!(self.kind, RetryOn::Retryable | RetryOn::Timeout)
     }
 }
 
-/// Calls the handler for queued messages in order, on a blocking thread,
-/// stopping after the first one that must be retried (so nothing behind it
-/// is handled first) or when cancelled.
+fn classify(route: &Route, outcome: Outcome) -> Next {
+    let failure = match outcome {
+        Ok(outputs) => {
+            let Some(bad) = outputs
+                .iter()
+                .find(|o| !route.output_topics.contains(&o.topic))
+            else {
+                return Next::Produce(outputs);
+            };
+            let mut allowed: Vec<&str> = route.output_topics.iter().map(String::as_str).collect();
+            allowed.sort_unstable();
+            return Next::Failed(Failed {
+                kind: RetryOn::InvalidOutput,
+                error_type: ErrorType::InvalidOutput,
+                reason: format!(
+                    "handler emitted to topic {:?}, which is not in the route's output_topics {allowed:?}",
+                    bad.topic
+                ),
+            });
+        }
+        Err(failure) => failure,
+    };
+    let kind = match &failure {
+        // An instance that could not be created is the host's problem
+        // (a full pool): retrying helps.
+        Failure::Handler {
+            retryable: true, ..
+        }
+        | Failure::Instantiate(_) => RetryOn::Retryable,
+        Failure::Handler {
+            retryable: false, ..
+        } => RetryOn::Permanent,
+        Failure::Timeout(_) => RetryOn::Timeout,
+        Failure::Trap { .. } => RetryOn::Trap,
+        Failure::MemoryLimitExceeded { .. } => RetryOn::MemoryLimit,
+    };
+    Next::Failed(Failed {
+        kind,
+        error_type: ErrorType::of(&failure),
+        reason: failure.to_string(),
+    })
+}
+
+impl Route {
+    /// Whether a message that failed on `attempt` is tried again.
+    fn retries(&self, failed: &Failed, attempt: u32) -> bool {
+        self.retry_on.contains(&failed.kind) && attempt <= self.max_retry_attempts
+    }
+}
+
+/// Calls the handler for up to `limit` queued messages in order, on a
+/// blocking thread, stopping after the first failure that may hold the
+/// partition (a retry, or the handler breaker opening) so that nothing
+/// behind it is handled first, or when cancelled.
 async fn invoke_batch(
     route: &Arc<Route>,
     shared: &Shared,
     mut queue: VecDeque<Message>,
+    limit: usize,
     cancel: &CancellationToken,
 ) -> (Vec<(Message, Next)>, VecDeque<Message>) {
     let Ok(_permit) = shared.slots.acquire().await else {
@@ -135,17 +172,21 @@ async fn invoke_batch(
     let cancel = cancel.clone();
     let task = tokio::task::spawn_blocking(move || {
         let mut invoker = route.take_invoker();
-        let mut done = Vec::with_capacity(queue.len());
-        while let Some(message) = queue.pop_front() {
+        let mut done = Vec::with_capacity(queue.len().min(limit));
+        while done.len() < limit {
+            let Some(message) = queue.pop_front() else {
+                break;
+            };
             if cancel.is_cancelled() {
                 queue.push_front(message);
                 break;
             }
             let outcome = invoker.invoke(&message, &route.invocation);
-            let next = decide(&route, message.attempt, outcome);
-            let retry = matches!(next, Next::Retry(_));
+            let next = classify(&route, outcome);
+            let stop = matches!(&next, Next::Failed(f)
+                if f.trips_breaker() || route.retries(f, message.attempt));
             done.push((message, next));
-            if retry {
+            if stop {
                 break;
             }
         }
@@ -161,6 +202,14 @@ async fn invoke_batch(
             (Vec::new(), VecDeque::new())
         }
     }
+}
+
+/// Waits for the route's handler breaker, then the broker breaker. Either
+/// may hand out its half-open probe, in which case one message is handled.
+async fn admit(route: &Route, shared: &Shared) -> (Admission, Admission) {
+    let handler = route.breaker.admit().await;
+    let broker = shared.status.broker.admit().await;
+    (handler, broker)
 }
 
 /// The partition worker. Returns when the queue closes, or the partition is
@@ -192,60 +241,103 @@ pub async fn run_worker(
             let _ = room.send(tp.clone());
         }
         let mut queue: VecDeque<Message> = batch.drain(..).collect();
-        while !queue.is_empty() {
-            let (done, rest) = invoke_batch(&route, &shared, queue, &gate.cancel).await;
+        'batches: while !queue.is_empty() {
+            let (mut handler, broker) = tokio::select! {
+                admitted = admit(&route, &shared) => admitted,
+                // Held messages are not stored: they are delivered again.
+                () = gate.cancel.cancelled() => break 'messages,
+            };
+            let limit = if handler.is_probe() || broker.is_probe() {
+                1
+            } else {
+                usize::MAX
+            };
+            let (done, rest) = invoke_batch(&route, &shared, queue, limit, &gate.cancel).await;
             queue = rest;
             if done.is_empty() {
                 break 'messages;
             }
+            let mut broker = Some(broker);
             for (mut message, next) in done {
                 let (records, correlation) = match next {
-                    Next::Produce(outputs) => (outputs, correlation_id(&message)),
-                    Next::Retry(failure) => {
-                        let delay = route.backoff(message.attempt);
-                        tracing::info!(
-                            topic = %tp.0, partition = tp.1, offset = message.offset,
-                            module = route.plugin.name(), attempt = message.attempt,
-                            delay_ms = delay.as_millis() as u64,
-                            "retrying after {failure}"
-                        );
-                        tokio::select! {
-                            () = tokio::time::sleep(delay) => {}
-                            // A retry cut short is not exhausted: the message is
-                            // not stored and will be delivered again.
-                            () = gate.cancel.cancelled() => break 'messages,
-                        }
-                        message.attempt += 1;
-                        queue.push_front(message);
-                        continue;
+                    Next::Produce(outputs) => {
+                        handler.report(true);
+                        (outputs, correlation_id(&message))
                     }
-                    Next::DeadLetter { error_type, reason } => {
+                    Next::Failed(failed) => {
+                        let retry = route.retries(&failed, message.attempt);
+                        if failed.trips_breaker() && (handler.is_probe() || !retry) {
+                            // Out of retries (or a failed probe): the
+                            // breaker counts it, and while it is open the
+                            // message is held rather than dead-lettered.
+                            let state = handler.report(false);
+                            if state != CircuitState::Closed {
+                                tracing::warn!(
+                                    topic = %tp.0, partition = tp.1, offset = message.offset,
+                                    module = route.plugin.name(), attempt = message.attempt,
+                                    breaker = state.as_str(),
+                                    "handler breaker is {state}: holding the message until a probe succeeds: {}",
+                                    failed.reason
+                                );
+                                message.attempt += 1;
+                                queue.push_front(message);
+                                continue 'batches;
+                            }
+                        } else if !retry {
+                            // The handler answered; it is not what the
+                            // breaker guards against.
+                            handler.report(true);
+                        }
+                        if retry {
+                            let delay = route.backoff.delay(message.attempt - 1);
+                            tracing::info!(
+                                topic = %tp.0, partition = tp.1, offset = message.offset,
+                                module = route.plugin.name(), attempt = message.attempt,
+                                delay_ms = delay.as_millis() as u64,
+                                "retrying after: {}", failed.reason
+                            );
+                            tokio::select! {
+                                () = tokio::time::sleep(delay) => {}
+                                // A retry cut short is not exhausted: the
+                                // message is not stored and will be
+                                // delivered again.
+                                () = gate.cancel.cancelled() => break 'messages,
+                            }
+                            message.attempt += 1;
+                            queue.push_front(message);
+                            continue 'batches;
+                        }
                         let Some(dlq) = route.dead_letter_topic.as_deref() else {
-                            stop_partition(
-                                &tp, &route, &shared, &message, error_type, &reason, &gate,
-                            )
-                            .await;
+                            stop_partition(&tp, &route, &shared, &message, &failed, &gate).await;
                             break 'messages;
                         };
                         let correlation = correlation_id(&message);
-                        let record = dead_letter(
-                            &tp,
-                            &route,
-                            &message,
-                            error_type,
-                            reason,
-                            &correlation,
-                            dlq,
-                        );
+                        let record = dead_letter(&tp, &route, &message, failed, &correlation, dlq);
                         (vec![record], correlation)
                     }
                 };
                 // The message is done once every record is acknowledged.
-                let Some(deliveries) =
+                let Some(mut deliveries) =
                     produce_all(&shared, records, &correlation, &gate.cancel).await
                 else {
                     break 'messages;
                 };
+                let admission = broker
+                    .take()
+                    .unwrap_or_else(|| shared.status.broker.admission());
+                if admission.is_probe() {
+                    // The broker's probe: its outcome is awaited here, before
+                    // anything else is produced.
+                    let mut admission = Some(admission);
+                    for delivery in deliveries.drain(..) {
+                        let admission = admission
+                            .take()
+                            .unwrap_or_else(|| shared.status.broker.admission());
+                        if !await_delivery(&shared, &gate, delivery, admission).await {
+                            break 'messages;
+                        }
+                    }
+                }
                 let pending = Pending {
                     offset: message.offset,
                     deliveries,
@@ -265,15 +357,15 @@ fn dead_letter(
     tp: &TopicPartition,
     route: &Route,
     message: &Message,
-    error_type: ErrorType,
-    reason: String,
+    failed: Failed,
     correlation: &str,
     dlq: &str,
 ) -> Output {
+    let error_type = failed.error_type;
     let letter = DeadLetter {
         message,
         error_type,
-        reason,
+        reason: failed.reason,
         correlation_id: correlation,
         retry_count: message.attempt - 1,
         module: route.plugin.name(),
@@ -302,10 +394,10 @@ async fn stop_partition(
     route: &Route,
     shared: &Shared,
     message: &Message,
-    error_type: ErrorType,
-    reason: &str,
+    failed: &Failed,
     gate: &Gate,
 ) {
+    let (error_type, reason) = (failed.error_type, &failed.reason);
     tracing::error!(
         topic = %tp.0, partition = tp.1, offset = message.offset,
         module = route.plugin.name(), module_hash = route.plugin.short_hash(),
@@ -437,7 +529,8 @@ async fn run_acker(
         let mut last_acked = None;
         for pending in ready.drain(..) {
             for delivery in pending.deliveries {
-                if !await_delivery(&shared, &gate, delivery).await {
+                let admission = shared.status.broker.admission();
+                if !await_delivery(&shared, &gate, delivery, admission).await {
                     if let Some(offset) = last_acked {
                         gate.store(&shared, &tp, offset);
                     }
@@ -452,33 +545,47 @@ async fn run_acker(
     }
 }
 
-/// Waits for one record's acknowledgement, producing it again after a
-/// failure. Returns false when it gave up because the partition was revoked
-/// or the daemon is shutting down.
-async fn await_delivery(shared: &Shared, gate: &Gate, mut delivery: DeliveryFuture) -> bool {
+/// Waits for one record's acknowledgement, reporting it to the broker
+/// breaker, and produces it again after a failure once the breaker admits
+/// it (at once while closed; while open, as its half-open probe or after
+/// another record's probe closed it). Returns false when it gave up because
+/// the partition was revoked or the daemon is shutting down.
+async fn await_delivery(
+    shared: &Shared,
+    gate: &Gate,
+    mut delivery: DeliveryFuture,
+    mut admission: Admission,
+) -> bool {
+    let breaker = &shared.status.broker;
     let mut failures = 0u32;
     loop {
         let failed: OwnedMessage = match delivery.await {
-            Ok(Ok(_)) => return true,
+            Ok(Ok(_)) => {
+                admission.report(true);
+                return true;
+            }
             Ok(Err((error, message))) => {
                 failures += 1;
+                let state = admission.report(false);
                 tracing::warn!(
                     topic = message.topic(),
                     failures,
-                    "record not acknowledged by the broker, producing it again: {error}"
+                    broker_circuit = state.as_str(),
+                    "record not acknowledged by the broker; it will be produced again: {error}"
                 );
                 message
             }
             Err(_canceled) => return false,
         };
-        if gate.cancel.is_cancelled() {
-            return false;
-        }
+        drop(admission);
         let delay = Duration::from_millis(100u64.saturating_mul(1 << failures.min(6)));
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
+        admission = tokio::select! {
+            admission = async {
+                tokio::time::sleep(delay).await;
+                breaker.admit().await
+            } => admission,
             () = gate.cancel.cancelled() => return false,
-        }
+        };
         let mut headers = OwnedHeaders::new();
         if let Some(h) = failed.headers() {
             for header in h.iter() {

@@ -3,9 +3,9 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
-use crate::config::{Config, RouteConfig};
+use super::breaker::{Backoff, Breaker};
+use crate::config::{Config, RetryOn, RouteConfig};
 use crate::wasm::{Invocation, Invoker, Isolation, Limits, Plugin, Runtime};
 
 /// Everything a partition worker needs to know about its route.
@@ -22,8 +22,13 @@ pub struct Route {
     pub dead_letter_topic: Option<String>,
     /// Retries of a retryable failure before it is dead-lettered.
     pub max_retry_attempts: u32,
-    /// The base of the exponential retry backoff.
-    pub retry_backoff_base: Duration,
+    /// The failures that are retried.
+    pub retry_on: Vec<RetryOn>,
+    /// The delay before each retry.
+    pub backoff: Backoff,
+    /// The handler breaker: open after too many messages in a row failed
+    /// with retryable errors or timeouts.
+    pub breaker: Arc<Breaker>,
     runtime: Runtime,
     isolation: Isolation,
     /// Idle invokers; a worker takes one for a batch and puts it back, so
@@ -38,6 +43,7 @@ impl Route {
         route: &RouteConfig,
         plugin: Arc<Plugin>,
         runtime: Runtime,
+        breaker: Arc<Breaker>,
     ) -> Route {
         Route {
             invocation: Invocation {
@@ -50,7 +56,9 @@ impl Route {
             output_topics: route.output_topics.iter().cloned().collect(),
             dead_letter_topic: route.dead_letter_topic(&config.kafka).map(str::to_owned),
             max_retry_attempts: route.max_retry_attempts(&config.kafka),
-            retry_backoff_base: config.kafka.retry_backoff_base(),
+            retry_on: route.retry_on(),
+            backoff: config.kafka.retry_backoff(),
+            breaker,
             config: route.clone(),
             plugin,
             runtime,
@@ -75,20 +83,5 @@ impl Route {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(invoker);
-    }
-
-    /// The delay before retry number `retry` (1 for the first retry):
-    /// `base * 2^(retry-1)`, times a jitter uniform in [0.5, 1.5], at most
-    /// ten minutes.
-    pub fn backoff(&self, retry: u32) -> Duration {
-        const CAP: Duration = Duration::from_secs(600);
-        let exp = 2f64.powi(
-            i32::try_from(retry.saturating_sub(1))
-                .unwrap_or(i32::MAX)
-                .min(30),
-        );
-        let jitter = 0.5 + fastrand::f64();
-        let secs = self.retry_backoff_base.as_secs_f64() * exp * jitter;
-        Duration::try_from_secs_f64(secs).map_or(CAP, |d| d.min(CAP))
     }
 }

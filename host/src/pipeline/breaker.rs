@@ -1,0 +1,486 @@
+//! Circuit breakers and the retry backoff.
+//!
+//! One breaker guards the broker (records that could not be produced), one
+//! per route guards its handler (messages that kept failing with retryable
+//! errors or timeouts). Both follow the event bus's states: `closed` until
+//! `threshold` consecutive failures, then `open` for the reset timeout, then
+//! `half_open`, where exactly one probe runs: its success closes the circuit,
+//! its failure opens it again.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// A breaker's state, named as the event bus names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CircuitState {
+    /// Normal operation.
+    Closed,
+    /// Testing recovery with one probe.
+    HalfOpen,
+    /// Blocking: waiting for the reset timeout.
+    Open,
+}
+
+impl CircuitState {
+    /// Every state, in gauge order.
+    pub const ALL: [CircuitState; 3] = [
+        CircuitState::Closed,
+        CircuitState::HalfOpen,
+        CircuitState::Open,
+    ];
+
+    /// `closed`, `half_open` or `open`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CircuitState::Closed => "closed",
+            CircuitState::HalfOpen => "half_open",
+            CircuitState::Open => "open",
+        }
+    }
+
+    /// The gauge value: 0 closed, 1 half_open, 2 open.
+    pub fn gauge(self) -> u8 {
+        match self {
+            CircuitState::Closed => 0,
+            CircuitState::HalfOpen => 1,
+            CircuitState::Open => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for CircuitState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A circuit breaker. Cheap to consult; waiting for it is async.
+pub struct Breaker {
+    /// What it guards, for logs: `broker` or `route <topic>`.
+    name: String,
+    /// Consecutive failures that open it; 0 never opens.
+    threshold: u32,
+    reset_timeout: Duration,
+    inner: Mutex<Inner>,
+    /// Publishes every transition (and wakes waiters when a probe is
+    /// released).
+    state: watch::Sender<CircuitState>,
+    /// Transitions into each state, indexed by [`CircuitState::gauge`].
+    transitions: [AtomicU64; 3],
+}
+
+struct Inner {
+    state: CircuitState,
+    failures: u32,
+    opened_at: Instant,
+    /// Whether the half-open probe has been handed out.
+    probing: bool,
+}
+
+impl Breaker {
+    /// A closed breaker that opens after `threshold` consecutive failures
+    /// (never, for 0) and probes after `reset_timeout`.
+    pub fn new(name: impl Into<String>, threshold: u32, reset_timeout: Duration) -> Arc<Breaker> {
+        Arc::new(Breaker {
+            name: name.into(),
+            threshold,
+            reset_timeout,
+            inner: Mutex::new(Inner {
+                state: CircuitState::Closed,
+                failures: 0,
+                opened_at: Instant::now(),
+                probing: false,
+            }),
+            state: watch::Sender::new(CircuitState::Closed),
+            transitions: Default::default(),
+        })
+    }
+
+    /// The current state.
+    pub fn state(&self) -> CircuitState {
+        self.lock().state
+    }
+
+    /// A receiver that sees every transition.
+    pub fn subscribe(&self) -> watch::Receiver<CircuitState> {
+        self.state.subscribe()
+    }
+
+    /// How many times the breaker entered `state`.
+    pub fn transitions_to(&self, state: CircuitState) -> u64 {
+        self.transitions[usize::from(state.gauge())].load(Ordering::Relaxed)
+    }
+
+    /// The consecutive failures counted so far (0 unless closed).
+    pub fn failures(&self) -> u32 {
+        self.lock().failures
+    }
+
+    /// Closes the breaker now (the operator's manual reset).
+    pub fn reset(&self) {
+        let mut inner = self.lock();
+        inner.failures = 0;
+        inner.probing = false;
+        self.set(&mut inner, CircuitState::Closed, "manual reset");
+    }
+
+    /// A plain admission, for work admitted together with an earlier one.
+    pub fn admission(self: &Arc<Self>) -> Admission {
+        Admission {
+            breaker: self.clone(),
+            probe: false,
+        }
+    }
+
+    /// Waits until work may proceed: at once while closed; while open, until
+    /// the reset timeout has passed and this caller gets the half-open probe.
+    pub async fn admit(self: &Arc<Self>) -> Admission {
+        self.wait(true).await
+    }
+
+    /// Waits until the breaker is closed, never taking the probe: for work
+    /// that cannot report its own outcome promptly.
+    pub async fn closed(self: &Arc<Self>) -> Admission {
+        self.wait(false).await
+    }
+
+    async fn wait(self: &Arc<Self>, may_probe: bool) -> Admission {
+        let mut changes = self.state.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let due = {
+                let mut inner = self.lock();
+                if inner.state == CircuitState::Open
+                    && Instant::now() >= inner.opened_at + self.reset_timeout
+                {
+                    self.set(&mut inner, CircuitState::HalfOpen, "reset timeout elapsed");
+                }
+                match inner.state {
+                    CircuitState::Closed => {
+                        return Admission {
+                            breaker: self.clone(),
+                            probe: false,
+                        };
+                    }
+                    CircuitState::HalfOpen if may_probe && !inner.probing => {
+                        inner.probing = true;
+                        return Admission {
+                            breaker: self.clone(),
+                            probe: true,
+                        };
+                    }
+                    CircuitState::HalfOpen => None,
+                    CircuitState::Open => Some(inner.opened_at + self.reset_timeout),
+                }
+            };
+            match due {
+                None => {
+                    let _ = changes.changed().await;
+                }
+                Some(due) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(due) => {}
+                        _ = changes.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn report(&self, probe: bool, ok: bool) -> CircuitState {
+        let mut inner = self.lock();
+        match (inner.state, ok) {
+            (CircuitState::Closed, true) => inner.failures = 0,
+            (CircuitState::Closed, false) => {
+                inner.failures += 1;
+                if self.threshold > 0 && inner.failures >= self.threshold {
+                    let why = format!("{} consecutive failures", inner.failures);
+                    self.open(&mut inner, &why);
+                }
+            }
+            (CircuitState::HalfOpen, true) if probe => {
+                inner.probing = false;
+                inner.failures = 0;
+                self.set(&mut inner, CircuitState::Closed, "probe succeeded");
+            }
+            (CircuitState::HalfOpen, false) if probe => {
+                inner.probing = false;
+                self.open(&mut inner, "probe failed");
+            }
+            // Work admitted before the circuit opened, finishing late: the
+            // probe alone decides.
+            _ => {}
+        }
+        inner.state
+    }
+
+    fn release_probe(&self) {
+        let mut inner = self.lock();
+        if inner.state == CircuitState::HalfOpen && inner.probing {
+            inner.probing = false;
+            // Wake a waiter to take the probe instead.
+            self.state.send_replace(inner.state);
+        }
+    }
+
+    fn open(&self, inner: &mut Inner, why: &str) {
+        inner.opened_at = Instant::now();
+        inner.failures = 0;
+        self.set(inner, CircuitState::Open, why);
+    }
+
+    fn set(&self, inner: &mut Inner, to: CircuitState, why: &str) {
+        let from = inner.state;
+        if from == to {
+            return;
+        }
+        inner.state = to;
+        self.transitions[usize::from(to.gauge())].fetch_add(1, Ordering::Relaxed);
+        match to {
+            CircuitState::Open => tracing::error!(
+                breaker = %self.name, from = from.as_str(), to = to.as_str(),
+                reset_timeout_s = self.reset_timeout.as_secs_f64(),
+                "circuit breaker opened: {why}"
+            ),
+            _ => tracing::warn!(
+                breaker = %self.name, from = from.as_str(), to = to.as_str(),
+                "circuit breaker {}: {why}", to.as_str()
+            ),
+        }
+        self.state.send_replace(to);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Permission to do work past a breaker. Its outcome is reported with
+/// [`Admission::report`]; the first report of a probe decides the half-open
+/// state, later ones count as ordinary outcomes. A probe dropped unreported
+/// (its work was cancelled) is handed to the next waiter.
+pub struct Admission {
+    breaker: Arc<Breaker>,
+    probe: bool,
+}
+
+impl Admission {
+    /// Whether this is the half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    /// Reports the outcome of the admitted work; returns the breaker's state
+    /// after it.
+    pub fn report(&mut self, ok: bool) -> CircuitState {
+        let probe = std::mem::take(&mut self.probe);
+        self.breaker.report(probe, ok)
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if self.probe {
+            self.breaker.release_probe();
+        }
+    }
+}
+
+/// The exponential retry backoff: retry `n` (0 for the first) waits
+/// `base * 2^n * jitter`, jitter uniform in [0.5, 1.5], at most `max`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    /// The first retry's delay before jitter.
+    pub base: Duration,
+    /// The longest delay.
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The delay before retry `n` (0 for the first) with a random jitter.
+    pub fn delay(&self, n: u32) -> Duration {
+        self.delay_with_jitter(n, 0.5 + fastrand::f64())
+    }
+
+    /// The delay before retry `n` with the given jitter factor.
+    pub fn delay_with_jitter(&self, n: u32, jitter: f64) -> Duration {
+        let exp = 2f64.powi(i32::try_from(n.min(62)).unwrap_or(62));
+        let secs = self.base.as_secs_f64() * exp * jitter;
+        Duration::try_from_secs_f64(secs).map_or(self.max, |d| d.min(self.max))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RESET: Duration = Duration::from_secs(30);
+
+    fn breaker(threshold: u32) -> Arc<Breaker> {
+        Breaker::new("test", threshold, RESET)
+    }
+
+    fn fail(b: &Arc<Breaker>, n: u32) -> CircuitState {
+        let mut state = b.state();
+        for _ in 0..n {
+            state = b.admission().report(false);
+        }
+        state
+    }
+
+    /// Whether `admit` completes without time passing.
+    async fn admits_now(b: &Arc<Breaker>) -> Option<Admission> {
+        tokio::time::timeout(Duration::ZERO, b.admit()).await.ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_threshold_consecutive_failures_only() {
+        let b = breaker(3);
+        assert_eq!(fail(&b, 2), CircuitState::Closed);
+        // A success resets the count: two more failures do not open it.
+        assert_eq!(b.admit().await.report(true), CircuitState::Closed);
+        assert_eq!(fail(&b, 2), CircuitState::Closed);
+        assert_eq!(fail(&b, 1), CircuitState::Open);
+        assert_eq!(b.transitions_to(CircuitState::Open), 1);
+        assert!(admits_now(&b).await.is_none(), "open blocks at once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn half_open_after_reset_timeout_with_a_single_probe() {
+        let b = breaker(1);
+        fail(&b, 1);
+        let opened = Instant::now();
+        let probe = b.admit().await;
+        assert_eq!(opened.elapsed(), RESET, "the probe waits the reset timeout");
+        assert!(probe.is_probe());
+        assert_eq!(b.state(), CircuitState::HalfOpen);
+        assert!(admits_now(&b).await.is_none(), "one probe at a time");
+        drop(probe);
+        let second = admits_now(&b)
+            .await
+            .expect("an abandoned probe is handed on");
+        assert!(second.is_probe());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probe_success_closes_and_releases_every_waiter() {
+        let b = breaker(1);
+        fail(&b, 1);
+        let waiter = tokio::spawn({
+            let b = b.clone();
+            async move { b.closed().await.is_probe() }
+        });
+        let mut probe = b.admit().await;
+        assert!(!waiter.is_finished());
+        assert_eq!(probe.report(true), CircuitState::Closed);
+        assert!(
+            !waiter.await.expect("the waiter does not panic"),
+            "waiters proceed as plain admissions"
+        );
+        assert_eq!(b.transitions_to(CircuitState::Closed), 1);
+        assert!(admits_now(&b).await.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probe_failure_opens_again_for_another_reset_timeout() {
+        let b = breaker(2);
+        fail(&b, 2);
+        let mut probe = b.admit().await;
+        assert_eq!(probe.report(false), CircuitState::Open);
+        let reopened = Instant::now();
+        let probe = b.admit().await;
+        assert_eq!(reopened.elapsed(), RESET);
+        assert!(probe.is_probe());
+        assert_eq!(b.transitions_to(CircuitState::Open), 2);
+        assert_eq!(b.transitions_to(CircuitState::HalfOpen), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_outcomes_of_plain_admissions_do_not_decide() {
+        let b = breaker(1);
+        let mut early = b.admit().await;
+        fail(&b, 1);
+        assert_eq!(early.report(true), CircuitState::Open, "open stays open");
+        let mut probe = b.admit().await;
+        assert_eq!(b.admission().report(true), CircuitState::HalfOpen);
+        assert_eq!(probe.report(true), CircuitState::Closed);
+        // Only the first report of a probe is the probe's.
+        assert_eq!(probe.report(false), CircuitState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closed_waiters_never_take_the_probe() {
+        let b = breaker(1);
+        fail(&b, 1);
+        tokio::time::advance(RESET).await;
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), b.closed())
+                .await
+                .is_err()
+        );
+        assert_eq!(b.state(), CircuitState::HalfOpen);
+        assert!(
+            admits_now(&b)
+                .await
+                .expect("half-open admits a probe")
+                .is_probe()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn manual_reset_closes() {
+        let b = breaker(1);
+        fail(&b, 1);
+        b.reset();
+        assert_eq!(b.state(), CircuitState::Closed);
+        assert!(
+            !admits_now(&b)
+                .await
+                .expect("closed admits at once")
+                .is_probe()
+        );
+    }
+
+    #[test]
+    fn threshold_zero_never_opens() {
+        let b = breaker(0);
+        assert_eq!(fail(&b, 1000), CircuitState::Closed);
+    }
+
+    #[test]
+    fn backoff_doubles_within_the_jitter_bounds_and_is_capped() {
+        let backoff = Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+        };
+        assert_eq!(
+            backoff.delay_with_jitter(0, 1.0),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            backoff.delay_with_jitter(3, 1.0),
+            Duration::from_millis(800)
+        );
+        assert_eq!(
+            backoff.delay_with_jitter(3, 0.5),
+            Duration::from_millis(400)
+        );
+        assert_eq!(
+            backoff.delay_with_jitter(3, 1.5),
+            Duration::from_millis(1200)
+        );
+        assert_eq!(backoff.delay_with_jitter(6, 1.0), Duration::from_secs(5));
+        assert_eq!(backoff.delay_with_jitter(u32::MAX, 1.5), backoff.max);
+        for n in 0..6 {
+            let nominal = backoff.delay_with_jitter(n, 1.0);
+            for _ in 0..1000 {
+                let d = backoff.delay(n);
+                assert!(d >= nominal / 2 && d <= nominal * 3 / 2, "{d:?} for {n}");
+            }
+        }
+    }
+}
