@@ -14,6 +14,9 @@
 //! 2. [`cli`] is the command line: `sluice check` loads a plugin, describes it
 //!    and optionally invokes it once.
 //! 3. [`telemetry`] sets up logging.
+//! 4. [`replay`] is the dead-letter tool's work (`sluice dlq`): it reads the
+//!    dead-letter topics without joining a group, filters and counts the
+//!    records, and replays them to their original topics.
 //!
 //! The WIT contract in `wit/` is the one source of truth for the types that
 //! cross the sandbox boundary; both this crate and the guest SDK generate
@@ -21,8 +24,13 @@
 
 pub mod cli;
 pub mod config;
+pub mod http;
 pub mod kafka;
+pub mod metrics;
 pub mod pipeline;
+pub mod plugins;
+pub mod replay;
+pub mod status;
 pub mod telemetry;
 pub mod wasm;
 

@@ -67,6 +67,12 @@ const GUESTS: &[Guest] = &[
               major version the host does not speak.",
     },
     Guest {
+        constant: "TAGGED",
+        package: "tagged",
+        doc: "`tests/fixtures/tagged`: emits `<tag>|<value>` to route config `output_topic`; \
+              the tag `sluice-tag-00000` sits once in the data segment for tests to patch.",
+    },
+    Guest {
         constant: "CHATTY",
         package: "chatty",
         doc: "`tests/fixtures/chatty`: per message, 1000 host `log` calls and 100 KiB to \

@@ -21,8 +21,26 @@ pub fn plugins_dir() -> PathBuf {
 
 /// A config file's text: the `[kafka]` table for `bootstrap` and `group`
 /// (reading from the earliest offset, committing every 200 ms), the plugins
-/// directory, then `rest` (routes and any other tables).
+/// directory, an HTTP endpoint on a free port (unless `rest` has an `[http]`
+/// table), then `rest` (routes and any other tables).
 pub fn config_text(bootstrap: &str, group: &str, kafka_extra: &str, rest: &str) -> String {
+    config_text_in(&plugins_dir(), bootstrap, group, kafka_extra, rest)
+}
+
+/// Like [`config_text`], with `plugins` as the plugins directory.
+pub fn config_text_in(
+    plugins: &Path,
+    bootstrap: &str,
+    group: &str,
+    kafka_extra: &str,
+    rest: &str,
+) -> String {
+    // Tests run side by side: each daemon serves HTTP on a port of its own.
+    let http = if rest.contains("[http]") {
+        ""
+    } else {
+        "[http]\nlisten = \"127.0.0.1:0\"\n"
+    };
     format!(
         r#"
 [kafka]
@@ -34,6 +52,7 @@ auto_offset_reset = "earliest"
 
 [kafka.librdkafka]
 "reconnect.backoff.max.ms" = 1000
+"statistics.interval.ms" = 500
 "session.timeout.ms" = 6000
 "heartbeat.interval.ms" = 500
 "topic.metadata.refresh.interval.ms" = 1000
@@ -45,9 +64,10 @@ dir = {dir:?}
 commit_interval_seconds = 0.2
 drain_timeout_seconds = 5
 
+{http}
 {rest}
 "#,
-        dir = plugins_dir().display().to_string()
+        dir = plugins.display().to_string()
     )
 }
 
@@ -82,6 +102,19 @@ impl Daemon {
         Daemon { stop, task, status }
     }
 
+    /// The address of its HTTP endpoint, once it listens.
+    pub async fn http_addr(&self) -> std::net::SocketAddr {
+        let mut addr = self.status.http_addr();
+        let ready = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            addr.wait_for(Option::is_some),
+        )
+        .await
+        .expect("the daemon listens for HTTP within a minute")
+        .expect("the status outlives the daemon");
+        ready.expect("wait_for returned a listening address")
+    }
+
     /// Whether it has stopped on its own (it should not).
     pub fn has_exited(&self) -> bool {
         self.task.is_finished()
@@ -107,6 +140,12 @@ impl DaemonProcess {
     /// Writes `config` to a file and starts the daemon binary `program` on
     /// it (an integration test passes `env!("CARGO_BIN_EXE_sluice-test-daemon")`).
     pub fn start(program: &str, config: &str) -> DaemonProcess {
+        Self::start_logging_to(program, config, None)
+    }
+
+    /// Like [`DaemonProcess::start`], writing its stderr (the log) to `log`
+    /// instead of the test's stderr.
+    pub fn start_logging_to(program: &str, config: &str, log: Option<&Path>) -> DaemonProcess {
         let mut file = tempfile::Builder::new()
             .suffix(".toml")
             .tempfile()
@@ -117,9 +156,17 @@ impl DaemonProcess {
             .arg(file.path())
             .env(
                 "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+                // A captured log is read by the test: everything from info.
+                match log {
+                    Some(_) => "info".to_owned(),
+                    None => std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+                },
             )
             .stdin(Stdio::null())
+            .stderr(match log {
+                Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+                None => Stdio::inherit(),
+            })
             .spawn()
             .expect("start the daemon binary");
         DaemonProcess {

@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod daemon;
+pub mod http;
 pub mod kafka;
 
 use std::sync::Arc;
@@ -45,4 +46,10 @@ pub fn message(topic: &str, value: &[u8]) -> Message {
         }],
         attempt: 1,
     }
+}
+
+/// The SHA-256 of `bytes` in hex, as Sluice names module versions.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
 }

@@ -4,6 +4,7 @@
 
 mod check;
 mod demo;
+mod dlq;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,9 +20,10 @@ use crate::telemetry::LogFormat;
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about, long_about = None)]
 pub struct Cli {
-    /// How log lines are written to stderr (RUST_LOG filters them).
-    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
-    pub log_format: LogFormat,
+    /// How log lines are written to stderr (RUST_LOG filters them); for
+    /// `run`, overrides the config file's `logging.format` [default: human].
+    #[arg(long, value_enum, global = true)]
+    pub log_format: Option<LogFormat>,
 
     #[command(subcommand)]
     command: Command,
@@ -45,6 +47,10 @@ enum Command {
     /// stream (failing messages included) and show outputs and dead letters
     /// as they happen.
     Demo(demo::DemoArgs),
+    /// Inspect and replay dead letters: list them, count them, or produce
+    /// them back to their original topics. Reads the dead-letter topics
+    /// named by the config file without joining a consumer group.
+    Dlq(dlq::DlqArgs),
 }
 
 #[derive(Debug, Args)]
@@ -58,7 +64,10 @@ struct RunArgs {
 /// runs the command and prints the whole error chain on failure.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::telemetry::init(cli.log_format, "warn,sluice=info");
+    // `run` sets logging up once its config file (and its logging.format) is read.
+    if !matches!(cli.command, Command::Run(_)) {
+        init_logging(cli.log_format.unwrap_or_default());
+    }
     match cli.run() {
         Ok(code) => code,
         Err(error) => {
@@ -75,12 +84,18 @@ impl Cli {
             Command::Check(args) => check::check(args),
             Command::Run(args) => {
                 let config = load_config(&args.config)?;
+                init_logging(self.log_format.unwrap_or(config.logging.format));
                 tokio_runtime()?.block_on(crate::run(config, shutdown_signal()))?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Demo(args) => demo::demo(args),
+            Command::Dlq(args) => dlq::dlq(args),
         }
     }
+}
+
+fn init_logging(format: LogFormat) {
+    crate::telemetry::init(format, "warn,sluice=info");
 }
 
 /// Loads and validates a config file, naming it in any error.

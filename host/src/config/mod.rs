@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::telemetry::LogFormat;
 use crate::wasm::Isolation;
 
 pub use env::KAFKA_VARIABLES;
@@ -72,6 +73,12 @@ pub struct Config {
     /// How messages are scheduled onto handlers.
     #[serde(default)]
     pub processing: ProcessingConfig,
+    /// The HTTP endpoint: health, readiness, metrics, plugins, admin.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// How the daemon logs.
+    #[serde(default)]
+    pub logging: LoggingConfig,
     /// Which module handles which topic; at least one, and a topic appears
     /// in one route only.
     #[serde(default)]
@@ -213,6 +220,43 @@ impl Default for PluginsConfig {
             dir: default_plugins_dir(),
         }
     }
+}
+
+/// The HTTP endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Serve health, readiness, metrics, plugins and the admin API.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The address to listen on: loopback on the event bus's port unless
+    /// set otherwise (`"0.0.0.0:8083"` to serve every interface; port 0
+    /// picks a free one).
+    #[serde(default = "default_http_listen")]
+    pub listen: String,
+    /// The bearer token `POST /admin/...` requires. Without one the admin
+    /// API answers only requests from loopback addresses.
+    #[serde(default)]
+    pub admin_token: Option<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            listen: default_http_listen(),
+            admin_token: None,
+        }
+    }
+}
+
+/// How the daemon logs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// `"human"` (default) or `"json"`; `--log-format` overrides it.
+    #[serde(default, deserialize_with = "deserialize_log_format")]
+    pub format: LogFormat,
 }
 
 /// How messages are scheduled onto handlers.
@@ -361,6 +405,10 @@ fn default_true() -> bool {
     // KAFKA_ENABLE_AUTO_COMMIT and KAFKA_ENABLE_IDEMPOTENCE default to true.
     true
 }
+fn default_http_listen() -> String {
+    // The event bus's health port, on loopback only.
+    "127.0.0.1:8083".to_owned()
+}
 fn default_plugins_dir() -> PathBuf {
     PathBuf::from("plugins")
 }
@@ -452,6 +500,15 @@ impl<'de> Deserialize<'de> for OffsetReset {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_str(&OFFSET_RESETS)
     }
+}
+
+const LOG_FORMATS: Choices<LogFormat> = Choices {
+    names: &[("human", LogFormat::Human), ("json", LogFormat::Json)],
+    expected: r#"one of "human", "json""#,
+};
+
+fn deserialize_log_format<'de, D: serde::Deserializer<'de>>(d: D) -> Result<LogFormat, D::Error> {
+    d.deserialize_str(&LOG_FORMATS)
 }
 
 fn deserialize_isolation<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Isolation, D::Error> {

@@ -161,6 +161,23 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         ));
     }
 
+    if config.http.enabled && config.http.listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(invalid(
+            "http.listen",
+            format!("{:?}", config.http.listen),
+            "an IP address and port such as \"127.0.0.1:8083\" or \"0.0.0.0:8083\"",
+        ));
+    }
+    if let Some(token) = &config.http.admin_token
+        && token.trim().len() < 16
+    {
+        return Err(invalid(
+            "http.admin_token",
+            "(hidden)",
+            "a token of at least 16 characters, or no admin_token (admin API on loopback only)",
+        ));
+    }
+
     if config.routes.is_empty() {
         return Err(invalid(
             "routes",

@@ -46,6 +46,8 @@ pub fn consumer_config(config: &Config, bootstrap: &str) -> ClientConfig {
     );
     let fetch_wait_ms = (k.consumer_sleep_interval * 1000.0).round() as u64;
     c.set_default("fetch.wait.max.ms", fetch_wait_ms.max(1).to_string());
+    // Consumer lag and broker reachability for health and metrics.
+    c.set_default("statistics.interval.ms", "5000");
     // Topics that do not exist yet are reported, not fatal: they may be created later.
     c.set_default("allow.auto.create.topics", "false");
     c

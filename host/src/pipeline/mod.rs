@@ -13,9 +13,9 @@ mod route;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use rdkafka::consumer::{
@@ -32,85 +32,15 @@ use crate::config::Config;
 use crate::kafka;
 use crate::wasm::{Header, Message, Plugin, Runtime, RuntimeConfig};
 
+pub use crate::status::Status;
+use crate::status::{ModuleInfo, TopicPartition};
 pub use breaker::{Admission, Backoff, Breaker, CircuitState};
 pub use partition::CORRELATION_HEADER;
-use partition::{Gate, TopicPartition};
-use route::Route;
+use partition::Gate;
+pub(crate) use route::Route;
 
-/// What the daemon reports about itself, and the breakers operators may
-/// reset.
-pub struct Status {
-    /// The broker circuit breaker: opens when records cannot be produced.
-    pub broker: Arc<Breaker>,
-    /// Each route's handler breaker, by input topic.
-    pub routes: BTreeMap<String, Arc<Breaker>>,
-    /// Partitions stopped on a failing message, with the reason.
-    pub stopped: Mutex<BTreeMap<TopicPartition, String>>,
-    consumed: AtomicU64,
-    /// Whether a broker answers: unknown until the first message or the
-    /// first "all brokers down".
-    reachable: tokio::sync::watch::Sender<Option<bool>>,
-}
-
-impl Status {
-    /// A fresh status for `config`: every breaker closed.
-    pub fn new(config: &Config) -> Arc<Status> {
-        let k = &config.kafka;
-        Arc::new(Status {
-            broker: Breaker::new(
-                "broker",
-                k.circuit_breaker_threshold,
-                k.circuit_breaker_reset_timeout(),
-            ),
-            routes: config
-                .routes
-                .iter()
-                .map(|r| {
-                    let breaker = Breaker::new(
-                        format!("route {}", r.topic),
-                        r.circuit_breaker_threshold(k),
-                        r.circuit_breaker_reset_timeout(k),
-                    );
-                    (r.topic.clone(), breaker)
-                })
-                .collect(),
-            stopped: Mutex::new(BTreeMap::new()),
-            consumed: AtomicU64::new(0),
-            reachable: tokio::sync::watch::Sender::new(None),
-        })
-    }
-
-    /// Whether the brokers answer (`None` until known), and its changes.
-    pub fn broker_reachable(&self) -> tokio::sync::watch::Receiver<Option<bool>> {
-        self.reachable.subscribe()
-    }
-
-    fn set_reachable(&self, up: bool) {
-        let changed = self.reachable.send_if_modified(|known| {
-            let changed = *known != Some(up);
-            *known = Some(up);
-            changed
-        });
-        if changed && up {
-            tracing::info!("Kafka brokers reachable: consuming");
-        } else if changed {
-            tracing::warn!(
-                "no Kafka broker is reachable; retrying in the background, consumption \
-                 begins when one answers"
-            );
-        }
-    }
-
-    /// Messages received from Kafka so far (redeliveries included).
-    pub fn consumed(&self) -> u64 {
-        self.consumed.load(Ordering::Relaxed)
-    }
-
-    /// The handler breaker of the route consuming `topic`.
-    pub fn route_breaker(&self, topic: &str) -> Option<&Arc<Breaker>> {
-        self.routes.get(topic)
-    }
-}
+/// A route shared by its partitions and the plugin watcher.
+pub(crate) type RouteHandle = Arc<Route>;
 
 /// State shared by the main loop and every partition worker.
 pub(crate) struct Shared {
@@ -128,9 +58,30 @@ struct RebalanceContext {
     gates: Mutex<HashMap<TopicPartition, Arc<Gate>>>,
     /// Partitions revoked since the main loop last looked.
     revoked: Mutex<Vec<TopicPartition>>,
+    status: Arc<Status>,
 }
 
-impl ClientContext for RebalanceContext {}
+impl ClientContext for RebalanceContext {
+    /// librdkafka's periodic statistics: consumer lag per partition, and
+    /// whether any broker is up.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut lag = BTreeMap::new();
+        for (topic, t) in &statistics.topics {
+            for (&partition, p) in &t.partitions {
+                if partition >= 0 && p.consumer_lag >= 0 {
+                    lag.insert((topic.clone(), partition), p.consumer_lag);
+                }
+            }
+        }
+        *self
+            .status
+            .lag
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = lag;
+        let up = statistics.brokers.values().any(|b| b.state == "UP");
+        self.status.set_reachable(up);
+    }
+}
 
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -190,39 +141,50 @@ fn load_routes(
     status: &Status,
 ) -> anyhow::Result<Vec<Arc<Route>>> {
     let dir = config.plugins_dir();
-    let mut plugins: HashMap<&str, Arc<Plugin>> = HashMap::new();
+    let mut plugins: HashMap<&str, (Arc<Plugin>, ModuleInfo)> = HashMap::new();
     let mut routes = Vec::new();
     for route in &config.routes {
-        let plugin = match plugins.get(route.module.as_str()) {
+        let (plugin, info) = match plugins.get(route.module.as_str()) {
             Some(p) => p.clone(),
             None => {
-                let p = Arc::new(runtime.load_file(&dir.join(format!("{}.wasm", route.module)))?);
+                let started = Instant::now();
+                let loaded = runtime.load_file(&dir.join(format!("{}.wasm", route.module)));
+                status.count_plugin_load(&route.module, loaded.is_ok());
+                let p = Arc::new(loaded?);
+                let info = ModuleInfo {
+                    name: p.name().to_owned(),
+                    hash: p.hash().to_owned(),
+                    size: p.size() as u64,
+                    loaded_at: SystemTime::now(),
+                    load_time: started.elapsed(),
+                };
                 tracing::info!(
                     module = p.name(),
                     module_hash = p.short_hash(),
                     size = p.size(),
+                    load_ms = info.load_time.as_millis() as u64,
                     "module loaded"
                 );
-                plugins.insert(&route.module, p.clone());
-                p
+                plugins.insert(&route.module, (p.clone(), info.clone()));
+                (p, info)
             }
         };
-        let breaker = status
-            .route_breaker(&route.topic)
-            .cloned()
-            .unwrap_or_else(|| {
-                Breaker::new(
-                    format!("route {}", route.topic),
-                    route.circuit_breaker_threshold(&config.kafka),
-                    route.circuit_breaker_reset_timeout(&config.kafka),
-                )
-            });
+        let route_status = status.routes.get(&route.topic).cloned().with_context(|| {
+            format!(
+                "the status was made from another config: no route for topic {}",
+                route.topic
+            )
+        })?;
+        *route_status
+            .module
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(info);
         routes.push(Arc::new(Route::new(
             config,
             route,
             plugin,
             runtime.clone(),
-            breaker,
+            route_status,
         )));
     }
     Ok(routes)
@@ -286,6 +248,21 @@ pub async fn run_with_bootstrap(
     status: Arc<Status>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // Health and metrics are served from the start, so that an orchestrator
+    // sees "not ready" while modules load or no broker answers.
+    let http_stop = CancellationToken::new();
+    let _stop_http_on_exit = http_stop.clone().drop_guard();
+    let http = if config.http.enabled {
+        let server = crate::http::bind(
+            &config.http,
+            status.clone(),
+            http_stop.clone().cancelled_owned(),
+        )
+        .await?;
+        Some(tokio::spawn(server))
+    } else {
+        None
+    };
     let p = &config.processing;
     let concurrency = p.concurrency;
     let runtime_config = RuntimeConfig {
@@ -305,7 +282,6 @@ pub async fn run_with_bootstrap(
         })
         .await??
     };
-    drop(runtime);
     let by_topic: HashMap<String, Arc<Route>> = routes
         .iter()
         .map(|r| (r.config.topic.clone(), r.clone()))
@@ -317,6 +293,7 @@ pub async fn run_with_bootstrap(
     let context = RebalanceContext {
         gates: Mutex::new(HashMap::new()),
         revoked: Mutex::new(Vec::new()),
+        status: status.clone(),
     };
     let consumer: Arc<StreamConsumer<RebalanceContext>> = Arc::new(
         kafka::consumer_config(&config, bootstrap)
@@ -331,6 +308,11 @@ pub async fn run_with_bootstrap(
         group = %config.group_id(), bootstrap_servers = bootstrap, topics = ?topics,
         "consuming"
     );
+    *status
+        .bootstrap_servers
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = bootstrap.to_owned();
+    status.set_started(true);
 
     let shared = Arc::new(Shared {
         producer,
@@ -341,6 +323,21 @@ pub async fn run_with_bootstrap(
     });
     let mut broker_circuit = status.broker.subscribe();
     let stop_all = CancellationToken::new();
+    // New versions of the routed modules, as they are written.
+    let mut by_module: HashMap<String, Vec<RouteHandle>> = HashMap::new();
+    for route in &routes {
+        by_module
+            .entry(route.module_name().to_owned())
+            .or_default()
+            .push(route.clone());
+    }
+    tokio::spawn(crate::plugins::watch(
+        config.plugins_dir(),
+        runtime,
+        by_module,
+        status.clone(),
+        stop_all.child_token(),
+    ));
     let (room_tx, mut room_rx) = mpsc::unbounded_channel::<TopicPartition>();
     let mut partitions: HashMap<TopicPartition, PartitionHandle> = HashMap::new();
     let mut workers = tokio::task::JoinSet::new();
@@ -369,7 +366,7 @@ pub async fn run_with_bootstrap(
                 }
             }
             received = consumer.recv() => {
-                drop_revoked(&consumer, &mut partitions);
+                drop_revoked(&consumer, &mut partitions, &status);
                 let m = match received {
                     Ok(m) => m,
                     Err(e) => {
@@ -385,7 +382,7 @@ pub async fn run_with_bootstrap(
                     status.set_reachable(true);
                     reachable = true;
                 }
-                status.consumed.fetch_add(1, Ordering::Relaxed);
+                status.count_consumed();
                 let Some(route) = by_topic.get(m.topic()) else { continue };
                 let tp = (m.topic().to_owned(), m.partition());
                 let handle = partitions.entry(tp.clone()).or_insert_with(|| {
@@ -393,6 +390,8 @@ pub async fn run_with_bootstrap(
                     let gate = Arc::new(Gate::new(stop_all.child_token()));
                     consumer.context().gates.lock().unwrap_or_else(PoisonError::into_inner)
                         .insert(tp.clone(), gate.clone());
+                    status.in_flight.lock().unwrap_or_else(PoisonError::into_inner)
+                        .insert(tp.clone(), gate.in_flight.clone());
                     workers.spawn(partition::run_worker(
                         tp.clone(), route.clone(), shared.clone(), gate.clone(), rx, room_tx.clone(),
                     ));
@@ -428,6 +427,11 @@ pub async fn run_with_bootstrap(
         tracing::warn!("producer flush incomplete: {e}");
     }
     consumer.unsubscribe();
+    status.set_started(false);
+    http_stop.cancel();
+    if let Some(http) = http {
+        let _ = http.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -440,6 +444,7 @@ fn dispatch(
     handle: &mut PartitionHandle,
     message: Message,
 ) {
+    handle.gate.in_flight.fetch_add(1, Ordering::Relaxed);
     if !handle.overflow.is_empty() {
         handle.overflow.push_back(message);
         return;
@@ -553,14 +558,20 @@ fn set_paused(consumer: &StreamConsumer<RebalanceContext>, tp: &TopicPartition, 
 fn drop_revoked(
     consumer: &StreamConsumer<RebalanceContext>,
     partitions: &mut HashMap<TopicPartition, PartitionHandle>,
+    status: &Status,
 ) {
     let mut revoked = consumer
         .context()
         .revoked
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
+    let mut in_flight = status
+        .in_flight
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     for tp in revoked.drain(..) {
         partitions.remove(&tp);
+        in_flight.remove(&tp);
     }
 }
 
@@ -591,7 +602,7 @@ fn to_message(m: &BorrowedMessage<'_>) -> Message {
 #[derive(Default)]
 struct ErrorLog {
     /// Per error text: when it was last logged, and repeats since.
-    last: HashMap<String, (Option<std::time::Instant>, u64)>,
+    last: HashMap<String, (Option<Instant>, u64)>,
 }
 
 impl ErrorLog {
@@ -599,7 +610,7 @@ impl ErrorLog {
 
     fn report(&mut self, error: &KafkaError) {
         let text = error.to_string();
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         let (logged, repeats) = self.last.entry(text.clone()).or_insert((None, 0));
         *repeats += 1;
         if logged.is_none_or(|at| now.duration_since(at) >= Self::EVERY) {

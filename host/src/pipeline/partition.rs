@@ -4,9 +4,9 @@
 //! for every message before it) is acknowledged by the broker.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rdkafka::Message as _;
 use rdkafka::consumer::Consumer as _;
@@ -21,7 +21,8 @@ use super::breaker::{Admission, CircuitState};
 use super::dlq::{DeadLetter, ErrorType};
 use super::route::Route;
 use crate::config::RetryOn;
-use crate::wasm::{Failure, Header, Message, Outcome, Output};
+use crate::status::TopicPartition;
+use crate::wasm::{Failure, Header, Message, Outcome, Output, Plugin};
 
 /// The header that carries a message's correlation id.
 pub const CORRELATION_HEADER: &str = "correlation_id";
@@ -29,9 +30,6 @@ pub const CORRELATION_HEADER: &str = "correlation_id";
 /// Handled messages whose records await acknowledgement, per partition. It
 /// bounds how far production may run ahead of the broker.
 const ACK_QUEUE: usize = 4096;
-
-/// A topic and partition.
-pub type TopicPartition = (String, i32);
 
 /// Decides, under one lock, whether a partition's offsets may still be
 /// stored: once it is revoked nothing more is stored for it.
@@ -42,6 +40,8 @@ pub struct Gate {
     pub cancel: CancellationToken,
     /// Set by the main loop while the partition is paused for a full queue.
     pub paused: AtomicBool,
+    /// Messages handed to the worker and not yet finished.
+    pub in_flight: Arc<AtomicU64>,
 }
 
 impl Gate {
@@ -50,6 +50,7 @@ impl Gate {
             revoked: Mutex::new(false),
             cancel,
             paused: AtomicBool::new(false),
+            in_flight: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -75,10 +76,20 @@ impl Gate {
     }
 }
 
+/// A message after a handler call.
+struct Handled {
+    message: Message,
+    next: Next,
+    /// Its correlation id: from its header, or made up for it.
+    correlation: String,
+}
+
 /// What the worker hands the acknowledger for one message.
 struct Pending {
     offset: i64,
     deliveries: Vec<DeliveryFuture>,
+    /// Whether the records are the message's dead letter.
+    dead_letter: bool,
 }
 
 /// What a call's outcome means for the message.
@@ -155,37 +166,60 @@ impl Route {
 }
 
 /// Calls the handler for up to `limit` queued messages in order, on a
-/// blocking thread, stopping after the first failure that may hold the
-/// partition (a retry, or the handler breaker opening) so that nothing
-/// behind it is handled first, or when cancelled.
+/// blocking thread, stopping after the first failure (which may hold the
+/// partition) so that nothing behind it is handled first, when a new module
+/// version arrives, or when cancelled.
 async fn invoke_batch(
     route: &Arc<Route>,
+    plugin: &Arc<Plugin>,
     shared: &Shared,
     mut queue: VecDeque<Message>,
     limit: usize,
     cancel: &CancellationToken,
-) -> (Vec<(Message, Next)>, VecDeque<Message>) {
+) -> (Vec<Handled>, VecDeque<Message>) {
     let Ok(_permit) = shared.slots.acquire().await else {
         return (Vec::new(), queue);
     };
     let route = route.clone();
+    let plugin = plugin.clone();
     let cancel = cancel.clone();
     let task = tokio::task::spawn_blocking(move || {
-        let mut invoker = route.take_invoker();
+        let mut invoker = route.take_invoker(&plugin);
         let mut done = Vec::with_capacity(queue.len().min(limit));
+        let changes = route.module_changes();
         while done.len() < limit {
             let Some(message) = queue.pop_front() else {
                 break;
             };
-            if cancel.is_cancelled() {
+            // A new module version takes over from the next message.
+            if cancel.is_cancelled() || changes.has_changed().unwrap_or(true) {
                 queue.push_front(message);
                 break;
             }
-            let outcome = invoker.invoke(&message, &route.invocation);
+            let correlation = correlation_id(&message);
+            // Everything logged during the call (the guest's own lines
+            // included) carries the message's coordinates.
+            let span = tracing::info_span!(
+                "message",
+                topic = %message.topic,
+                partition = message.partition,
+                offset = message.offset,
+                module = route.module_name(),
+                module_hash = plugin.short_hash(),
+                correlation_id = %correlation,
+            );
+            let started = Instant::now();
+            let outcome = span.in_scope(|| invoker.invoke(&message, &route.invocation));
+            route.status.metrics.observe(started.elapsed());
             let next = classify(&route, outcome);
-            let stop = matches!(&next, Next::Failed(f)
-                if f.trips_breaker() || route.retries(f, message.attempt));
-            done.push((message, next));
+            // After a failure the worker may wait (a retry, a breaker, a
+            // stopped partition): nothing behind it is handled first.
+            let stop = matches!(next, Next::Failed(_));
+            done.push(Handled {
+                message,
+                next,
+                correlation,
+            });
             if stop {
                 break;
             }
@@ -202,6 +236,19 @@ async fn invoke_batch(
             (Vec::new(), VecDeque::new())
         }
     }
+}
+
+/// Puts a message back at the head of the queue, followed by the handled
+/// messages behind it, whose results are discarded: they are handled again.
+fn requeue(
+    queue: &mut VecDeque<Message>,
+    message: Message,
+    rest: impl DoubleEndedIterator<Item = Handled>,
+) {
+    for handled in rest.rev() {
+        queue.push_front(handled.message);
+    }
+    queue.push_front(message);
 }
 
 /// Waits for the route's handler breaker, then the broker breaker. Either
@@ -223,7 +270,13 @@ pub async fn run_worker(
     room: mpsc::UnboundedSender<TopicPartition>,
 ) {
     let (ack_tx, ack_rx) = mpsc::channel(ACK_QUEUE);
-    let acker = tokio::spawn(run_acker(tp.clone(), shared.clone(), gate.clone(), ack_rx));
+    let acker = tokio::spawn(run_acker(
+        tp.clone(),
+        route.clone(),
+        shared.clone(),
+        gate.clone(),
+        ack_rx,
+    ));
     let mut batch = Vec::with_capacity(shared.batch_size);
     'messages: loop {
         batch.clear();
@@ -242,9 +295,14 @@ pub async fn run_worker(
         }
         let mut queue: VecDeque<Message> = batch.drain(..).collect();
         'batches: while !queue.is_empty() {
+            // Held while the module file is deleted, or a breaker is open.
+            // Held messages are not stored: they are delivered again.
+            let plugin = tokio::select! {
+                plugin = route.module() => plugin,
+                () = gate.cancel.cancelled() => break 'messages,
+            };
             let (mut handler, broker) = tokio::select! {
                 admitted = admit(&route, &shared) => admitted,
-                // Held messages are not stored: they are delivered again.
                 () = gate.cancel.cancelled() => break 'messages,
             };
             let limit = if handler.is_probe() || broker.is_probe() {
@@ -252,17 +310,27 @@ pub async fn run_worker(
             } else {
                 usize::MAX
             };
-            let (done, rest) = invoke_batch(&route, &shared, queue, limit, &gate.cancel).await;
+            let (done, rest) =
+                invoke_batch(&route, &plugin, &shared, queue, limit, &gate.cancel).await;
             queue = rest;
             if done.is_empty() {
                 break 'messages;
             }
             let mut broker = Some(broker);
-            for (mut message, next) in done {
-                let (records, correlation) = match next {
+            let metrics = &route.status.metrics;
+            let mut done = done.into_iter();
+            while let Some(Handled {
+                mut message,
+                next,
+                correlation,
+            }) = done.next()
+            {
+                let dead_letter_record = matches!(next, Next::Failed(_));
+                let records = match next {
                     Next::Produce(outputs) => {
                         handler.report(true);
-                        (outputs, correlation_id(&message))
+                        metrics.ok.fetch_add(1, Ordering::Relaxed);
+                        outputs
                     }
                     Next::Failed(failed) => {
                         let retry = route.retries(&failed, message.attempt);
@@ -272,15 +340,16 @@ pub async fn run_worker(
                             // message is held rather than dead-lettered.
                             let state = handler.report(false);
                             if state != CircuitState::Closed {
+                                metrics.held.fetch_add(1, Ordering::Relaxed);
                                 tracing::warn!(
                                     topic = %tp.0, partition = tp.1, offset = message.offset,
-                                    module = route.plugin.name(), attempt = message.attempt,
-                                    breaker = state.as_str(),
+                                    module = route.module_name(), attempt = message.attempt,
+                                    correlation_id = %correlation, breaker = state.as_str(),
                                     "handler breaker is {state}: holding the message until a probe succeeds: {}",
                                     failed.reason
                                 );
                                 message.attempt += 1;
-                                queue.push_front(message);
+                                requeue(&mut queue, message, done);
                                 continue 'batches;
                             }
                         } else if !retry {
@@ -290,9 +359,11 @@ pub async fn run_worker(
                         }
                         if retry {
                             let delay = route.backoff.delay(message.attempt - 1);
+                            metrics.retries.fetch_add(1, Ordering::Relaxed);
                             tracing::info!(
                                 topic = %tp.0, partition = tp.1, offset = message.offset,
-                                module = route.plugin.name(), attempt = message.attempt,
+                                module = route.module_name(), attempt = message.attempt,
+                                correlation_id = %correlation,
                                 delay_ms = delay.as_millis() as u64,
                                 "retrying after: {}", failed.reason
                             );
@@ -304,16 +375,35 @@ pub async fn run_worker(
                                 () = gate.cancel.cancelled() => break 'messages,
                             }
                             message.attempt += 1;
-                            queue.push_front(message);
+                            requeue(&mut queue, message, done);
                             continue 'batches;
                         }
                         let Some(dlq) = route.dead_letter_topic.as_deref() else {
-                            stop_partition(&tp, &route, &shared, &message, &failed, &gate).await;
+                            metrics.stopped.fetch_add(1, Ordering::Relaxed);
+                            let stop = Stop {
+                                tp: &tp,
+                                plugin: &plugin,
+                                message: &message,
+                                failed: &failed,
+                            };
+                            if stop_partition(stop, &route, &shared, &gate).await {
+                                // A new version of the module: try again.
+                                message.attempt += 1;
+                                requeue(&mut queue, message, done);
+                                continue 'batches;
+                            }
                             break 'messages;
                         };
-                        let correlation = correlation_id(&message);
-                        let record = dead_letter(&tp, &route, &message, failed, &correlation, dlq);
-                        (vec![record], correlation)
+                        metrics.dead_letter(failed.error_type);
+                        vec![dead_letter(
+                            &tp,
+                            &route,
+                            &plugin,
+                            &message,
+                            failed,
+                            &correlation,
+                            dlq,
+                        )]
                     }
                 };
                 // The message is done once every record is acknowledged.
@@ -333,7 +423,16 @@ pub async fn run_worker(
                         let admission = admission
                             .take()
                             .unwrap_or_else(|| shared.status.broker.admission());
-                        if !await_delivery(&shared, &gate, delivery, admission).await {
+                        if !await_delivery(
+                            &shared,
+                            &route,
+                            &gate,
+                            delivery,
+                            admission,
+                            dead_letter_record,
+                        )
+                        .await
+                        {
                             break 'messages;
                         }
                     }
@@ -341,6 +440,7 @@ pub async fn run_worker(
                 let pending = Pending {
                     offset: message.offset,
                     deliveries,
+                    dead_letter: dead_letter_record,
                 };
                 if ack_tx.send(pending).await.is_err() {
                     break 'messages;
@@ -356,6 +456,7 @@ pub async fn run_worker(
 fn dead_letter(
     tp: &TopicPartition,
     route: &Route,
+    plugin: &Plugin,
     message: &Message,
     failed: Failed,
     correlation: &str,
@@ -368,13 +469,13 @@ fn dead_letter(
         reason: failed.reason,
         correlation_id: correlation,
         retry_count: message.attempt - 1,
-        module: route.plugin.name(),
-        module_hash: route.plugin.hash(),
+        module: route.module_name(),
+        module_hash: plugin.hash(),
         failed_at: SystemTime::now(),
     };
     tracing::warn!(
         topic = %tp.0, partition = tp.1, offset = message.offset,
-        module = route.plugin.name(), module_hash = route.plugin.short_hash(),
+        module = route.module_name(), module_hash = plugin.short_hash(),
         correlation_id = %correlation, error_type = error_type.as_str(),
         dead_letter_topic = dlq,
         "dead-lettering message: {}", letter.reason
@@ -387,44 +488,82 @@ fn dead_letter(
     }
 }
 
+/// The message a partition stopped on.
+struct Stop<'a> {
+    tp: &'a TopicPartition,
+    plugin: &'a Arc<Plugin>,
+    message: &'a Message,
+    failed: &'a Failed,
+}
+
 /// Without a dead-letter topic a failed message is never skipped: the
-/// partition stops on it until it is revoked or the daemon stops.
-async fn stop_partition(
-    tp: &TopicPartition,
-    route: &Route,
-    shared: &Shared,
-    message: &Message,
-    failed: &Failed,
-    gate: &Gate,
-) {
+/// partition stops on it until a new version of its module is loaded (true:
+/// try the message again) or the partition is revoked or the daemon stops
+/// (false).
+async fn stop_partition(stop: Stop<'_>, route: &Route, shared: &Shared, gate: &Gate) -> bool {
+    let Stop {
+        tp,
+        plugin,
+        message,
+        failed,
+    } = stop;
     let (error_type, reason) = (failed.error_type, &failed.reason);
     tracing::error!(
         topic = %tp.0, partition = tp.1, offset = message.offset,
-        module = route.plugin.name(), module_hash = route.plugin.short_hash(),
+        module = route.module_name(), module_hash = plugin.short_hash(),
         error_type = error_type.as_str(),
         "partition stopped: the message failed and no dead_letter_topic is configured; \
-         nothing after it is committed until it is handled: {reason}"
+         nothing after it is committed until it is handled (a new version of the module \
+         retries it): {reason}"
     );
-    shared
-        .status
-        .stopped
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(
-            tp.clone(),
-            format!(
-                "offset {}: {}: {reason}",
-                message.offset,
-                error_type.as_str()
-            ),
+    let stopped = |insert: bool| {
+        let mut stopped = shared
+            .status
+            .stopped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if insert {
+            stopped.insert(
+                tp.clone(),
+                format!(
+                    "offset {}: {}: {reason}",
+                    message.offset,
+                    error_type.as_str()
+                ),
+            );
+        } else {
+            stopped.remove(tp);
+        }
+    };
+    stopped(true);
+    let mut changes = route.module_changes();
+    let new_version = async {
+        loop {
+            if changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            let replaced = changes
+                .borrow_and_update()
+                .as_ref()
+                .is_some_and(|p| !Arc::ptr_eq(p, plugin));
+            if replaced {
+                break;
+            }
+        }
+    };
+    let retry = tokio::select! {
+        () = gate.cancel.cancelled() => false,
+        () = new_version => true,
+    };
+    stopped(false);
+    if retry {
+        tracing::info!(
+            topic = %tp.0, partition = tp.1, offset = message.offset,
+            module = route.module_name(),
+            "a new version of the module is loaded: retrying the message the partition stopped on"
         );
-    gate.cancel.cancelled().await;
-    shared
-        .status
-        .stopped
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .remove(tp);
+    }
+    retry
 }
 
 /// The message's correlation id: its `correlation_id` header, or a new UUID.
@@ -518,6 +657,7 @@ async fn enqueue<'a>(
 /// refused is produced again; its offset waits.
 async fn run_acker(
     tp: TopicPartition,
+    route: Arc<Route>,
     shared: Arc<Shared>,
     gate: Arc<Gate>,
     mut rx: mpsc::Receiver<Pending>,
@@ -530,7 +670,16 @@ async fn run_acker(
         for pending in ready.drain(..) {
             for delivery in pending.deliveries {
                 let admission = shared.status.broker.admission();
-                if !await_delivery(&shared, &gate, delivery, admission).await {
+                if !await_delivery(
+                    &shared,
+                    &route,
+                    &gate,
+                    delivery,
+                    admission,
+                    pending.dead_letter,
+                )
+                .await
+                {
                     if let Some(offset) = last_acked {
                         gate.store(&shared, &tp, offset);
                     }
@@ -538,6 +687,7 @@ async fn run_acker(
                 }
             }
             last_acked = Some(pending.offset);
+            gate.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
         if let Some(offset) = last_acked {
             gate.store(&shared, &tp, offset);
@@ -552,21 +702,34 @@ async fn run_acker(
 /// the partition was revoked or the daemon is shutting down.
 async fn await_delivery(
     shared: &Shared,
+    route: &Route,
     gate: &Gate,
     mut delivery: DeliveryFuture,
     mut admission: Admission,
+    dead_letter: bool,
 ) -> bool {
     let breaker = &shared.status.broker;
+    let metrics = &route.status.metrics;
     let mut failures = 0u32;
     loop {
         let failed: OwnedMessage = match delivery.await {
             Ok(Ok(_)) => {
                 admission.report(true);
+                if dead_letter {
+                    metrics.dlq_published.fetch_add(1, Ordering::Relaxed);
+                }
                 return true;
             }
             Ok(Err((error, message))) => {
                 failures += 1;
                 let state = admission.report(false);
+                shared
+                    .status
+                    .produce_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                if dead_letter {
+                    metrics.dlq_failures.fetch_add(1, Ordering::Relaxed);
+                }
                 tracing::warn!(
                     topic = message.topic(),
                     failures,

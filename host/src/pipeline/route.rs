@@ -1,19 +1,21 @@
-//! A route at run time: its settings, its loaded module and a pool of
+//! A route at run time: its settings, its current module (swapped when a
+//! new version is loaded, absent while its file is deleted) and a pool of
 //! invokers shared by the route's partitions.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use tokio::sync::watch;
 
 use super::breaker::{Backoff, Breaker};
 use crate::config::{Config, RetryOn, RouteConfig};
+use crate::status::RouteStatus;
 use crate::wasm::{Invocation, Invoker, Isolation, Limits, Plugin, Runtime};
 
 /// Everything a partition worker needs to know about its route.
 pub struct Route {
     /// The route's configuration.
     pub config: RouteConfig,
-    /// The module handling it.
-    pub plugin: Arc<Plugin>,
     /// Limits and config table handed to every call.
     pub invocation: Invocation,
     /// The topics the handler may emit to.
@@ -29,11 +31,18 @@ pub struct Route {
     /// The handler breaker: open after too many messages in a row failed
     /// with retryable errors or timeouts.
     pub breaker: Arc<Breaker>,
+    /// What the route reports: its module and counters.
+    pub status: Arc<RouteStatus>,
     runtime: Runtime,
     isolation: Isolation,
+    /// The module version handling the route, `None` while its file is
+    /// deleted; each change is published to waiting workers.
+    module: watch::Sender<Option<Arc<Plugin>>>,
     /// Idle invokers; a worker takes one for a batch and puts it back, so
     /// reused instances outlive batches without one per partition.
     idle: Mutex<Vec<Invoker>>,
+    /// Serialises module swaps with returning invokers.
+    swap: RwLock<()>,
 }
 
 impl Route {
@@ -43,7 +52,7 @@ impl Route {
         route: &RouteConfig,
         plugin: Arc<Plugin>,
         runtime: Runtime,
-        breaker: Arc<Breaker>,
+        status: Arc<RouteStatus>,
     ) -> Route {
         Route {
             invocation: Invocation {
@@ -58,30 +67,90 @@ impl Route {
             max_retry_attempts: route.max_retry_attempts(&config.kafka),
             retry_on: route.retry_on(),
             backoff: config.kafka.retry_backoff(),
-            breaker,
+            breaker: status.breaker.clone(),
+            status,
             config: route.clone(),
-            plugin,
             runtime,
             isolation: config.processing.isolation,
+            module: watch::Sender::new(Some(plugin)),
             idle: Mutex::new(Vec::new()),
+            swap: RwLock::new(()),
         }
     }
 
-    /// Takes an idle invoker, or makes one.
-    pub fn take_invoker(&self) -> Invoker {
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        idle.unwrap_or_else(|| self.runtime.invoker(self.plugin.clone(), self.isolation))
+    /// The input topic.
+    pub fn topic(&self) -> &str {
+        &self.config.topic
     }
 
-    /// Returns an invoker to the pool.
-    pub fn put_invoker(&self, invoker: Invoker) {
+    /// The module name the route is configured with.
+    pub fn module_name(&self) -> &str {
+        &self.config.module
+    }
+
+    /// The module version handling the route now, if its file is present.
+    pub fn current(&self) -> Option<Arc<Plugin>> {
+        self.module.borrow().clone()
+    }
+
+    /// Waits until the route has a module (its file may be deleted) and
+    /// returns it.
+    pub async fn module(&self) -> Arc<Plugin> {
+        let mut changes = self.module.subscribe();
+        loop {
+            if let Some(plugin) = changes.borrow_and_update().clone() {
+                return plugin;
+            }
+            if changes.changed().await.is_err() {
+                // The route is being dropped; nothing will change any more.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// A receiver that sees every module change.
+    pub fn module_changes(&self) -> watch::Receiver<Option<Arc<Plugin>>> {
+        self.module.subscribe()
+    }
+
+    /// Switches the route to `plugin` (or to none, pausing it): calls in
+    /// progress finish on the old version, the next message of each
+    /// partition uses the new one. A new version also closes the handler
+    /// breaker, so held messages are tried on it at once.
+    pub fn set_module(&self, plugin: Option<Arc<Plugin>>) {
+        let _swapping = self.swap.write().unwrap_or_else(PoisonError::into_inner);
         self.idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(invoker);
+            .clear();
+        let loaded = plugin.is_some();
+        self.module.send_replace(plugin);
+        if loaded {
+            self.breaker.reset();
+        }
+    }
+
+    /// Takes an idle invoker of `plugin`, or makes one.
+    pub fn take_invoker(&self, plugin: &Arc<Plugin>) -> Invoker {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(invoker) = idle.pop() {
+            if Arc::ptr_eq(invoker.plugin(), plugin) {
+                return invoker;
+            }
+        }
+        drop(idle);
+        self.runtime.invoker(plugin.clone(), self.isolation)
+    }
+
+    /// Returns an invoker to the pool, unless its module was replaced.
+    pub fn put_invoker(&self, invoker: Invoker) {
+        let _swapping = self.swap.read().unwrap_or_else(PoisonError::into_inner);
+        let current = self.module.borrow().clone();
+        if current.is_some_and(|p| Arc::ptr_eq(&p, invoker.plugin())) {
+            self.idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(invoker);
+        }
     }
 }

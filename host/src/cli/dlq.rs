@@ -1,0 +1,468 @@
+//! `sluice dlq list|stats|replay`: the dead-letter tool's arguments and
+//! output (a table for people, one JSON document for scripts).
+//!
+//! Owns parsing and printing only; reading, filtering, counting and
+//! replaying are [`crate::replay`]'s.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+use crate::replay::{
+    self, DlqRecord, Filter, Outcome, ReplayOptions, ReplayResult, ReplaySummary, Stats,
+};
+
+/// `sluice dlq`.
+#[derive(Debug, Args)]
+pub struct DlqArgs {
+    #[command(subcommand)]
+    command: DlqCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// One row per dead letter: where it is, where it came from, why and
+    /// when it failed, how often it was replayed.
+    List(ListArgs),
+    /// Counts by original topic and by error type, the total, and the
+    /// oldest and newest failure.
+    Stats(CommonArgs),
+    /// Produce the selected dead letters back to their original topics,
+    /// with the original key, value and headers plus x-replay-count,
+    /// x-replayed-at, x-original-dlq-offset and x-original-dlq-partition.
+    ///
+    /// Exits 1 if any produce failed.
+    Replay(ReplayArgs),
+}
+
+/// Where to read and what to select: shared by every `dlq` command.
+#[derive(Debug, Args)]
+struct CommonArgs {
+    /// The daemon's configuration file: it names the brokers and the
+    /// dead-letter topics (KAFKA_* variables override it as for `run`).
+    #[arg(long, short, default_value = "sluice.toml")]
+    config: PathBuf,
+    /// Read only this dead-letter topic (default: kafka.dead_letter_topic
+    /// and every route's dead_letter_topic).
+    #[arg(long, value_name = "NAME")]
+    dlq_topic: Option<String>,
+    /// Only dead letters from this original topic.
+    #[arg(long)]
+    topic: Option<String>,
+    /// Only this error type: HandlerError, RetriesExhausted, HandlerTimeout,
+    /// HandlerTrap, MemoryLimitExceeded or InvalidOutput.
+    #[arg(long, value_name = "TYPE")]
+    error_type: Option<String>,
+    /// Only this correlation id.
+    #[arg(long, value_name = "ID")]
+    correlation_id: Option<String>,
+    /// Only failures at or after this time: RFC 3339
+    /// (2026-11-27T10:00:00Z) or a duration ago (90s, 15m, 2h, 7d).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Only failures at or before this time: RFC 3339 or a duration ago.
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// Stop reading a partition that reports no end after this long without
+    /// a new record (500ms, 2s, 1m).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_idle)]
+    idle_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Show at most this many dead letters (the first, in topic, partition
+    /// and offset order).
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Print what would be replayed; produce nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Most messages produced per second (0: no limit).
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 100.0)]
+    rate_limit: f64,
+    /// Do not replay a message already replayed this many times (its own
+    /// x-replay-count header); it is reported instead.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    max_replay_count: u32,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// Aligned columns for people.
+    Table,
+    /// One JSON document with stable field names.
+    Json,
+}
+
+fn parse_idle(text: &str) -> Result<Duration, String> {
+    replay::parse_duration(text)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text:?} is not a duration: expected 500ms, 2s, 1m"))
+}
+
+/// Runs a `dlq` command.
+pub fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        DlqCommand::List(args) => list(args),
+        DlqCommand::Stats(args) => stats(args),
+        DlqCommand::Replay(args) => replay_command(args),
+    }
+}
+
+/// The selected dead letters and how many were filtered out.
+struct Selection {
+    config: crate::config::Config,
+    records: Vec<DlqRecord>,
+    filtered_out: usize,
+}
+
+/// Checks the filters, loads the config and reads the dead-letter topics.
+fn select(common: &CommonArgs) -> anyhow::Result<Selection> {
+    // Arguments first: a typo is reported before any broker is contacted.
+    let filter = Filter {
+        topic: common.topic.clone(),
+        error_type: common
+            .error_type
+            .as_deref()
+            .map(replay::parse_error_type)
+            .transpose()
+            .context("invalid --error-type")?,
+        correlation_id: common.correlation_id.clone(),
+        since_ms: common
+            .since
+            .as_deref()
+            .map(replay::parse_time)
+            .transpose()
+            .context("invalid --since")?,
+        until_ms: common
+            .until
+            .as_deref()
+            .map(replay::parse_time)
+            .transpose()
+            .context("invalid --until")?,
+    };
+    let config = super::load_config(&common.config)?;
+    replay::bootstrap(&config)?;
+    let topics = replay::dlq_topics(&config, common.dlq_topic.as_deref())?;
+    let all = replay::read_dead_letters(&config, &topics, common.idle_timeout)?;
+    let before = all.len();
+    let records: Vec<DlqRecord> = all.into_iter().filter(|r| filter.matches(r)).collect();
+    Ok(Selection {
+        config,
+        filtered_out: before - records.len(),
+        records,
+    })
+}
+
+fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
+    let selection = select(&args.common)?;
+    let shown = &selection.records[..args
+        .limit
+        .unwrap_or(usize::MAX)
+        .min(selection.records.len())];
+    match args.common.format {
+        Format::Json => print_json(&json!({
+            "dead_letters": shown.iter().map(letter_json).collect::<Vec<_>>(),
+            "matched": selection.records.len(),
+            "shown": shown.len(),
+            "filtered_out": selection.filtered_out,
+        })),
+        Format::Table => {
+            let rows = shown
+                .iter()
+                .map(|r| {
+                    let mut row = vec![format!(
+                        "{}/{}@{}",
+                        r.dlq_topic, r.dlq_partition, r.dlq_offset
+                    )];
+                    match &r.envelope {
+                        Ok(e) => row.extend([
+                            format!(
+                                "{}/{}@{}",
+                                e.original_topic, e.original_partition, e.original_offset
+                            ),
+                            e.error_type.clone(),
+                            e.failure_timestamp.clone(),
+                            e.correlation_id.clone(),
+                            e.replay_count()
+                                .map_or_else(|_| "?".to_owned(), |c| c.to_string()),
+                            shorten(&e.failure_reason, 60),
+                        ]),
+                        Err(reason) => row.extend([
+                            "-".into(),
+                            "unreadable".into(),
+                            "-".into(),
+                            "-".into(),
+                            "-".into(),
+                            shorten(reason, 60),
+                        ]),
+                    }
+                    row
+                })
+                .collect();
+            print_table(
+                &[
+                    "DLQ RECORD",
+                    "ORIGINAL",
+                    "ERROR TYPE",
+                    "FAILED AT",
+                    "CORRELATION ID",
+                    "REPLAYS",
+                    "REASON",
+                ],
+                rows,
+            );
+            println!(
+                "{} shown of {} matching ({} filtered out)",
+                shown.len(),
+                selection.records.len(),
+                selection.filtered_out
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stats(args: CommonArgs) -> anyhow::Result<ExitCode> {
+    let selection = select(&args)?;
+    let s = Stats::of(&selection.records);
+    match args.format {
+        Format::Json => print_json(&json!({
+            "total": s.total,
+            "unreadable": s.unreadable,
+            "by_topic": s.by_topic,
+            "by_error_type": s.by_error_type,
+            "oldest_failure": s.oldest,
+            "newest_failure": s.newest,
+            "filtered_out": selection.filtered_out,
+        })),
+        Format::Table => {
+            let counts = |title: &str, map: &std::collections::BTreeMap<String, usize>| {
+                print_table(
+                    &[title, "COUNT"],
+                    map.iter()
+                        .map(|(k, n)| vec![k.clone(), n.to_string()])
+                        .collect(),
+                );
+                println!();
+            };
+            counts("ORIGINAL TOPIC", &s.by_topic);
+            counts("ERROR TYPE", &s.by_error_type);
+            println!("total:          {}", s.total);
+            println!("unreadable:     {}", s.unreadable);
+            println!("oldest failure: {}", s.oldest.as_deref().unwrap_or("-"));
+            println!("newest failure: {}", s.newest.as_deref().unwrap_or("-"));
+            println!("filtered out:   {}", selection.filtered_out);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn replay_command(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    if !args.rate_limit.is_finite() || args.rate_limit < 0.0 {
+        anyhow::bail!(
+            "--rate-limit {} is not allowed: a number of messages per second, 0 for no limit",
+            args.rate_limit
+        );
+    }
+    let selection = select(&args.common)?;
+    let options = ReplayOptions {
+        dry_run: args.dry_run,
+        rate_limit: args.rate_limit,
+        max_replay_count: args.max_replay_count,
+    };
+    let results = super::tokio_runtime()?.block_on(replay::replay(
+        &selection.config,
+        &selection.records,
+        options,
+    ))?;
+    let summary = ReplaySummary::of(&results);
+    match args.common.format {
+        Format::Json => print_json(&json!({
+            "dry_run": args.dry_run,
+            "results": results.iter().map(result_json).collect::<Vec<_>>(),
+            "summary": {
+                "replayed": summary.replayed,
+                "would_replay": summary.would_replay,
+                "skipped_over_limit": summary.skipped_over_limit,
+                "skipped_unreadable": summary.skipped_unreadable,
+                "failed": summary.failed,
+                "filtered_out": selection.filtered_out,
+            },
+        })),
+        Format::Table => {
+            let rows = results
+                .iter()
+                .map(|r| {
+                    let original = r.record.envelope.as_ref().map_or_else(
+                        |_| "-".to_owned(),
+                        |e| {
+                            format!(
+                                "{}/{}@{}",
+                                e.original_topic, e.original_partition, e.original_offset
+                            )
+                        },
+                    );
+                    vec![
+                        format!(
+                            "{}/{}@{}",
+                            r.record.dlq_topic, r.record.dlq_partition, r.record.dlq_offset
+                        ),
+                        original,
+                        r.outcome.name().to_owned(),
+                        outcome_detail(&r.outcome),
+                    ]
+                })
+                .collect();
+            print_table(&["DLQ RECORD", "ORIGINAL", "OUTCOME", "DETAIL"], rows);
+            let first = if args.dry_run {
+                format!("would replay {}", summary.would_replay)
+            } else {
+                format!("replayed {}", summary.replayed)
+            };
+            println!(
+                "{first}, skipped over the replay limit {}, skipped unreadable {}, failed {}, \
+                 filtered out {}",
+                summary.skipped_over_limit,
+                summary.skipped_unreadable,
+                summary.failed,
+                selection.filtered_out
+            );
+        }
+    }
+    if summary.failed > 0 {
+        eprintln!(
+            "error: {} of {} replays failed (see the output above)",
+            summary.failed,
+            results.len()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One dead letter as JSON: stable field names, null where unknown.
+fn letter_json(r: &DlqRecord) -> Value {
+    let mut v = json!({
+        "dlq_topic": r.dlq_topic,
+        "dlq_partition": r.dlq_partition,
+        "dlq_offset": r.dlq_offset,
+        "readable": r.envelope.is_ok(),
+        "unreadable_reason": r.envelope.as_ref().err(),
+        "original_topic": null,
+        "original_partition": null,
+        "original_offset": null,
+        "error_type": null,
+        "failure_timestamp": null,
+        "correlation_id": null,
+        "replay_count": null,
+        "retry_count": null,
+        "module": null,
+        "failure_reason": null,
+    });
+    if let Ok(e) = &r.envelope {
+        for (field, value) in [
+            ("original_topic", json!(e.original_topic)),
+            ("original_partition", json!(e.original_partition)),
+            ("original_offset", json!(e.original_offset)),
+            ("error_type", json!(e.error_type)),
+            ("failure_timestamp", json!(e.failure_timestamp)),
+            ("correlation_id", json!(e.correlation_id)),
+            ("replay_count", json!(e.replay_count().ok())),
+            ("retry_count", json!(e.retry_count)),
+            ("module", json!(e.module)),
+            ("failure_reason", json!(e.failure_reason)),
+        ] {
+            v[field] = value;
+        }
+    }
+    v
+}
+
+fn result_json(r: &ReplayResult<'_>) -> Value {
+    let mut v = letter_json(r.record);
+    v["outcome"] = json!(r.outcome.name());
+    v["detail"] = json!(outcome_detail(&r.outcome));
+    v["previous_replay_count"] = json!(r.previous_replays);
+    let (partition, offset) = match r.outcome {
+        Outcome::Replayed { partition, offset } => (Some(partition), Some(offset)),
+        _ => (None, None),
+    };
+    v["replayed_partition"] = json!(partition);
+    v["replayed_offset"] = json!(offset);
+    v
+}
+
+fn outcome_detail(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Replayed { partition, offset } => format!("written at {partition}@{offset}"),
+        Outcome::WouldReplay => "dry run: nothing produced".to_owned(),
+        Outcome::OverLimit { reason }
+        | Outcome::Unreadable { reason }
+        | Outcome::Failed { reason } => reason.clone(),
+    }
+}
+
+fn print_json(value: &Value) {
+    // Serialising a Value cannot fail; fall back to compact output anyway.
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
+}
+
+/// Prints aligned columns; the last column is not padded.
+fn print_table(titles: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = titles.iter().map(|t| t.chars().count()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let text: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == last {
+                    (*c).to_owned()
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(titles.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// The first line of `text`, at most `max` characters, with `…` when cut.
+fn shorten(text: &str, max: usize) -> String {
+    let first = text.lines().next().unwrap_or_default();
+    if first.chars().count() <= max && first.len() == text.trim_end().len() {
+        return first.to_owned();
+    }
+    let cut: String = first.chars().take(max.saturating_sub(1)).collect();
+    format!("{cut}…")
+}

@@ -1,0 +1,294 @@
+//! What the running daemon knows about itself: breakers, routes and their
+//! modules, partitions, counters. The pipeline writes it; the HTTP endpoint,
+//! tests and tools read it.
+//!
+//! Owns shared state only: it decides nothing and does no I/O.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::pipeline::Breaker;
+use crate::pipeline::dlq::ErrorType;
+
+/// A topic and partition.
+pub type TopicPartition = (String, i32);
+
+/// The daemon's state, shared by the pipeline and its observers.
+pub struct Status {
+    /// `kafka.environment`.
+    pub environment: String,
+    /// `kafka.group`.
+    pub group: String,
+    /// The brokers in use (the embedded broker's address when embedded).
+    pub bootstrap_servers: Mutex<String>,
+    /// The broker circuit breaker: opens when records cannot be produced.
+    pub broker: Arc<Breaker>,
+    /// Each route, by input topic.
+    pub routes: BTreeMap<String, Arc<RouteStatus>>,
+    /// Partitions stopped on a failing message, with the reason.
+    pub stopped: Mutex<BTreeMap<TopicPartition, String>>,
+    /// Messages of each assigned partition received and not yet finished.
+    pub(crate) in_flight: Mutex<BTreeMap<TopicPartition, Arc<AtomicU64>>>,
+    /// Consumer lag per partition, from librdkafka's statistics.
+    pub(crate) lag: Mutex<BTreeMap<TopicPartition, i64>>,
+    /// Records that could not be produced (each failed attempt).
+    pub(crate) produce_failures: AtomicU64,
+    /// Per module: successful loads and refused files.
+    pub(crate) plugin_loads: Mutex<BTreeMap<String, (u64, u64)>>,
+    started: AtomicBool,
+    consumed: AtomicU64,
+    /// Whether a broker answers: unknown until librdkafka says.
+    reachable: watch::Sender<Option<bool>>,
+    http_addr: watch::Sender<Option<SocketAddr>>,
+    /// Counts plugin directory events: loads, refusals, deletions.
+    plugin_events: watch::Sender<u64>,
+}
+
+/// One route: its breaker, its module and its counters.
+pub struct RouteStatus {
+    /// The input topic.
+    pub topic: String,
+    /// The handler breaker.
+    pub breaker: Arc<Breaker>,
+    /// The module currently handling the route.
+    pub module: Mutex<Option<ModuleInfo>>,
+    /// Counters and the handler latency histogram.
+    pub metrics: RouteMetrics,
+}
+
+/// A loaded module, as reported.
+#[derive(Debug, Clone)]
+pub struct ModuleInfo {
+    /// The module name (file stem).
+    pub name: String,
+    /// The SHA-256 of the file, in hex.
+    pub hash: String,
+    /// The file size in bytes.
+    pub size: u64,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+    /// How long compiling and checking it took.
+    pub load_time: Duration,
+}
+
+/// The upper bounds of the handler latency histogram, in seconds.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    5.0,
+];
+
+/// A route's counters: lock-free, updated on the message path.
+#[derive(Default)]
+pub struct RouteMetrics {
+    /// Messages whose outputs were produced.
+    pub ok: AtomicU64,
+    /// Messages dead-lettered, by [`ErrorType::ALL`] index.
+    pub dead_lettered: [AtomicU64; 6],
+    /// Messages that stopped their partition (no dead-letter topic).
+    pub stopped: AtomicU64,
+    /// Messages held by the open handler breaker (each time).
+    pub held: AtomicU64,
+    /// Retries of a failed call.
+    pub retries: AtomicU64,
+    /// Dead-letter records acknowledged by the broker.
+    pub dlq_published: AtomicU64,
+    /// Dead-letter records the broker did not acknowledge (each attempt).
+    pub dlq_failures: AtomicU64,
+    /// Handler calls per latency bucket (the last one is `+Inf`).
+    pub latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    /// Total handler time, in nanoseconds.
+    pub latency_sum_nanos: AtomicU64,
+}
+
+impl RouteMetrics {
+    /// Records one handler call's duration.
+    pub fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_nanos.fetch_add(
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Counts a dead-lettered message.
+    pub fn dead_letter(&self, error_type: ErrorType) {
+        let i = ErrorType::ALL
+            .iter()
+            .position(|t| *t == error_type)
+            .unwrap_or(0);
+        self.dead_lettered[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Status {
+    /// A fresh status for `config`: every breaker closed, nothing started.
+    pub fn new(config: &Config) -> Arc<Status> {
+        let k = &config.kafka;
+        Arc::new(Status {
+            environment: k.environment.clone(),
+            group: k.group.clone(),
+            bootstrap_servers: Mutex::new(k.bootstrap_servers.clone()),
+            broker: Breaker::new(
+                "broker",
+                k.circuit_breaker_threshold,
+                k.circuit_breaker_reset_timeout(),
+            ),
+            routes: config
+                .routes
+                .iter()
+                .map(|r| {
+                    let route = RouteStatus {
+                        topic: r.topic.clone(),
+                        breaker: Breaker::new(
+                            format!("route {}", r.topic),
+                            r.circuit_breaker_threshold(k),
+                            r.circuit_breaker_reset_timeout(k),
+                        ),
+                        module: Mutex::new(None),
+                        metrics: RouteMetrics::default(),
+                    };
+                    (r.topic.clone(), Arc::new(route))
+                })
+                .collect(),
+            stopped: Mutex::new(BTreeMap::new()),
+            in_flight: Mutex::new(BTreeMap::new()),
+            lag: Mutex::new(BTreeMap::new()),
+            produce_failures: AtomicU64::new(0),
+            plugin_loads: Mutex::new(BTreeMap::new()),
+            started: AtomicBool::new(false),
+            consumed: AtomicU64::new(0),
+            reachable: watch::Sender::new(None),
+            http_addr: watch::Sender::new(None),
+            plugin_events: watch::Sender::new(0),
+        })
+    }
+
+    /// Messages received from Kafka so far (redeliveries included).
+    pub fn consumed(&self) -> u64 {
+        self.consumed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_consumed(&self) {
+        self.consumed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The handler breaker of the route consuming `topic`.
+    pub fn route_breaker(&self, topic: &str) -> Option<&Arc<Breaker>> {
+        self.routes.get(topic).map(|r| &r.breaker)
+    }
+
+    /// Whether the daemon has loaded its modules and subscribed.
+    pub fn started(&self) -> bool {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_started(&self, started: bool) {
+        self.started.store(started, Ordering::Relaxed);
+    }
+
+    /// Whether the brokers answer (`None` until known), and its changes.
+    pub fn broker_reachable(&self) -> watch::Receiver<Option<bool>> {
+        self.reachable.subscribe()
+    }
+
+    /// Whether a broker answered at last report.
+    pub fn is_reachable(&self) -> bool {
+        *self.reachable.borrow() == Some(true)
+    }
+
+    pub(crate) fn set_reachable(&self, up: bool) {
+        let changed = self.reachable.send_if_modified(|known| {
+            let changed = *known != Some(up);
+            *known = Some(up);
+            changed
+        });
+        if changed && up {
+            tracing::info!("Kafka brokers reachable");
+        } else if changed {
+            tracing::warn!(
+                "no Kafka broker is reachable; retrying in the background, consumption \
+                 begins when one answers"
+            );
+        }
+    }
+
+    /// The address the HTTP endpoint listens on, once it does.
+    pub fn http_addr(&self) -> watch::Receiver<Option<SocketAddr>> {
+        self.http_addr.subscribe()
+    }
+
+    pub(crate) fn set_http_addr(&self, addr: SocketAddr) {
+        self.http_addr.send_replace(Some(addr));
+    }
+
+    /// Counts a module load (`ok`) or a refused module file.
+    pub(crate) fn count_plugin_load(&self, module: &str, ok: bool) {
+        let mut loads = self
+            .plugin_loads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let entry = loads.entry(module.to_owned()).or_default();
+        if ok {
+            entry.0 += 1;
+        } else {
+            entry.1 += 1;
+        }
+        drop(loads);
+        self.plugin_event();
+    }
+
+    /// Module loads and refusals so far, per module: `(loaded, refused)`.
+    pub fn plugin_loads(&self, module: &str) -> (u64, u64) {
+        self.plugin_loads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(module)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// A receiver that changes at every module load, refusal or deletion.
+    pub fn plugin_events(&self) -> watch::Receiver<u64> {
+        self.plugin_events.subscribe()
+    }
+
+    pub(crate) fn plugin_event(&self) {
+        self.plugin_events.send_modify(|n| *n += 1);
+    }
+
+    /// The hash of the module version serving the route on `topic`, if any.
+    pub fn serving_hash(&self, topic: &str) -> Option<String> {
+        let route = self.routes.get(topic)?;
+        let module = route.module.lock().unwrap_or_else(PoisonError::into_inner);
+        module.as_ref().map(|m| m.hash.clone())
+    }
+
+    /// Messages received and not yet finished, over every partition.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|n| n.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Whether the daemon is healthy: started, a broker reachable, the
+    /// broker circuit closed.
+    pub fn healthy(&self) -> bool {
+        self.started()
+            && self.is_reachable()
+            && self.broker.state() == crate::pipeline::CircuitState::Closed
+    }
+}

@@ -1,0 +1,364 @@
+//! Deploying handlers by copying files into the plugins directory while
+//! messages flow: version swaps, bad files, deleted modules.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use sluice::pipeline::Status;
+use sluice_tests::artifacts;
+use sluice_tests::broker::Broker;
+use sluice_tests::daemon::{Daemon, config_text_in, parse};
+use sluice_tests::kafka::{Record, produce_sequence, read_topic, read_until, wait_committed};
+
+const LONG: Duration = Duration::from_secs(120);
+const TAG: &[u8] = b"sluice-tag-00000";
+
+/// Version `n` of the tagged handler: its outputs start with
+/// `sluice-tag-NNNNN|`.
+fn tagged(n: u32) -> Vec<u8> {
+    let mut bytes = std::fs::read(artifacts::TAGGED).expect("the tagged guest");
+    let at: Vec<usize> = bytes
+        .windows(TAG.len())
+        .enumerate()
+        .filter(|(_, w)| *w == TAG)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(at.len(), 1, "the tag appears once in the component");
+    let tag = format!("sluice-tag-{n:05}");
+    bytes[at[0]..at[0] + TAG.len()].copy_from_slice(tag.as_bytes());
+    bytes
+}
+
+/// Writes `bytes` next to the plugins directory's `handler.wasm` and renames
+/// it into place, as the README tells users to.
+fn deploy(dir: &Path, bytes: &[u8]) {
+    let tmp = dir.join(".handler.wasm.partial");
+    std::fs::write(&tmp, bytes).expect("write the new version");
+    std::fs::rename(&tmp, dir.join("handler.wasm")).expect("rename it into place");
+}
+
+/// The version number and input value of a tagged output.
+fn version_of(record: &Record) -> (u32, String) {
+    let text = record.text();
+    let (tag, value) = text.split_once('|').expect("a tagged output");
+    let n = tag
+        .strip_prefix("sluice-tag-")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a version tag: {tag}"));
+    (n, value.to_owned())
+}
+
+fn route(extra: &str) -> String {
+    format!(
+        r#"
+[[routes]]
+topic = "in"
+module = "handler"
+output_topics = ["out"]
+{extra}
+[routes.config]
+output_topic = "out"
+"#
+    )
+}
+
+/// Waits, across plugin events (loads, refusals, deletions), until `done`
+/// holds.
+async fn until_plugins(status: &Status, what: &str, done: impl Fn(&Status) -> bool) {
+    let mut events = status.plugin_events();
+    let wait = async {
+        while !done(status) {
+            events.changed().await.expect("status lives");
+        }
+    };
+    tokio::time::timeout(LONG, wait)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for: {what}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_swaps_under_a_stream_lose_nothing_and_only_move_forward() {
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    broker.create_topic("in", 3);
+    broker.create_topic("out", 3);
+    let plugins = tempfile::tempdir().expect("plugins dir");
+    deploy(plugins.path(), &tagged(0));
+    let config = config_text_in(plugins.path(), &bootstrap, "swaps", "", &route(""));
+    let daemon = Daemon::start(parse(&config));
+
+    let total = 24_000;
+    let stream = produce_sequence(&bootstrap, "in", 3, total, "m");
+    let swaps = async {
+        for n in 1..=20 {
+            let version = tagged(n);
+            deploy(plugins.path(), &version);
+            // Each swap is loaded before the next file arrives.
+            let want = sluice_tests::sha256_hex(&version);
+            until_plugins(&daemon.status, "the new version serves", |s| {
+                s.serving_hash("in").as_deref() == Some(want.as_str())
+            })
+            .await;
+        }
+    };
+    tokio::join!(stream, swaps);
+    assert_eq!(
+        daemon.status.plugin_loads("handler"),
+        (21, 0),
+        "the first version and twenty more"
+    );
+
+    let outputs = read_until(&bootstrap, "out", 3, LONG, |r| r.len() >= total);
+    let mut seen: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    for record in &outputs {
+        let (version, value) = version_of(record);
+        seen.entry(value).or_default().push(version);
+    }
+    let missing = total - seen.len();
+    assert_eq!(missing, 0, "{missing} inputs have no output");
+    let twice: Vec<(&String, &Vec<u32>)> = seen.iter().filter(|(_, v)| v.len() > 1).collect();
+    assert!(twice.is_empty(), "handled more than once: {twice:?}");
+    // Values are m-<partition>-<seq>: per partition, in input order, the
+    // version never goes back.
+    let mut per_partition: BTreeMap<u32, Vec<(u64, u32)>> = BTreeMap::new();
+    for (value, versions) in &seen {
+        let mut parts = value.split('-').skip(1);
+        let p: u32 = parts
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("partition");
+        let seq: u64 = parts.next().and_then(|s| s.parse().ok()).expect("sequence");
+        per_partition.entry(p).or_default().push((seq, versions[0]));
+    }
+    let mut used = BTreeSet::new();
+    for (p, mut handled) in per_partition {
+        handled.sort_unstable();
+        for pair in handled.windows(2) {
+            assert!(
+                pair[0].1 <= pair[1].1,
+                "partition {p}: message {} handled by version {} after message {} by version {}",
+                pair[1].0,
+                pair[1].1,
+                pair[0].0,
+                pair[0].1
+            );
+        }
+        used.extend(handled.iter().map(|(_, v)| *v));
+    }
+    assert!(
+        used.len() >= 3,
+        "the stream spanned several versions: {used:?}"
+    );
+    let ends = [(total / 3) as i64; 3];
+    assert_eq!(
+        wait_committed(&bootstrap, "test.swaps", "in", &ends, LONG),
+        ends.map(Some)
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_files_leave_the_serving_version_until_fixed() {
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    for topic in ["in", "out", "dlq"] {
+        broker.create_topic(topic, 1);
+    }
+    let plugins = tempfile::tempdir().expect("plugins dir");
+    deploy(plugins.path(), &tagged(0));
+    let config = config_text_in(
+        plugins.path(),
+        &bootstrap,
+        "bad-files",
+        "dead_letter_topic = \"dlq\"",
+        &route(""),
+    );
+    let daemon = Daemon::start(parse(&config));
+    let v0 = sluice_tests::sha256_hex(&tagged(0));
+    produce_sequence(&bootstrap, "in", 1, 200, "a").await;
+
+    // Copied in place without a rename, and cut short.
+    let v1 = tagged(1);
+    std::fs::write(plugins.path().join("handler.wasm"), &v1[..v1.len() / 2]).expect("write");
+    until_plugins(&daemon.status, "the truncated file is refused", |s| {
+        s.plugin_loads("handler") == (1, 1)
+    })
+    .await;
+    assert_eq!(daemon.status.serving_hash("in"), Some(v0.clone()));
+    produce_sequence(&bootstrap, "in", 1, 200, "b").await;
+
+    // A component for another world.
+    let wrong = std::fs::read(artifacts::WRONG_WORLD).expect("wrong-world guest");
+    deploy(plugins.path(), &wrong);
+    until_plugins(&daemon.status, "the wrong world is refused", |s| {
+        s.plugin_loads("handler") == (1, 2)
+    })
+    .await;
+    assert_eq!(daemon.status.serving_hash("in"), Some(v0.clone()));
+    produce_sequence(&bootstrap, "in", 1, 200, "c").await;
+
+    // Fixed: the complete file loads.
+    deploy(plugins.path(), &v1);
+    until_plugins(&daemon.status, "the fixed file loads", |s| {
+        s.plugin_loads("handler") == (2, 2)
+    })
+    .await;
+    assert_eq!(
+        daemon.status.serving_hash("in"),
+        Some(sluice_tests::sha256_hex(&v1))
+    );
+    produce_sequence(&bootstrap, "in", 1, 200, "d").await;
+
+    let outputs = read_until(&bootstrap, "out", 1, LONG, |r| r.len() >= 800);
+    let handled: Vec<(u32, String)> = outputs.iter().map(version_of).collect();
+    assert_eq!(handled.len(), 800, "every message handled once, none lost");
+    let versions: BTreeSet<u32> = handled.iter().map(|(v, _)| *v).collect();
+    assert!(versions.is_subset(&BTreeSet::from([0, 1])));
+    assert!(
+        handled
+            .iter()
+            .filter(|(_, value)| value.starts_with("d-"))
+            .all(|(v, _)| *v == 1),
+        "messages produced after the fix use it"
+    );
+    let dlq = read_topic(
+        &bootstrap,
+        "dlq",
+        1,
+        0,
+        Duration::ZERO,
+        Duration::from_secs(1),
+    );
+    assert!(dlq.is_empty(), "bad files never dead-letter messages");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_module_holds_its_messages_until_it_returns() {
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    for topic in ["in", "out", "dlq"] {
+        broker.create_topic(topic, 1);
+    }
+    let plugins = tempfile::tempdir().expect("plugins dir");
+    deploy(plugins.path(), &tagged(0));
+    let config = config_text_in(
+        plugins.path(),
+        &bootstrap,
+        "deleted",
+        "dead_letter_topic = \"dlq\"",
+        &route(""),
+    );
+    let daemon = Daemon::start(parse(&config));
+    produce_sequence(&bootstrap, "in", 1, 50, "before").await;
+    assert_eq!(
+        wait_committed(&bootstrap, "test.deleted", "in", &[50], LONG),
+        [Some(50)]
+    );
+
+    std::fs::remove_file(plugins.path().join("handler.wasm")).expect("delete");
+    until_plugins(&daemon.status, "the route pauses", |s| {
+        s.serving_hash("in").is_none()
+    })
+    .await;
+    produce_sequence(&bootstrap, "in", 1, 50, "held").await;
+    // The held messages are received and wait: nothing is committed.
+    let deadline = tokio::time::Instant::now() + LONG;
+    while daemon.status.in_flight() < 50 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the messages arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let committed = sluice::pipeline::committed_offsets(&bootstrap, "test.deleted", "in", 1, LONG)
+        .expect("offsets");
+    assert_eq!(committed, [Some(50)], "held messages are not committed");
+
+    deploy(plugins.path(), &tagged(1));
+    assert_eq!(
+        wait_committed(&bootstrap, "test.deleted", "in", &[100], LONG),
+        [Some(100)]
+    );
+    let outputs = read_until(&bootstrap, "out", 1, LONG, |r| r.len() >= 100);
+    let held: Vec<u32> = outputs
+        .iter()
+        .map(version_of)
+        .filter(|(_, value)| value.starts_with("held-"))
+        .map(|(v, _)| v)
+        .collect();
+    assert_eq!(
+        held,
+        vec![1; 50],
+        "held messages are handled by the restored module"
+    );
+    let dlq = read_topic(
+        &bootstrap,
+        "dlq",
+        1,
+        0,
+        Duration::ZERO,
+        Duration::from_secs(1),
+    );
+    assert!(dlq.is_empty(), "nothing was dead-lettered");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_stopped_on_a_failure_retries_it_on_a_new_version() {
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    broker.create_topic("in", 1);
+    broker.create_topic("out", 1);
+    let plugins = tempfile::tempdir().expect("plugins dir");
+    let misbehave = std::fs::read(artifacts::MISBEHAVE).expect("misbehave guest");
+    deploy(plugins.path(), &misbehave);
+    // No dead-letter topic: the permanent failure stops the partition.
+    let config = config_text_in(plugins.path(), &bootstrap, "stopped", "", &route(""));
+    let daemon = Daemon::start(parse(&config));
+    sluice_tests::kafka::produce(
+        &bootstrap,
+        "in",
+        ["ok:first", "permanent", "ok:last"].map(|v| sluice_tests::kafka::Send {
+            partition: Some(0),
+            key: None,
+            value: v.as_bytes(),
+            headers: &[],
+        }),
+    )
+    .await;
+    let first = read_until(&bootstrap, "out", 1, LONG, |r| !r.is_empty());
+    assert_eq!(first[0].text(), "first");
+    let deadline = tokio::time::Instant::now() + LONG;
+    while daemon
+        .status
+        .stopped
+        .lock()
+        .map(|s| s.is_empty())
+        .unwrap_or(true)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the partition stops"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    deploy(plugins.path(), &tagged(7));
+    let outputs = read_until(&bootstrap, "out", 1, LONG, |r| r.len() >= 3);
+    let texts: Vec<String> = outputs.iter().map(Record::text).collect();
+    assert_eq!(
+        texts,
+        [
+            "first",
+            "sluice-tag-00007|permanent",
+            "sluice-tag-00007|ok:last"
+        ]
+    );
+    assert_eq!(
+        wait_committed(&bootstrap, "test.stopped", "in", &[3], LONG),
+        [Some(3)]
+    );
+    daemon.stop().await;
+}
