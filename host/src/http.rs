@@ -88,8 +88,8 @@ async fn health(State(s): State<Shared>) -> Response {
     let status = &s.status;
     let healthy = status.healthy();
     let routes: Vec<Value> = status
-        .routes
-        .values()
+        .routes()
+        .iter()
         .map(|r| {
             let module = r.module.lock().unwrap_or_else(PoisonError::into_inner);
             json!({
@@ -110,7 +110,7 @@ async fn health(State(s): State<Shared>) -> Response {
         })
         .collect();
     let started = status.started();
-    let topics = status.routes.len();
+    let topics = status.routes().len();
     let body = json!({
         "healthy": healthy,
         "started": started,
@@ -155,7 +155,7 @@ async fn metrics(State(s): State<Shared>) -> Response {
 /// Every loaded module: hash, size, load time and the routes it serves.
 async fn plugins(State(s): State<Shared>) -> axum::Json<Value> {
     let mut modules: std::collections::BTreeMap<String, Value> = Default::default();
-    for r in s.status.routes.values() {
+    for r in s.status.routes() {
         let module = r.module.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(m) = module.as_ref() else { continue };
         let entry = modules.entry(m.name.clone()).or_insert_with(|| {
@@ -196,8 +196,8 @@ async fn reset_breakers(
     let mut reset = Vec::new();
     match &query.route {
         Some(topic) => {
-            let Some(route) = status.routes.get(topic) else {
-                let known: Vec<&String> = status.routes.keys().collect();
+            let Some(route) = status.route(topic) else {
+                let known: Vec<String> = status.routes().iter().map(|r| r.topic.clone()).collect();
                 return (
                     StatusCode::NOT_FOUND,
                     axum::Json(json!({
@@ -212,9 +212,9 @@ async fn reset_breakers(
         None => {
             status.broker.reset();
             reset.push("broker".to_owned());
-            for (topic, route) in &status.routes {
+            for route in status.routes() {
                 route.breaker.reset();
-                reset.push(format!("route {topic}"));
+                reset.push(format!("route {}", route.topic));
             }
         }
     }

@@ -5,18 +5,30 @@
 //!
 //! A message's life, module by module:
 //!
-//! 1. [`wasm`] loads each plugin file once: it checks that the component
+//! 1. [`config`] reads `sluice.toml` and its `KAFKA_*` overrides and refuses
+//!    a bad value with the field, the value and what is allowed.
+//! 2. [`wasm`] loads each plugin file once: it checks that the component
 //!    targets the `sluice:handler/plugin` world at a compatible version,
 //!    compiles it and keeps it ready to instantiate. For every message, an
 //!    [`wasm::Invoker`] calls the handler's `handle` under a deadline, a
 //!    memory limit and a stack limit, and returns a typed [`wasm::Outcome`]:
 //!    the outputs, or a [`wasm::Failure`] saying exactly what went wrong.
-//! 2. [`cli`] is the command line: `sluice check` loads a plugin, describes it
-//!    and optionally invokes it once.
-//! 3. [`telemetry`] sets up logging.
-//! 4. [`replay`] is the dead-letter tool's work (`sluice dlq`): it reads the
+//! 3. [`kafka`] configures the consumer and the producer (and starts the
+//!    embedded development broker).
+//! 4. [`pipeline`] consumes the routed topics: a worker per partition hands
+//!    messages in order to the route's handler, retries with backoff, sends
+//!    failures to the dead-letter topic, and stores an offset only once every
+//!    record produced for it is acknowledged. Circuit breakers guard the
+//!    broker and each route's handler; config reloads change routes live.
+//! 5. [`plugins`] watches the plugins directory and swaps new module
+//!    versions into their routes.
+//! 6. [`status`] is what the running daemon knows about itself; [`http`]
+//!    serves it as health, readiness, [`metrics`], plugins and an admin API.
+//! 7. [`replay`] is the dead-letter tool's work (`sluice dlq`): it reads the
 //!    dead-letter topics without joining a group, filters and counts the
 //!    records, and replays them to their original topics.
+//! 8. [`cli`] is the command line (`run`, `check`, `demo`, `dlq`), and
+//!    [`telemetry`] sets up logging.
 //!
 //! The WIT contract in `wit/` is the one source of truth for the types that
 //! cross the sandbox boundary; both this crate and the guest SDK generate

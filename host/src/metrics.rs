@@ -6,8 +6,8 @@
 //! topic, route and module names.
 
 use std::fmt::Write as _;
-use std::sync::PoisonError;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError};
 
 use crate::pipeline::CircuitState;
 use crate::pipeline::dlq::ErrorType;
@@ -75,7 +75,7 @@ pub fn render(status: &Status) -> String {
     );
     out.sample("sluice_messages_consumed_total", &[], status.consumed());
 
-    let routes: Vec<&RouteStatus> = status.routes.values().map(AsRef::as_ref).collect();
+    let routes: Vec<Arc<RouteStatus>> = status.routes();
     out.family(
         "sluice_messages_total",
         "Messages handled, by route and outcome: ok (outputs produced), dead_lettered, \

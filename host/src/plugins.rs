@@ -15,7 +15,9 @@ use std::time::{Duration, Instant, SystemTime};
 use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::RouteHandle;
+use crate::pipeline::Route;
+
+type RouteHandle = Arc<Route>;
 use crate::status::{ModuleInfo, Status};
 use crate::wasm::{Plugin, Runtime};
 
@@ -119,7 +121,7 @@ fn deleted(module: &str, routes: &[RouteHandle], status: &Status) {
     );
     for route in routes {
         route.set_module(None);
-        if let Some(r) = status.routes.get(route.topic()) {
+        if let Some(r) = status.route(route.topic()) {
             *r.module.lock().unwrap_or_else(PoisonError::into_inner) = None;
         }
     }
@@ -174,7 +176,7 @@ async fn load(
             };
             for route in routes {
                 route.set_module(Some(plugin.clone()));
-                if let Some(r) = status.routes.get(route.topic()) {
+                if let Some(r) = status.route(route.topic()) {
                     *r.module.lock().unwrap_or_else(PoisonError::into_inner) = Some(info.clone());
                 }
             }

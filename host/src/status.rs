@@ -7,12 +7,12 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, RouteConfig};
 use crate::pipeline::Breaker;
 use crate::pipeline::dlq::ErrorType;
 
@@ -29,8 +29,8 @@ pub struct Status {
     pub bootstrap_servers: Mutex<String>,
     /// The broker circuit breaker: opens when records cannot be produced.
     pub broker: Arc<Breaker>,
-    /// Each route, by input topic.
-    pub routes: BTreeMap<String, Arc<RouteStatus>>,
+    /// Each route, by input topic; routes come and go with config reloads.
+    routes: RwLock<BTreeMap<String, Arc<RouteStatus>>>,
     /// Partitions stopped on a failing message, with the reason.
     pub stopped: Mutex<BTreeMap<TopicPartition, String>>,
     /// Messages of each assigned partition received and not yet finished.
@@ -48,6 +48,8 @@ pub struct Status {
     http_addr: watch::Sender<Option<SocketAddr>>,
     /// Counts plugin directory events: loads, refusals, deletions.
     plugin_events: watch::Sender<u64>,
+    /// Config reloads: `(applied, refused)`.
+    config_reloads: watch::Sender<(u64, u64)>,
 }
 
 /// One route: its breaker, its module and its counters.
@@ -60,6 +62,21 @@ pub struct RouteStatus {
     pub module: Mutex<Option<ModuleInfo>>,
     /// Counters and the handler latency histogram.
     pub metrics: RouteMetrics,
+}
+
+impl RouteStatus {
+    fn new(config: &Config, route: &RouteConfig) -> Arc<RouteStatus> {
+        Arc::new(RouteStatus {
+            topic: route.topic.clone(),
+            breaker: Breaker::new(
+                format!("route {}", route.topic),
+                route.circuit_breaker_threshold(&config.kafka),
+                route.circuit_breaker_reset_timeout(&config.kafka),
+            ),
+            module: Mutex::new(None),
+            metrics: RouteMetrics::default(),
+        })
+    }
 }
 
 /// A loaded module, as reported.
@@ -144,23 +161,13 @@ impl Status {
                 k.circuit_breaker_threshold,
                 k.circuit_breaker_reset_timeout(),
             ),
-            routes: config
-                .routes
-                .iter()
-                .map(|r| {
-                    let route = RouteStatus {
-                        topic: r.topic.clone(),
-                        breaker: Breaker::new(
-                            format!("route {}", r.topic),
-                            r.circuit_breaker_threshold(k),
-                            r.circuit_breaker_reset_timeout(k),
-                        ),
-                        module: Mutex::new(None),
-                        metrics: RouteMetrics::default(),
-                    };
-                    (r.topic.clone(), Arc::new(route))
-                })
-                .collect(),
+            routes: RwLock::new(
+                config
+                    .routes
+                    .iter()
+                    .map(|r| (r.topic.clone(), RouteStatus::new(config, r)))
+                    .collect(),
+            ),
             stopped: Mutex::new(BTreeMap::new()),
             in_flight: Mutex::new(BTreeMap::new()),
             lag: Mutex::new(BTreeMap::new()),
@@ -171,6 +178,7 @@ impl Status {
             reachable: watch::Sender::new(None),
             http_addr: watch::Sender::new(None),
             plugin_events: watch::Sender::new(0),
+            config_reloads: watch::Sender::new((0, 0)),
         })
     }
 
@@ -184,8 +192,49 @@ impl Status {
     }
 
     /// The handler breaker of the route consuming `topic`.
-    pub fn route_breaker(&self, topic: &str) -> Option<&Arc<Breaker>> {
-        self.routes.get(topic).map(|r| &r.breaker)
+    pub fn route_breaker(&self, topic: &str) -> Option<Arc<Breaker>> {
+        self.route(topic).map(|r| r.breaker.clone())
+    }
+
+    /// The route consuming `topic`.
+    pub fn route(&self, topic: &str) -> Option<Arc<RouteStatus>> {
+        self.routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(topic)
+            .cloned()
+    }
+
+    /// Every route, by input topic.
+    pub fn routes(&self) -> Vec<Arc<RouteStatus>> {
+        self.routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The route for `route` after a config reload: the existing one (its
+    /// counters kept, its breaker limits updated) or a new one.
+    pub(crate) fn upsert_route(&self, config: &Config, route: &RouteConfig) -> Arc<RouteStatus> {
+        let mut routes = self.routes.write().unwrap_or_else(PoisonError::into_inner);
+        let entry = routes
+            .entry(route.topic.clone())
+            .or_insert_with(|| RouteStatus::new(config, route));
+        entry.breaker.set_limits(
+            route.circuit_breaker_threshold(&config.kafka),
+            route.circuit_breaker_reset_timeout(&config.kafka),
+        );
+        entry.clone()
+    }
+
+    /// Forgets a route removed from the config.
+    pub(crate) fn remove_route(&self, topic: &str) {
+        self.routes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(topic);
     }
 
     /// Whether the daemon has loaded its modules and subscribed.
@@ -258,6 +307,21 @@ impl Status {
             .unwrap_or_default()
     }
 
+    /// Config reloads so far, `(applied, refused)`, and their changes.
+    pub fn config_reloads(&self) -> watch::Receiver<(u64, u64)> {
+        self.config_reloads.subscribe()
+    }
+
+    pub(crate) fn count_config_reload(&self, applied: bool) {
+        self.config_reloads.send_modify(|(ok, refused)| {
+            if applied {
+                *ok += 1;
+            } else {
+                *refused += 1;
+            }
+        });
+    }
+
     /// A receiver that changes at every module load, refusal or deletion.
     pub fn plugin_events(&self) -> watch::Receiver<u64> {
         self.plugin_events.subscribe()
@@ -269,7 +333,7 @@ impl Status {
 
     /// The hash of the module version serving the route on `topic`, if any.
     pub fn serving_hash(&self, topic: &str) -> Option<String> {
-        let route = self.routes.get(topic)?;
+        let route = self.route(topic)?;
         let module = route.module.lock().unwrap_or_else(PoisonError::into_inner);
         module.as_ref().map(|m| m.hash.clone())
     }

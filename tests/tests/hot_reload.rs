@@ -362,3 +362,96 @@ async fn a_partition_stopped_on_a_failure_retries_it_on_a_new_version() {
     );
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_follow_edits_of_the_config_file() {
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    for topic in ["a", "a.out", "a.alt", "b", "b.out"] {
+        broker.create_topic(topic, 1);
+    }
+    let route_a = |output: &str| {
+        format!(
+            "[[routes]]\ntopic = \"a\"\nmodule = \"uppercase\"\noutput_topics = [\"a.out\", \"a.alt\"]\n\
+             [routes.config]\noutput_topic = \"{output}\"\n"
+        )
+    };
+    let route_b = |timeout_ms: u64| {
+        format!(
+            "[[routes]]\ntopic = \"b\"\nmodule = \"uppercase\"\noutput_topics = [\"b.out\"]\n\
+             timeout_ms = {timeout_ms}\n"
+        )
+    };
+    let dir = tempfile::tempdir().expect("config dir");
+    let path = dir.path().join("sluice.toml");
+    let write = |routes: &str| {
+        let text = sluice_tests::daemon::config_text(&bootstrap, "edits", "", routes);
+        let tmp = dir.path().join("sluice.toml.partial");
+        std::fs::write(&tmp, text).expect("write config");
+        std::fs::rename(&tmp, &path).expect("rename config");
+    };
+    let send = |topic: &'static str, value: &'static str| {
+        let bootstrap = bootstrap.clone();
+        async move {
+            sluice_tests::kafka::produce(
+                &bootstrap,
+                topic,
+                [sluice_tests::kafka::Send {
+                    partition: Some(0),
+                    key: None,
+                    value: value.as_bytes(),
+                    headers: &[],
+                }],
+            )
+            .await;
+        }
+    };
+    let texts = |topic: &str, at_least: usize| -> Vec<String> {
+        read_until(&bootstrap, topic, 1, LONG, |r| r.len() >= at_least)
+            .iter()
+            .map(Record::text)
+            .collect()
+    };
+
+    write(&route_a("a.out"));
+    let config = sluice::config::Config::load_with(&path, &|_| None).expect("valid config");
+    let daemon = Daemon::start(config);
+    let mut reloads = daemon.status.config_reloads();
+    let mut until_reloads = async |want: (u64, u64)| {
+        tokio::time::timeout(LONG, reloads.wait_for(|r| *r == want))
+            .await
+            .unwrap_or_else(|_| panic!("no config reload {want:?}"))
+            .expect("status lives");
+    };
+    send("a", "x1").await;
+    assert_eq!(texts("a.out", 1), ["X1"]);
+
+    // Route b added, route a's output changed.
+    write(&(route_a("a.alt") + &route_b(1000)));
+    until_reloads((1, 0)).await;
+    send("a", "x2").await;
+    send("b", "y1").await;
+    assert_eq!(texts("a.alt", 1), ["X2"]);
+    assert_eq!(texts("b.out", 1), ["Y1"]);
+
+    // An invalid edit keeps the running routes.
+    write(&(route_a("a.out") + &route_b(0)));
+    until_reloads((1, 1)).await;
+    send("a", "x3").await;
+    assert_eq!(texts("a.alt", 2), ["X2", "X3"]);
+
+    // Route b removed.
+    write(&route_a("a.alt"));
+    until_reloads((2, 1)).await;
+    assert!(daemon.status.route("b").is_none());
+    send("b", "y2").await;
+    send("a", "x4").await;
+    assert_eq!(texts("a.alt", 3), ["X2", "X3", "X4"]);
+    let b_out = read_topic(&bootstrap, "b.out", 1, 1, LONG, Duration::from_secs(2));
+    assert_eq!(b_out.len(), 1, "a removed route handles nothing more");
+    assert_eq!(
+        wait_committed(&bootstrap, "test.edits", "a", &[4], LONG),
+        [Some(4)]
+    );
+    daemon.stop().await;
+}

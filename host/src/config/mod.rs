@@ -87,6 +87,10 @@ pub struct Config {
     /// own directory.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The file it was read from, watched for changes while the daemon
+    /// runs; `None` for a config parsed from text.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// The bootstrap value that starts the in-process development broker.
@@ -531,7 +535,9 @@ impl Config {
             reason: e.to_string(),
         })?;
         let base_dir = path.parent().map(Path::to_owned).unwrap_or_default();
-        Self::parse(&text, &base_dir, env)
+        let mut config = Self::parse(&text, &base_dir, env)?;
+        config.source = Some(path.to_owned());
+        Ok(config)
     }
 
     /// Parses and validates config text; `env` answers `KAFKA_*` lookups and

@@ -62,9 +62,6 @@ impl std::fmt::Display for CircuitState {
 pub struct Breaker {
     /// What it guards, for logs: `broker` or `route <topic>`.
     name: String,
-    /// Consecutive failures that open it; 0 never opens.
-    threshold: u32,
-    reset_timeout: Duration,
     inner: Mutex<Inner>,
     /// Publishes every transition (and wakes waiters when a probe is
     /// released).
@@ -74,6 +71,9 @@ pub struct Breaker {
 }
 
 struct Inner {
+    /// Consecutive failures that open it; 0 never opens.
+    threshold: u32,
+    reset_timeout: Duration,
     state: CircuitState,
     failures: u32,
     opened_at: Instant,
@@ -87,9 +87,9 @@ impl Breaker {
     pub fn new(name: impl Into<String>, threshold: u32, reset_timeout: Duration) -> Arc<Breaker> {
         Arc::new(Breaker {
             name: name.into(),
-            threshold,
-            reset_timeout,
             inner: Mutex::new(Inner {
+                threshold,
+                reset_timeout,
                 state: CircuitState::Closed,
                 failures: 0,
                 opened_at: Instant::now(),
@@ -118,6 +118,14 @@ impl Breaker {
     /// The consecutive failures counted so far (0 unless closed).
     pub fn failures(&self) -> u32 {
         self.lock().failures
+    }
+
+    /// Changes the threshold and the reset timeout (a config reload); the
+    /// state is kept.
+    pub fn set_limits(&self, threshold: u32, reset_timeout: Duration) {
+        let mut inner = self.lock();
+        inner.threshold = threshold;
+        inner.reset_timeout = reset_timeout;
     }
 
     /// Closes the breaker now (the operator's manual reset).
@@ -155,7 +163,7 @@ impl Breaker {
             let due = {
                 let mut inner = self.lock();
                 if inner.state == CircuitState::Open
-                    && Instant::now() >= inner.opened_at + self.reset_timeout
+                    && Instant::now() >= inner.opened_at + inner.reset_timeout
                 {
                     self.set(&mut inner, CircuitState::HalfOpen, "reset timeout elapsed");
                 }
@@ -174,7 +182,7 @@ impl Breaker {
                         };
                     }
                     CircuitState::HalfOpen => None,
-                    CircuitState::Open => Some(inner.opened_at + self.reset_timeout),
+                    CircuitState::Open => Some(inner.opened_at + inner.reset_timeout),
                 }
             };
             match due {
@@ -197,7 +205,7 @@ impl Breaker {
             (CircuitState::Closed, true) => inner.failures = 0,
             (CircuitState::Closed, false) => {
                 inner.failures += 1;
-                if self.threshold > 0 && inner.failures >= self.threshold {
+                if inner.threshold > 0 && inner.failures >= inner.threshold {
                     let why = format!("{} consecutive failures", inner.failures);
                     self.open(&mut inner, &why);
                 }
@@ -243,7 +251,7 @@ impl Breaker {
         match to {
             CircuitState::Open => tracing::error!(
                 breaker = %self.name, from = from.as_str(), to = to.as_str(),
-                reset_timeout_s = self.reset_timeout.as_secs_f64(),
+                reset_timeout_s = inner.reset_timeout.as_secs_f64(),
                 "circuit breaker opened: {why}"
             ),
             _ => tracing::warn!(

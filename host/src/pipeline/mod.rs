@@ -9,6 +9,7 @@
 mod breaker;
 pub mod dlq;
 mod partition;
+mod reload;
 mod route;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -38,9 +39,6 @@ pub use breaker::{Admission, Backoff, Breaker, CircuitState};
 pub use partition::CORRELATION_HEADER;
 use partition::Gate;
 pub(crate) use route::Route;
-
-/// A route shared by its partitions and the plugin watcher.
-pub(crate) type RouteHandle = Arc<Route>;
 
 /// State shared by the main loop and every partition worker.
 pub(crate) struct Shared {
@@ -169,12 +167,7 @@ fn load_routes(
                 (p, info)
             }
         };
-        let route_status = status.routes.get(&route.topic).cloned().with_context(|| {
-            format!(
-                "the status was made from another config: no route for topic {}",
-                route.topic
-            )
-        })?;
+        let route_status = status.upsert_route(config, route);
         *route_status
             .module
             .lock()
@@ -282,10 +275,9 @@ pub async fn run_with_bootstrap(
         })
         .await??
     };
-    let by_topic: HashMap<String, Arc<Route>> = routes
-        .iter()
-        .map(|r| (r.config.topic.clone(), r.clone()))
-        .collect();
+    let stop_all = CancellationToken::new();
+    // The routes in force; their modules are watched for new versions.
+    let mut live = reload::Routes::new(config.clone(), routes, runtime, status.clone(), &stop_all);
 
     let producer: FutureProducer = kafka::producer_config(&config, bootstrap)
         .create()
@@ -300,7 +292,7 @@ pub async fn run_with_bootstrap(
             .create_with_context(context)
             .context("creating the Kafka consumer")?,
     );
-    let topics: Vec<&str> = by_topic.keys().map(String::as_str).collect();
+    let topics: Vec<&str> = live.topics();
     consumer
         .subscribe(&topics)
         .context("subscribing to the routed topics")?;
@@ -322,22 +314,16 @@ pub async fn run_with_bootstrap(
         status: status.clone(),
     });
     let mut broker_circuit = status.broker.subscribe();
-    let stop_all = CancellationToken::new();
-    // New versions of the routed modules, as they are written.
-    let mut by_module: HashMap<String, Vec<RouteHandle>> = HashMap::new();
-    for route in &routes {
-        by_module
-            .entry(route.module_name().to_owned())
-            .or_default()
-            .push(route.clone());
+    // Config file changes (and SIGHUP) alter the routes live.
+    let (reload_tx, mut reload_rx) = mpsc::channel::<Config>(1);
+    if let Some(path) = &config.source {
+        tokio::spawn(reload::watch_config(
+            path.clone(),
+            reload_tx,
+            status.clone(),
+            stop_all.child_token(),
+        ));
     }
-    tokio::spawn(crate::plugins::watch(
-        config.plugins_dir(),
-        runtime,
-        by_module,
-        status.clone(),
-        stop_all.child_token(),
-    ));
     let (room_tx, mut room_rx) = mpsc::unbounded_channel::<TopicPartition>();
     let mut partitions: HashMap<TopicPartition, PartitionHandle> = HashMap::new();
     let mut workers = tokio::task::JoinSet::new();
@@ -360,6 +346,7 @@ pub async fn run_with_bootstrap(
                     CircuitState::HalfOpen => {}
                 }
             }
+            Some(new) = reload_rx.recv() => live.apply(new, &consumer).await,
             Some(tp) = room_rx.recv() => {
                 if let Some(handle) = partitions.get_mut(&tp) {
                     refill(&consumer, &tp, handle, status.broker.state());
@@ -383,7 +370,7 @@ pub async fn run_with_bootstrap(
                     reachable = true;
                 }
                 status.count_consumed();
-                let Some(route) = by_topic.get(m.topic()) else { continue };
+                let Some(slot) = live.get(m.topic()) else { continue };
                 let tp = (m.topic().to_owned(), m.partition());
                 let handle = partitions.entry(tp.clone()).or_insert_with(|| {
                     let (tx, rx) = mpsc::channel(p.partition_queue);
@@ -393,7 +380,7 @@ pub async fn run_with_bootstrap(
                     status.in_flight.lock().unwrap_or_else(PoisonError::into_inner)
                         .insert(tp.clone(), gate.in_flight.clone());
                     workers.spawn(partition::run_worker(
-                        tp.clone(), route.clone(), shared.clone(), gate.clone(), rx, room_tx.clone(),
+                        tp.clone(), slot.clone(), shared.clone(), gate.clone(), rx, room_tx.clone(),
                     ));
                     PartitionHandle { tx, overflow: VecDeque::new(), gate }
                 });

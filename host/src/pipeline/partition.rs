@@ -13,15 +13,15 @@ use rdkafka::consumer::Consumer as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header as KafkaHeader, Headers as _, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{DeliveryFuture, FutureRecord};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::breaker::{Admission, CircuitState};
 use super::dlq::{DeadLetter, ErrorType};
-use super::route::Route;
+use super::route::{Route, RouteSlot};
 use crate::config::RetryOn;
-use crate::status::TopicPartition;
+use crate::status::{RouteStatus, TopicPartition};
 use crate::wasm::{Failure, Header, Message, Outcome, Output, Plugin};
 
 /// The header that carries a message's correlation id.
@@ -263,7 +263,7 @@ async fn admit(route: &Route, shared: &Shared) -> (Admission, Admission) {
 /// revoked or the daemon shuts down.
 pub async fn run_worker(
     tp: TopicPartition,
-    route: Arc<Route>,
+    slot: RouteSlot,
     shared: Arc<Shared>,
     gate: Arc<Gate>,
     mut rx: mpsc::Receiver<Message>,
@@ -272,12 +272,13 @@ pub async fn run_worker(
     let (ack_tx, ack_rx) = mpsc::channel(ACK_QUEUE);
     let acker = tokio::spawn(run_acker(
         tp.clone(),
-        route.clone(),
+        slot.borrow().status.clone(),
         shared.clone(),
         gate.clone(),
         ack_rx,
     ));
     let mut batch = Vec::with_capacity(shared.batch_size);
+    let mut reloads = slot.subscribe();
     'messages: loop {
         batch.clear();
         let received = tokio::select! {
@@ -295,10 +296,14 @@ pub async fn run_worker(
         }
         let mut queue: VecDeque<Message> = batch.drain(..).collect();
         'batches: while !queue.is_empty() {
+            // The route as configured now: a config reload applies from the
+            // next batch.
+            let route = reloads.borrow_and_update().clone();
             // Held while the module file is deleted, or a breaker is open.
             // Held messages are not stored: they are delivered again.
             let plugin = tokio::select! {
                 plugin = route.module() => plugin,
+                _ = reloads.changed() => continue 'batches,
                 () = gate.cancel.cancelled() => break 'messages,
             };
             let (mut handler, broker) = tokio::select! {
@@ -386,8 +391,9 @@ pub async fn run_worker(
                                 message: &message,
                                 failed: &failed,
                             };
-                            if stop_partition(stop, &route, &shared, &gate).await {
-                                // A new version of the module: try again.
+                            if stop_partition(stop, &route, &shared, &gate, &mut reloads).await {
+                                // A new version of the module, or of the
+                                // route's config: try again.
                                 message.attempt += 1;
                                 requeue(&mut queue, message, done);
                                 continue 'batches;
@@ -425,7 +431,7 @@ pub async fn run_worker(
                             .unwrap_or_else(|| shared.status.broker.admission());
                         if !await_delivery(
                             &shared,
-                            &route,
+                            &route.status,
                             &gate,
                             delivery,
                             admission,
@@ -497,10 +503,16 @@ struct Stop<'a> {
 }
 
 /// Without a dead-letter topic a failed message is never skipped: the
-/// partition stops on it until a new version of its module is loaded (true:
-/// try the message again) or the partition is revoked or the daemon stops
-/// (false).
-async fn stop_partition(stop: Stop<'_>, route: &Route, shared: &Shared, gate: &Gate) -> bool {
+/// partition stops on it until a new version of its module is loaded or the
+/// route's config changes (true: try the message again), or the partition is
+/// revoked or the daemon stops (false).
+async fn stop_partition(
+    stop: Stop<'_>,
+    route: &Route,
+    shared: &Shared,
+    gate: &Gate,
+    reloads: &mut watch::Receiver<Arc<Route>>,
+) -> bool {
     let Stop {
         tp,
         plugin,
@@ -554,13 +566,14 @@ async fn stop_partition(stop: Stop<'_>, route: &Route, shared: &Shared, gate: &G
     let retry = tokio::select! {
         () = gate.cancel.cancelled() => false,
         () = new_version => true,
+        _ = reloads.changed() => true,
     };
     stopped(false);
     if retry {
         tracing::info!(
             topic = %tp.0, partition = tp.1, offset = message.offset,
             module = route.module_name(),
-            "a new version of the module is loaded: retrying the message the partition stopped on"
+            "the module or the route changed: retrying the message the partition stopped on"
         );
     }
     retry
@@ -657,7 +670,7 @@ async fn enqueue<'a>(
 /// refused is produced again; its offset waits.
 async fn run_acker(
     tp: TopicPartition,
-    route: Arc<Route>,
+    route: Arc<RouteStatus>,
     shared: Arc<Shared>,
     gate: Arc<Gate>,
     mut rx: mpsc::Receiver<Pending>,
@@ -702,14 +715,14 @@ async fn run_acker(
 /// the partition was revoked or the daemon is shutting down.
 async fn await_delivery(
     shared: &Shared,
-    route: &Route,
+    route: &RouteStatus,
     gate: &Gate,
     mut delivery: DeliveryFuture,
     mut admission: Admission,
     dead_letter: bool,
 ) -> bool {
     let breaker = &shared.status.broker;
-    let metrics = &route.status.metrics;
+    let metrics = &route.metrics;
     let mut failures = 0u32;
     loop {
         let failed: OwnedMessage = match delivery.await {

@@ -12,6 +12,10 @@ use crate::config::{Config, RetryOn, RouteConfig};
 use crate::status::RouteStatus;
 use crate::wasm::{Invocation, Invoker, Isolation, Limits, Plugin, Runtime};
 
+/// A route as its partitions see it: replaced as a whole when a config
+/// reload changes the route, read again by each partition at every batch.
+pub type RouteSlot = Arc<watch::Sender<Arc<Route>>>;
+
 /// Everything a partition worker needs to know about its route.
 pub struct Route {
     /// The route's configuration.
