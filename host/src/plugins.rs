@@ -167,13 +167,7 @@ async fn load(
     };
     match plugin {
         Ok(plugin) => {
-            let info = ModuleInfo {
-                name: module.to_owned(),
-                hash: plugin.hash().to_owned(),
-                size: plugin.size() as u64,
-                loaded_at: SystemTime::now(),
-                load_time: started.elapsed(),
-            };
+            let info = ModuleInfo::loaded(&plugin, started.elapsed());
             for route in routes {
                 route.set_module(Some(plugin.clone()));
                 if let Some(r) = status.route(route.topic()) {

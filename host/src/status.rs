@@ -94,6 +94,19 @@ pub struct ModuleInfo {
     pub load_time: Duration,
 }
 
+impl ModuleInfo {
+    /// What is reported of `plugin`, loaded just now in `load_time`.
+    pub fn loaded(plugin: &crate::wasm::Plugin, load_time: Duration) -> ModuleInfo {
+        ModuleInfo {
+            name: plugin.name().to_owned(),
+            hash: plugin.hash().to_owned(),
+            size: plugin.size() as u64,
+            loaded_at: SystemTime::now(),
+            load_time,
+        }
+    }
+}
+
 /// The upper bounds of the handler latency histogram, in seconds.
 pub const LATENCY_BUCKETS: [f64; 14] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,

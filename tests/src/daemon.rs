@@ -196,3 +196,39 @@ impl Drop for DaemonProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A route of the `misbehave` example from `topic` to `output`, with `extra`
+/// route fields.
+pub fn misbehave_route(topic: &str, output: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[routes]]
+topic = "{topic}"
+module = "misbehave"
+output_topics = ["{output}"]
+{extra}
+[routes.config]
+output_topic = "{output}"
+"#
+    )
+}
+
+/// Waits until `done` holds for the breaker, re-checking at each transition.
+pub async fn until_breaker(
+    breaker: &sluice::pipeline::Breaker,
+    what: &str,
+    done: impl Fn(&sluice::pipeline::Breaker) -> bool,
+) {
+    let mut changes = breaker.subscribe();
+    let wait = async {
+        while !done(breaker) {
+            changes
+                .changed()
+                .await
+                .expect("the breaker lives as long as the daemon");
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), wait)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for: {what}"));
+}

@@ -325,3 +325,42 @@ pub fn tally<'a>(values: impl IntoIterator<Item = &'a str>) -> HashMap<&'a str, 
     }
     counts
 }
+
+/// Produces text values spread round-robin over `partitions` partitions,
+/// without keys.
+pub async fn produce_values(bootstrap: &str, topic: &str, partitions: i32, values: &[String]) {
+    produce(
+        bootstrap,
+        topic,
+        values.iter().enumerate().map(|(i, v)| Send {
+            partition: Some(i as i32 % partitions),
+            key: None,
+            value: v.as_bytes(),
+            headers: &[],
+        }),
+    )
+    .await;
+}
+
+/// The original values of dead-letter records (their JSON envelopes'
+/// `original_message.value`).
+pub fn dead_letter_values(records: &[Record]) -> std::collections::BTreeSet<String> {
+    records
+        .iter()
+        .filter_map(|r| serde_json::from_slice::<serde_json::Value>(r.value.as_deref()?).ok())
+        .filter_map(|e| e["original_message"]["value"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Asserts that `topic` (one partition) stays empty for a second.
+pub fn assert_empty(bootstrap: &str, topic: &str, why: &str) {
+    let records = read_topic(
+        bootstrap,
+        topic,
+        1,
+        0,
+        Duration::ZERO,
+        Duration::from_secs(1),
+    );
+    assert!(records.is_empty(), "{why}: {records:?}");
+}

@@ -9,7 +9,9 @@ use sluice::pipeline::Status;
 use sluice_tests::artifacts;
 use sluice_tests::broker::Broker;
 use sluice_tests::daemon::{Daemon, config_text_in, parse};
-use sluice_tests::kafka::{Record, produce_sequence, read_topic, read_until, wait_committed};
+use sluice_tests::kafka::{
+    Record, assert_empty, produce_sequence, read_topic, read_until, wait_committed,
+};
 
 const LONG: Duration = Duration::from_secs(120);
 const TAG: &[u8] = b"sluice-tag-00000";
@@ -222,15 +224,7 @@ async fn bad_files_leave_the_serving_version_until_fixed() {
             .all(|(v, _)| *v == 1),
         "messages produced after the fix use it"
     );
-    let dlq = read_topic(
-        &bootstrap,
-        "dlq",
-        1,
-        0,
-        Duration::ZERO,
-        Duration::from_secs(1),
-    );
-    assert!(dlq.is_empty(), "bad files never dead-letter messages");
+    assert_empty(&bootstrap, "dlq", "bad files never dead-letter messages");
     daemon.stop().await;
 }
 
@@ -293,15 +287,7 @@ async fn a_deleted_module_holds_its_messages_until_it_returns() {
         vec![1; 50],
         "held messages are handled by the restored module"
     );
-    let dlq = read_topic(
-        &bootstrap,
-        "dlq",
-        1,
-        0,
-        Duration::ZERO,
-        Duration::from_secs(1),
-    );
-    assert!(dlq.is_empty(), "nothing was dead-lettered");
+    assert_empty(&bootstrap, "dlq", "nothing was dead-lettered");
     daemon.stop().await;
 }
 

@@ -2,58 +2,17 @@
 //! plugins list and the admin API, over real HTTP.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_parse::{Scrape, Value};
 use rdkafka::mocking::{MockCluster, MockCoordinator};
-use sluice::pipeline::{Breaker, CircuitState};
+use sluice::pipeline::CircuitState;
 use sluice_tests::broker::Broker;
-use sluice_tests::daemon::{Daemon, config_text, parse};
+use sluice_tests::daemon::{Daemon, config_text, misbehave_route, parse, until_breaker};
 use sluice_tests::http::{get, request};
-use sluice_tests::kafka::{Record, Send, produce, read_topic, wait_committed};
+use sluice_tests::kafka::{Record, Send, produce, produce_values, read_topic, wait_committed};
 
 const LONG: Duration = Duration::from_secs(60);
-
-async fn until(breaker: &Arc<Breaker>, what: &str, done: impl Fn(&Breaker) -> bool) {
-    let mut changes = breaker.subscribe();
-    let wait = async {
-        while !done(breaker) {
-            changes.changed().await.expect("breaker lives");
-        }
-    };
-    tokio::time::timeout(LONG, wait)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for: {what}"));
-}
-
-async fn produce_values(bootstrap: &str, topic: &str, values: &[String]) {
-    produce(
-        bootstrap,
-        topic,
-        values.iter().map(|v| Send {
-            partition: Some(0),
-            key: Some(b"k"),
-            value: v.as_bytes(),
-            headers: &[],
-        }),
-    )
-    .await;
-}
-
-fn misbehave_route(topic: &str, output: &str, extra: &str) -> String {
-    format!(
-        r#"
-[[routes]]
-topic = "{topic}"
-module = "misbehave"
-output_topics = ["{output}"]
-{extra}
-[routes.config]
-output_topic = "{output}"
-"#
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_readiness_follow_the_broker_breaker() {
@@ -80,7 +39,7 @@ async fn health_and_readiness_follow_the_broker_breaker() {
 
     assert_eq!(get(addr, "/health/live").await.status, 200);
     let first: Vec<String> = (0..5).map(|i| format!("a{i}")).collect();
-    produce_values(&bootstrap, "in", &first).await;
+    produce_values(&bootstrap, "in", 1, &first).await;
     let out = read_topic(&bootstrap, "out", 1, 5, LONG, Duration::ZERO);
     assert_eq!(out.len(), 5);
 
@@ -106,9 +65,9 @@ async fn health_and_readiness_follow_the_broker_breaker() {
     assert_eq!(get(addr, "/health/ready").await.status, 200);
 
     mock.broker_down(2).expect("broker down");
-    produce_values(&bootstrap, "in", &["b0".to_owned(), "b1".to_owned()]).await;
+    produce_values(&bootstrap, "in", 1, &["b0".to_owned(), "b1".to_owned()]).await;
     let breaker = daemon.status.broker.clone();
-    until(&breaker, "the broker breaker opened", |b| {
+    until_breaker(&breaker, "the broker breaker opened", |b| {
         b.state() == CircuitState::Open
     })
     .await;
@@ -127,7 +86,7 @@ async fn health_and_readiness_follow_the_broker_breaker() {
     assert!(metrics.value("kafka_event_bus_circuit_state", &[("group", "health")]) >= 1.0);
 
     mock.broker_up(2).expect("broker up");
-    until(&breaker, "a probe closed the breaker", |b| {
+    until_breaker(&breaker, "a probe closed the breaker", |b| {
         b.state() == CircuitState::Closed
     })
     .await;
@@ -194,7 +153,7 @@ async fn metrics_and_plugins_report_what_was_handled() {
     let mut values: Vec<String> = (0..7).map(|i| format!("ok:{i}")).collect();
     values.extend((0..3).map(|i| format!("permanent:{i}")));
     values.extend(["retry:2".to_owned(), "retry:2".to_owned()]);
-    produce_values(&bootstrap, "in", &values).await;
+    produce_values(&bootstrap, "in", 1, &values).await;
     let kafka = "dead_letter_topic = \"dlq\"\nretry_backoff_base = 0.1";
     let daemon = Daemon::start(parse(&config_text(
         &bootstrap,
@@ -306,7 +265,7 @@ async fn the_admin_reset_requires_the_configured_token() {
              circuit_breaker_reset_timeout = 3600.0"
         )
     );
-    produce_values(&bootstrap, "in", &["loop".to_owned(), "ok:x".to_owned()]).await;
+    produce_values(&bootstrap, "in", 1, &["loop".to_owned(), "ok:x".to_owned()]).await;
     let daemon = Daemon::start(parse(&config_text(
         &bootstrap,
         "admin",
@@ -315,7 +274,7 @@ async fn the_admin_reset_requires_the_configured_token() {
     )));
     let addr = daemon.http_addr().await;
     let breaker = daemon.status.route_breaker("in").expect("route").clone();
-    until(&breaker, "the handler breaker opened", |b| {
+    until_breaker(&breaker, "the handler breaker opened", |b| {
         b.state() == CircuitState::Open
     })
     .await;

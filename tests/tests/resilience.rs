@@ -3,65 +3,22 @@
 //! (injected produce failures).
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::mocking::{MockCluster, MockCoordinator};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use sluice::pipeline::{Breaker, CircuitState, committed_offsets};
+use sluice::pipeline::{CircuitState, committed_offsets};
 use sluice_tests::broker::Broker;
-use sluice_tests::daemon::{Daemon, config_text, parse};
-use sluice_tests::kafka::{Record, Send, produce, read_topic, read_until, wait_committed};
+use sluice_tests::daemon::{Daemon, config_text, misbehave_route, parse, until_breaker};
+use sluice_tests::kafka::{
+    Record, dead_letter_values, produce_values, read_topic, read_until, wait_committed,
+};
 
 const LONG: Duration = Duration::from_secs(60);
 const SETTLE: Duration = Duration::from_secs(2);
 
-/// Waits until `done` holds for the breaker, re-checking at each transition.
-async fn until(breaker: &Arc<Breaker>, what: &str, done: impl Fn(&Breaker) -> bool) {
-    let mut changes = breaker.subscribe();
-    let wait = async {
-        while !done(breaker) {
-            changes
-                .changed()
-                .await
-                .expect("the breaker lives as long as the daemon");
-        }
-    };
-    tokio::time::timeout(LONG, wait)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for: {what}"));
-}
-
 fn envelope(record: &Record) -> serde_json::Value {
     serde_json::from_slice(record.value.as_deref().unwrap_or_default()).expect("a JSON envelope")
-}
-
-fn misbehave_route(topic: &str, output: &str, extra: &str) -> String {
-    format!(
-        r#"
-[[routes]]
-topic = "{topic}"
-module = "misbehave"
-output_topics = ["{output}"]
-{extra}
-[routes.config]
-output_topic = "{output}"
-"#
-    )
-}
-
-async fn produce_values(bootstrap: &str, topic: &str, partitions: i32, values: &[String]) {
-    produce(
-        bootstrap,
-        topic,
-        values.iter().enumerate().map(|(i, v)| Send {
-            partition: Some(i as i32 % partitions),
-            key: None,
-            value: v.as_bytes(),
-            headers: &[],
-        }),
-    )
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,7 +119,7 @@ output_topics = ["fine.out"]
         .clone();
 
     // Opened, then two probes re-ran the held message and failed.
-    until(&breaker, "the breaker opened three times", |b| {
+    until_breaker(&breaker, "the breaker opened three times", |b| {
         b.transitions_to(CircuitState::Open) >= 3
     })
     .await;
@@ -231,7 +188,7 @@ async fn a_failing_output_broker_opens_the_breaker_pauses_consumption_and_loses_
         &routes,
     )));
     let breaker = daemon.status.broker.clone();
-    until(&breaker, "the broker breaker opened", |b| {
+    until_breaker(&breaker, "the broker breaker opened", |b| {
         b.state() == CircuitState::Open
     })
     .await;
@@ -247,7 +204,7 @@ async fn a_failing_output_broker_opens_the_breaker_pauses_consumption_and_loses_
     let second: Vec<String> = (0..30).map(|i| format!("b{i}")).collect();
     produce_values(&bootstrap, "in", 1, &second).await;
     let opened = breaker.transitions_to(CircuitState::Open);
-    until(
+    until_breaker(
         &breaker,
         "a probe failed and the breaker opened again",
         |b| b.transitions_to(CircuitState::Open) > opened,
@@ -260,7 +217,7 @@ async fn a_failing_output_broker_opens_the_breaker_pauses_consumption_and_loses_
     );
 
     mock.broker_up(2).expect("broker up");
-    until(&breaker, "a probe succeeded", |b| {
+    until_breaker(&breaker, "a probe succeeded", |b| {
         b.state() == CircuitState::Closed
     })
     .await;
@@ -296,7 +253,7 @@ async fn injected_produce_errors_hold_dead_letters_and_commits_until_they_clear(
     let kafka = format!("{BREAKER_KAFKA}\ndead_letter_topic = \"dlq\"");
     let daemon = Daemon::start(parse(&config_text(&bootstrap, "refused", &kafka, &routes)));
     let breaker = daemon.status.broker.clone();
-    until(&breaker, "the broker breaker opened", |b| {
+    until_breaker(&breaker, "the broker breaker opened", |b| {
         b.state() == CircuitState::Open
     })
     .await;
@@ -308,27 +265,14 @@ async fn injected_produce_errors_hold_dead_letters_and_commits_until_they_clear(
     );
 
     mock.clear_request_errors(RDKafkaApiKey::Produce);
-    until(&breaker, "a probe succeeded", |b| {
+    until_breaker(&breaker, "a probe succeeded", |b| {
         b.state() == CircuitState::Closed
     })
     .await;
     let dlq = read_until(&bootstrap, "dlq", 1, LONG, |records| {
-        let seen: BTreeSet<String> = records
-            .iter()
-            .map(|r| envelope(r)["original_message"]["value"].to_string())
-            .collect();
-        seen.len() >= values.len()
+        dead_letter_values(records).len() >= values.len()
     });
-    let seen: BTreeSet<String> = dlq
-        .iter()
-        .map(|r| {
-            envelope(r)["original_message"]["value"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned()
-        })
-        .collect();
-    assert_eq!(seen, values.iter().cloned().collect());
+    assert_eq!(dead_letter_values(&dlq), values.iter().cloned().collect());
     let committed = wait_committed(&bootstrap, "test.refused", "in", &[20], LONG);
     assert_eq!(committed, [Some(20)]);
     daemon.stop().await;
@@ -375,19 +319,8 @@ async fn a_broker_restart_mid_stream_loses_nothing() {
     let out = read_until(&bootstrap, "out", 2, LONG, |records| {
         want_out.is_subset(&records.iter().map(Record::text).collect())
     });
-    let dlq_values = |records: &[Record]| -> BTreeSet<String> {
-        records
-            .iter()
-            .map(|r| {
-                envelope(r)["original_message"]["value"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned()
-            })
-            .collect()
-    };
     let dlq = read_until(&bootstrap, "dlq", 1, LONG, |records| {
-        want_dlq.is_subset(&dlq_values(records))
+        want_dlq.is_subset(&dead_letter_values(records))
     });
     let seen_out: BTreeSet<String> = out.iter().map(Record::text).collect();
     let missing: Vec<&String> = want_out.difference(&seen_out).collect();
@@ -395,7 +328,7 @@ async fn a_broker_restart_mid_stream_loses_nothing() {
         missing.is_empty(),
         "outputs missing after the restart: {missing:?}"
     );
-    let seen_dlq = dlq_values(&dlq);
+    let seen_dlq = dead_letter_values(&dlq);
     let missing: Vec<&String> = want_dlq.difference(&seen_dlq).collect();
     assert!(
         missing.is_empty(),

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rdkafka::consumer::{
@@ -149,13 +149,7 @@ fn load_routes(
                 let loaded = runtime.load_file(&dir.join(format!("{}.wasm", route.module)));
                 status.count_plugin_load(&route.module, loaded.is_ok());
                 let p = Arc::new(loaded?);
-                let info = ModuleInfo {
-                    name: p.name().to_owned(),
-                    hash: p.hash().to_owned(),
-                    size: p.size() as u64,
-                    loaded_at: SystemTime::now(),
-                    load_time: started.elapsed(),
-                };
+                let info = ModuleInfo::loaded(&p, started.elapsed());
                 tracing::info!(
                     module = p.name(),
                     module_hash = p.short_hash(),

@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use tokio::sync::{mpsc, watch};
@@ -259,13 +259,7 @@ async fn load(
     let path = dir.join(format!("{module}.wasm"));
     let started = Instant::now();
     let plugin = tokio::task::spawn_blocking(move || runtime.load_file(&path)).await??;
-    let info = ModuleInfo {
-        name: module.to_owned(),
-        hash: plugin.hash().to_owned(),
-        size: plugin.size() as u64,
-        loaded_at: SystemTime::now(),
-        load_time: started.elapsed(),
-    };
+    let info = ModuleInfo::loaded(&plugin, started.elapsed());
     Ok((Arc::new(plugin), info))
 }
 
