@@ -160,10 +160,11 @@ async fn twenty_swaps_under_a_stream_lose_nothing_and_only_move_forward() {
     daemon.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_files_leave_the_serving_version_until_fixed() {
+/// A broker with topics `in`, `out` and `dlq`, a plugins directory with
+/// version 0 of the tagged handler as module `handler`, and the daemon
+/// routing `in` to it with `dlq` as dead-letter topic.
+fn start_with_dead_letters(group: &str) -> (Broker, tempfile::TempDir, Daemon) {
     let broker = Broker::start();
-    let bootstrap = broker.bootstrap();
     for topic in ["in", "out", "dlq"] {
         broker.create_topic(topic, 1);
     }
@@ -171,12 +172,19 @@ async fn bad_files_leave_the_serving_version_until_fixed() {
     deploy(plugins.path(), &tagged(0));
     let config = config_text_in(
         plugins.path(),
-        &bootstrap,
-        "bad-files",
+        &broker.bootstrap(),
+        group,
         "dead_letter_topic = \"dlq\"",
         &route(""),
     );
     let daemon = Daemon::start(parse(&config));
+    (broker, plugins, daemon)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_files_leave_the_serving_version_until_fixed() {
+    let (broker, plugins, daemon) = start_with_dead_letters("bad-files");
+    let bootstrap = broker.bootstrap();
     let v0 = sluice_tests::sha256_hex(&tagged(0));
     produce_sequence(&bootstrap, "in", 1, 200, "a").await;
 
@@ -230,21 +238,8 @@ async fn bad_files_leave_the_serving_version_until_fixed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_module_holds_its_messages_until_it_returns() {
-    let broker = Broker::start();
+    let (broker, plugins, daemon) = start_with_dead_letters("deleted");
     let bootstrap = broker.bootstrap();
-    for topic in ["in", "out", "dlq"] {
-        broker.create_topic(topic, 1);
-    }
-    let plugins = tempfile::tempdir().expect("plugins dir");
-    deploy(plugins.path(), &tagged(0));
-    let config = config_text_in(
-        plugins.path(),
-        &bootstrap,
-        "deleted",
-        "dead_letter_topic = \"dlq\"",
-        &route(""),
-    );
-    let daemon = Daemon::start(parse(&config));
     produce_sequence(&bootstrap, "in", 1, 50, "before").await;
     assert_eq!(
         wait_committed(&bootstrap, "test.deleted", "in", &[50], LONG),
