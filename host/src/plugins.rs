@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest as _, Sha256};
@@ -122,7 +122,7 @@ fn deleted(module: &str, routes: &[RouteHandle], status: &Status) {
     for route in routes {
         route.set_module(None);
         if let Some(r) = status.route(route.topic()) {
-            *r.module.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            r.set_module(None);
         }
     }
     status.plugin_event();
@@ -171,7 +171,7 @@ async fn load(
             for route in routes {
                 route.set_module(Some(plugin.clone()));
                 if let Some(r) = status.route(route.topic()) {
-                    *r.module.lock().unwrap_or_else(PoisonError::into_inner) = Some(info.clone());
+                    r.set_module(Some(info.clone()));
                 }
             }
             tracing::info!(

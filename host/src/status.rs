@@ -65,6 +65,11 @@ pub struct RouteStatus {
 }
 
 impl RouteStatus {
+    /// Records the module version serving the route (`None`: deleted).
+    pub(crate) fn set_module(&self, module: Option<ModuleInfo>) {
+        *self.module.lock().unwrap_or_else(PoisonError::into_inner) = module;
+    }
+
     fn new(config: &Config, route: &RouteConfig) -> Arc<RouteStatus> {
         Arc::new(RouteStatus {
             topic: route.topic.clone(),

@@ -97,7 +97,7 @@ pub struct Config {
 pub const EMBEDDED_BROKER: &str = "embedded";
 
 /// Kafka settings. Every field can be overridden by its `KAFKA_*` variable.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Comma-separated broker addresses, or `"embedded"` for the in-memory
@@ -209,7 +209,7 @@ impl Acks {
 }
 
 /// Where handler modules live.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginsConfig {
     /// The plugins directory, relative to the config file: module `enrich` is
@@ -227,7 +227,7 @@ impl Default for PluginsConfig {
 }
 
 /// The HTTP endpoint.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Serve health, readiness, metrics, plugins and the admin API.
@@ -255,7 +255,7 @@ impl Default for HttpConfig {
 }
 
 /// How the daemon logs.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoggingConfig {
     /// `"human"` (default) or `"json"`; `--log-format` overrides it.
@@ -264,7 +264,7 @@ pub struct LoggingConfig {
 }
 
 /// How messages are scheduled onto handlers.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessingConfig {
     /// How many handler calls may run at once, across all partitions, 1 to

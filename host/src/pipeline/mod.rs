@@ -162,10 +162,7 @@ fn load_routes(
             }
         };
         let route_status = status.upsert_route(config, route);
-        *route_status
-            .module
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(info);
+        route_status.set_module(Some(info));
         routes.push(Arc::new(Route::new(
             config,
             route,
@@ -325,7 +322,6 @@ pub async fn run_with_bootstrap(
     commit_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let manual_commit = !config.kafka.enable_auto_commit;
     let mut errors = ErrorLog::default();
-    let mut reachable = false;
 
     tokio::pin!(shutdown);
     loop {
@@ -353,15 +349,13 @@ pub async fn run_with_bootstrap(
                     Err(e) => {
                         if matches!(e, KafkaError::MessageConsumption(RDKafkaErrorCode::AllBrokersDown)) {
                             status.set_reachable(false);
-                            reachable = false;
                         }
                         errors.report(&e);
                         continue;
                     }
                 };
-                if !reachable {
+                if !status.is_reachable() {
                     status.set_reachable(true);
-                    reachable = true;
                 }
                 status.count_consumed();
                 let Some(slot) = live.get(m.topic()) else { continue };

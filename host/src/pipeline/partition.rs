@@ -254,7 +254,7 @@ fn requeue(
 /// Waits for the route's handler breaker, then the broker breaker. Either
 /// may hand out its half-open probe, in which case one message is handled.
 async fn admit(route: &Route, shared: &Shared) -> (Admission, Admission) {
-    let handler = route.breaker.admit().await;
+    let handler = route.status.breaker.admit().await;
     let broker = shared.status.broker.admit().await;
     (handler, broker)
 }

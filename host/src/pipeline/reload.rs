@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
@@ -95,39 +95,16 @@ impl Routes {
     /// whole reload.
     pub async fn apply(&mut self, new: Config, consumer: &StreamConsumer<RebalanceContext>) {
         let old = &self.config;
-        let mut restart = Vec::new();
-        let sections: [(&str, String, String); 5] = [
-            (
-                "[kafka]",
-                format!("{:?}", old.kafka),
-                format!("{:?}", new.kafka),
-            ),
-            (
-                "[processing]",
-                format!("{:?}", old.processing),
-                format!("{:?}", new.processing),
-            ),
-            (
-                "[plugins]",
-                format!("{:?}", old.plugins),
-                format!("{:?}", new.plugins),
-            ),
-            (
-                "[http]",
-                format!("{:?}", old.http),
-                format!("{:?}", new.http),
-            ),
-            (
-                "[logging]",
-                format!("{:?}", old.logging),
-                format!("{:?}", new.logging),
-            ),
-        ];
-        for (name, was, now) in &sections {
-            if was != now {
-                restart.push(*name);
-            }
-        }
+        let restart: Vec<&str> = [
+            ("[kafka]", old.kafka != new.kafka),
+            ("[processing]", old.processing != new.processing),
+            ("[plugins]", old.plugins != new.plugins),
+            ("[http]", old.http != new.http),
+            ("[logging]", old.logging != new.logging),
+        ]
+        .into_iter()
+        .filter_map(|(section, changed)| changed.then_some(section))
+        .collect();
         if !restart.is_empty() {
             tracing::warn!(
                 sections = ?restart,
@@ -184,10 +161,7 @@ impl Routes {
             };
             let route_status = self.status.upsert_route(&new, rc);
             if let Some(info) = loaded.get(&rc.module) {
-                *route_status
-                    .module
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some(info.clone());
+                route_status.set_module(Some(info.clone()));
             }
             let route = Arc::new(Route::new(
                 &new,

@@ -3,11 +3,11 @@
 //! invokers shared by the route's partitions.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
 
-use super::breaker::{Backoff, Breaker};
+use super::breaker::Backoff;
 use crate::config::{Config, RetryOn, RouteConfig};
 use crate::status::RouteStatus;
 use crate::wasm::{Invocation, Invoker, Isolation, Limits, Plugin, Runtime};
@@ -32,10 +32,7 @@ pub struct Route {
     pub retry_on: Vec<RetryOn>,
     /// The delay before each retry.
     pub backoff: Backoff,
-    /// The handler breaker: open after too many messages in a row failed
-    /// with retryable errors or timeouts.
-    pub breaker: Arc<Breaker>,
-    /// What the route reports: its module and counters.
+    /// What the route reports: its module, counters and handler breaker.
     pub status: Arc<RouteStatus>,
     runtime: Runtime,
     isolation: Isolation,
@@ -43,10 +40,9 @@ pub struct Route {
     /// deleted; each change is published to waiting workers.
     module: watch::Sender<Option<Arc<Plugin>>>,
     /// Idle invokers; a worker takes one for a batch and puts it back, so
-    /// reused instances outlive batches without one per partition.
+    /// reused instances outlive batches without one per partition. An
+    /// invoker of a replaced module version is dropped when taken.
     idle: Mutex<Vec<Invoker>>,
-    /// Serialises module swaps with returning invokers.
-    swap: RwLock<()>,
 }
 
 impl Route {
@@ -71,14 +67,12 @@ impl Route {
             max_retry_attempts: route.max_retry_attempts(&config.kafka),
             retry_on: route.retry_on(),
             backoff: config.kafka.retry_backoff(),
-            breaker: status.breaker.clone(),
             status,
             config: route.clone(),
             runtime,
             isolation: config.processing.isolation,
             module: watch::Sender::new(Some(plugin)),
             idle: Mutex::new(Vec::new()),
-            swap: RwLock::new(()),
         }
     }
 
@@ -122,7 +116,6 @@ impl Route {
     /// partition uses the new one. A new version also closes the handler
     /// breaker, so held messages are tried on it at once.
     pub fn set_module(&self, plugin: Option<Arc<Plugin>>) {
-        let _swapping = self.swap.write().unwrap_or_else(PoisonError::into_inner);
         self.idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -130,7 +123,7 @@ impl Route {
         let loaded = plugin.is_some();
         self.module.send_replace(plugin);
         if loaded {
-            self.breaker.reset();
+            self.status.breaker.reset();
         }
     }
 
@@ -148,7 +141,6 @@ impl Route {
 
     /// Returns an invoker to the pool, unless its module was replaced.
     pub fn put_invoker(&self, invoker: Invoker) {
-        let _swapping = self.swap.read().unwrap_or_else(PoisonError::into_inner);
         let current = self.module.borrow().clone();
         if current.is_some_and(|p| Arc::ptr_eq(&p, invoker.plugin())) {
             self.idle
