@@ -150,12 +150,29 @@ impl HandlerError {
 
 /// The value of `key` in the route's `[routes.config]` table, if set.
 ///
+/// The host is asked once per key: the table never changes during an
+/// instance's life (a config change starts new instances), so the answer is
+/// kept and later calls cost no call to the host.
+///
 /// Off wasm32 (a handler's unit tests) there is no host to ask: it always
 /// returns `None`.
 pub fn config(key: &str) -> Option<String> {
     #[cfg(target_arch = "wasm32")]
     {
-        crate::bindings::sluice::handler::host::config(key)
+        use std::cell::RefCell;
+
+        thread_local! {
+            /// The keys asked for so far, with the host's answers.
+            static ASKED: RefCell<Vec<(String, Option<String>)>> = const { RefCell::new(Vec::new()) };
+        }
+        ASKED.with_borrow_mut(|asked| {
+            if let Some((_, value)) = asked.iter().find(|(k, _)| k == key) {
+                return value.clone();
+            }
+            let value = crate::bindings::sluice::handler::host::config(key);
+            asked.push((key.to_owned(), value.clone()));
+            value
+        })
     }
     #[cfg(not(target_arch = "wasm32"))]
     {
@@ -167,6 +184,19 @@ pub fn config(key: &str) -> Option<String> {
 /// [`config`], or `default` when the route does not set `key`.
 pub fn config_or(key: &str, default: impl Into<String>) -> String {
     config(key).unwrap_or_else(|| default.into())
+}
+
+/// Tells the host which message of a batch is being handled, for log
+/// attribution. Off wasm32 there is no host: it does nothing.
+pub(crate) fn handling(index: usize) {
+    #[cfg(target_arch = "wasm32")]
+    {
+        crate::bindings::sluice::handler::host::handling(u32::try_from(index).unwrap_or(u32::MAX));
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = index;
+    }
 }
 
 #[cfg(test)]

@@ -99,7 +99,7 @@ pub use logging::log;
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "plugin",
+        world: "batched-plugin",
         path: "../wit",
         pub_export_macro: true,
         export_macro_name: "__export_plugin",
@@ -132,8 +132,30 @@ pub trait Handler {
     fn handle(msg: Message) -> Result<Vec<Output>, HandlerError>;
 }
 
+/// The `handle-batch` export behind [`export!`]: `handle` for each message in
+/// order, stopping after the first error (the host hands the messages after
+/// it over again later).
+#[doc(hidden)]
+pub fn __handle_batch<H: Handler>(msgs: Vec<Message>) -> Vec<Result<Vec<Output>, HandlerError>> {
+    let mut results = Vec::with_capacity(msgs.len());
+    for (index, msg) in msgs.into_iter().enumerate() {
+        if index > 0 {
+            // Log lines from here on are attributed to this message.
+            helpers::handling(index);
+        }
+        let result = H::handle(msg);
+        let failed = result.is_err();
+        results.push(result);
+        if failed {
+            break;
+        }
+    }
+    results
+}
+
 /// Exports a [`Handler`] as the component's `sluice:handler/handler`
-/// interface. Use it once per crate, at the top level.
+/// interface, and its `batch` interface (several messages in one call) built
+/// from the same `handle`. Use it once per crate, at the top level.
 ///
 /// ```
 /// struct Echo;
@@ -198,6 +220,16 @@ macro_rules! export {
                 ) -> ::core::result::Result<::std::vec::Vec<$crate::Output>, $crate::HandlerError>
                 {
                     <$handler as $crate::Handler>::handle(msg)
+                }
+            }
+
+            impl $crate::bindings::exports::sluice::handler::batch::Guest for __SluiceExport {
+                fn handle_batch(
+                    msgs: ::std::vec::Vec<$crate::Message>,
+                ) -> ::std::vec::Vec<
+                    ::core::result::Result<::std::vec::Vec<$crate::Output>, $crate::HandlerError>,
+                > {
+                    $crate::__handle_batch::<$handler>(msgs)
                 }
             }
 

@@ -1,8 +1,10 @@
 //! Per-message cost of a handler call: a 1 KiB value in, one output back.
 //!
-//! Measures the `uppercase` example in both isolation modes next to a native
-//! Rust function doing the same work, so the figures read as a ratio against
-//! a baseline measured in the same process. Run with
+//! Measures the `uppercase` example in both isolation modes, and through its
+//! `handle-batch` export with runs of 64 messages (one call for the run; the
+//! figure is per run, and criterion's throughput line gives it per message),
+//! next to a native Rust function doing the same work, so the figures read as
+//! a ratio against a baseline measured in the same process. Run with
 //! `cargo bench -p sluice --bench dispatch`.
 
 use std::hint::black_box;
@@ -74,6 +76,37 @@ fn dispatch(c: &mut Criterion) {
             })
         });
     }
+    group.finish();
+
+    const RUN: usize = 64;
+    let run: Vec<Message> = (0..RUN)
+        .map(|i| Message {
+            offset: 1_000_000 + i as i64,
+            ..message()
+        })
+        .collect();
+    let ids: Vec<String> = (0..RUN).map(|i| format!("id-{i}")).collect();
+    let mut group = c.benchmark_group("dispatch_1kib_batch64");
+    group.throughput(Throughput::Elements(RUN as u64));
+    group.bench_function("native", |b| {
+        b.iter(|| {
+            black_box(&run)
+                .iter()
+                .map(native_uppercase)
+                .collect::<Vec<_>>()
+        })
+    });
+    let mut invoker = runtime.invoker(plugin.clone(), Isolation::Reused);
+    assert!(invoker.batches(), "the SDK exports handle-batch");
+    group.bench_function("reused", |b| {
+        b.iter(|| {
+            let outcomes = invoker
+                .invoke_batch(black_box(&run), &ids, &invocation)
+                .expect("ok");
+            assert_eq!(outcomes.len(), RUN);
+            outcomes
+        })
+    });
     group.finish();
 }
 

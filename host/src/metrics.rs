@@ -22,6 +22,8 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
     ("sluice_messages_total", "counter", "route, outcome"),
     ("sluice_dead_letters_total", "counter", "route, error_type"),
     ("sluice_retries_total", "counter", "route"),
+    ("sluice_batch_calls_total", "counter", "route"),
+    ("sluice_batch_fallbacks_total", "counter", "route"),
     ("sluice_handler_duration_seconds", "histogram", "route"),
     ("sluice_dlq_published_total", "counter", "route"),
     ("sluice_dlq_publish_failures_total", "counter", "route"),
@@ -116,6 +118,28 @@ pub fn render(status: &Status) -> String {
             "sluice_retries_total",
             &[("route", &r.topic)],
             load(&r.metrics.retries),
+        );
+    }
+    out.family(
+        "sluice_batch_calls_total",
+        "Handler calls that took several messages at once (handle-batch).",
+    );
+    for r in &routes {
+        out.sample(
+            "sluice_batch_calls_total",
+            &[("route", &r.topic)],
+            load(&r.metrics.batch_calls),
+        );
+    }
+    out.family(
+        "sluice_batch_fallbacks_total",
+        "Batch calls that trapped or timed out, after which their messages were handled one at a time.",
+    );
+    for r in &routes {
+        out.sample(
+            "sluice_batch_fallbacks_total",
+            &[("route", &r.topic)],
+            load(&r.metrics.batch_fallbacks),
         );
     }
     out.histogram_family(

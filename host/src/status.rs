@@ -131,6 +131,11 @@ pub struct RouteMetrics {
     pub held: AtomicU64,
     /// Retries of a failed call.
     pub retries: AtomicU64,
+    /// Calls that took several messages at once.
+    pub batch_calls: AtomicU64,
+    /// Batch calls that failed as a whole, after which their messages were
+    /// handled one at a time.
+    pub batch_fallbacks: AtomicU64,
     /// Dead-letter records acknowledged by the broker.
     pub dlq_published: AtomicU64,
     /// Dead-letter records the broker did not acknowledge (each attempt).

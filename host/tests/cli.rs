@@ -38,7 +38,12 @@ fn check_describes_a_valid_plugin() {
         "{text}"
     );
     assert!(
-        text.contains("sluice:handler/host@0.1.0 { config }"),
+        text.contains("sluice:handler/batch@0.1.0 { handle-batch }"),
+        "{text}"
+    );
+    assert!(text.contains("batches  yes"), "{text}");
+    assert!(
+        text.contains("sluice:handler/host@0.1.0 { config, handling }"),
         "imports only what it uses: {text}"
     );
 }

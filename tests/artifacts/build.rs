@@ -73,6 +73,12 @@ const GUESTS: &[Guest] = &[
               the tag `sluice-tag-00000` sits once in the data segment for tests to patch.",
     },
     Guest {
+        constant: "UNBATCHED",
+        package: "unbatched",
+        doc: "`tests/fixtures/unbatched`: the plain `plugin` world, `handle` only (no batch \
+              export); emits the value reversed to `<topic>.out`, `fail` is a permanent error.",
+    },
+    Guest {
         constant: "CHATTY",
         package: "chatty",
         doc: "`tests/fixtures/chatty`: per message, 1000 host `log` calls and 100 KiB to \

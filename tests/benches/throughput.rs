@@ -2,7 +2,9 @@
 //! rdkafka loop and `sluice` with the `uppercase` example, one after another
 //! on the same data and the same Tansu broker, each as a process of its own.
 //! All three upper-case 100-byte (then 1 KiB) values at least once: an
-//! offset is stored only after its output is acknowledged.
+//! offset is stored only after its output is acknowledged. Then `sluice`
+//! with the `json-router` example against `python_json_consumer.py` (next to
+//! this file), which does the same with Python's `json` module.
 //!
 //! ```sh
 //! SLUICE_PYTHON_PEER=path/to/python_consumer.py cargo bench -p sluice-tests --bench throughput
@@ -10,22 +12,33 @@
 //!
 //! For each it prints messages per second (from its start, group join
 //! included, to its last output appearing on its output topic) and CPU time
-//! (user + system of its process) per message, then the ratios the goals are
-//! stated in. `SLUICE_PYTHON_PEER` names the Python consumer script
-//! (arguments: bootstrap, input topic, output topic, count); without it the
-//! Python run is skipped. The script needs `confluent-kafka`, which is
-//! installed with pip when missing. `SLUICE_BENCH_MESSAGES` sets the
-//! messages per run (default 100000).
+//! (user + system of its process, start-up included) per message, then the
+//! ratios the goals are stated in. `SLUICE_PYTHON_PEER` names the event
+//! bus's consumer script (arguments: bootstrap, input topic, output topic,
+//! count); without it that run is skipped. The Python scripts need
+//! `confluent-kafka`, which is installed with pip when missing.
+//!
+//! Settings, all optional: `SLUICE_BENCH_MESSAGES` the messages per run
+//! (default 300000), `SLUICE_BENCH_SIZES` the value sizes (default
+//! `100,1024`), `SLUICE_BENCH_JSON=0` skips the JSON comparison,
+//! `SLUICE_BENCH_ONLY` the contenders to run (`python`, `bare`, `sluice`;
+//! for example `sluice` while profiling), and `SLUICE_BENCH_PROCESSING` adds
+//! lines to sluice's `[processing]` table, separated by `;` (for example
+//! `batch_size = 16`), to measure a setting against its default.
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice_tests::broker::Broker;
 use sluice_tests::daemon::config_text;
 use sluice_tests::kafka::{Counter, Send, produce_with};
+use tempfile::TempDir;
 
 const PARTITIONS: i32 = 3;
+
+/// Messages per run: enough that start-up (a Python interpreter, compiling
+/// a module) weighs little in the CPU per message.
+const DEFAULT_MESSAGES: usize = 300_000;
 
 /// CPU time (user + system) of every child process waited for so far.
 fn children_cpu() -> Duration {
@@ -104,13 +117,9 @@ fn measure(
     Some(run)
 }
 
-/// The Python consumer's command, if its script is named and its library
-/// can be imported (installed with pip when missing).
-fn python_peer() -> Option<(String, String)> {
-    let Some(script) = std::env::var("SLUICE_PYTHON_PEER").ok() else {
-        eprintln!("SLUICE_PYTHON_PEER is not set: the Python consumer is skipped");
-        return None;
-    };
+/// The Python interpreter, if it can import confluent-kafka (installed with
+/// pip when missing).
+fn python() -> Option<String> {
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
     let importable = |python: &str| {
         Command::new(python)
@@ -120,19 +129,61 @@ fn python_peer() -> Option<(String, String)> {
             .is_ok_and(|s| s.success())
     };
     if !importable(&python) {
-        eprintln!("installing confluent-kafka for the Python consumer");
+        eprintln!("installing confluent-kafka for the Python consumers");
         let _ = Command::new(&python)
             .args(["-m", "pip", "install", "--quiet", "confluent-kafka"])
             .status();
     }
     if !importable(&python) {
-        eprintln!("{python} cannot import confluent_kafka: the Python consumer is skipped");
+        eprintln!("{python} cannot import confluent_kafka: the Python consumers are skipped");
         return None;
     }
-    Some((python, script))
+    Some(python)
 }
 
-fn run(broker: &Broker, size: usize, count: usize, peer: Option<&(String, String)>) -> Vec<Run> {
+/// The event bus's Python consumer script, if `SLUICE_PYTHON_PEER` names it.
+fn python_peer() -> Option<String> {
+    let script = std::env::var("SLUICE_PYTHON_PEER").ok();
+    if script.is_none() {
+        eprintln!("SLUICE_PYTHON_PEER is not set: the event bus's Python consumer is skipped");
+    }
+    script
+}
+
+/// `sluice run` on a config with `routes`, its partition queue as large as
+/// the input (the input shares record batches, and Tansu serves fetches only
+/// from batch boundaries, so a partition must never be paused and resumed
+/// mid-batch), plus any `SLUICE_BENCH_PROCESSING` lines. The directory holds
+/// the config file and must outlive the run.
+fn sluice_command(bootstrap: &str, group: &str, routes: &str, count: usize) -> (Command, TempDir) {
+    let text = config_text(bootstrap, group, "", routes).replace(
+        "[processing]\n",
+        &format!(
+            "[processing]\npartition_queue = {}\n{}\n",
+            count.min(100_000),
+            std::env::var("SLUICE_BENCH_PROCESSING")
+                .unwrap_or_default()
+                .replace(';', "\n")
+        ),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(&config, text).expect("config file");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice-test-daemon"));
+    command
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn");
+    (command, dir)
+}
+
+/// Whether `name` is among the contenders `SLUICE_BENCH_ONLY` selects.
+fn selected(name: &str) -> bool {
+    std::env::var("SLUICE_BENCH_ONLY")
+        .map_or(true, |only| only.split(',').any(|n| n.trim() == name))
+}
+
+fn run(broker: &Broker, size: usize, count: usize, peer: Option<(&str, &str)>) -> Vec<Run> {
     let bootstrap = broker.bootstrap();
     let tag = format!("{size}b");
     let input = format!("in-{tag}");
@@ -158,7 +209,7 @@ fn run(broker: &Broker, size: usize, count: usize, peer: Option<&(String, String
     eprintln!("{count} messages of {size} B produced to {input}");
 
     let mut runs = Vec::new();
-    if let Some((python, script)) = peer {
+    if let Some((python, script)) = peer.filter(|_| selected("python")) {
         let mut command = Command::new(python);
         command.args([script, &bootstrap, &input, &outputs[0], &count.to_string()]);
         runs.extend(measure(
@@ -170,37 +221,28 @@ fn run(broker: &Broker, size: usize, count: usize, peer: Option<&(String, String
             true,
         ));
     }
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice-bare-loop"));
-    command.args([&bootstrap, &input, &outputs[1]]);
-    runs.extend(measure(
-        "bare loop",
-        command,
-        &bootstrap,
-        &outputs[1],
-        count,
-        false,
-    ));
+    if selected("bare") {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice-bare-loop"));
+        command.args([&bootstrap, &input, &outputs[1]]);
+        runs.extend(measure(
+            "bare loop",
+            command,
+            &bootstrap,
+            &outputs[1],
+            count,
+            false,
+        ));
+    }
+    if !selected("sluice") {
+        return runs;
+    }
 
-    // A partition queue as large as the input: the input shares record
-    // batches, and Tansu serves fetches only from batch boundaries, so a
-    // partition must never be paused and resumed mid-batch.
     let routes = format!(
         "[[routes]]\ntopic = \"{input}\"\nmodule = \"uppercase\"\noutput_topics = [\"{out}\"]\n\
          [routes.config]\noutput_topic = \"{out}\"\n",
         out = outputs[2]
     );
-    let text = config_text(&bootstrap, &format!("sluice-{tag}"), "", &routes).replace(
-        "[processing]\n",
-        &format!("[processing]\npartition_queue = {}\n", count.min(100_000)),
-    );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("sluice.toml");
-    std::fs::write(&config, text).expect("config file");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice-test-daemon"));
-    command
-        .args(["run", "--config"])
-        .arg(Path::new(&config))
-        .env("RUST_LOG", "warn");
+    let (command, _dir) = sluice_command(&bootstrap, &format!("sluice-{tag}"), &routes, count);
     runs.extend(measure(
         "sluice",
         command,
@@ -212,6 +254,100 @@ fn run(broker: &Broker, size: usize, count: usize, peer: Option<&(String, String
     runs
 }
 
+/// The JSON workload: `json-router` against a Python consumer doing the same
+/// with the `json` module, on ~100-byte JSON objects.
+fn run_json(broker: &Broker, count: usize, python: Option<&str>) -> Vec<Run> {
+    let bootstrap = broker.bootstrap();
+    let input = "in-json";
+    let outputs = ["python", "sluice"].map(|who| format!("out-{who}-json"));
+    broker.create_topic(input, PARTITIONS);
+    for topic in &outputs {
+        broker.create_topic(topic, PARTITIONS);
+    }
+    let values: Vec<Vec<u8>> = (0..count)
+        .map(|i| {
+            let priority = if i % 10 == 0 { "high" } else { "normal" };
+            format!(
+                r#"{{"id":{i},"priority":"{priority}","customer":"customer-{:05}","amount":{}.{:02},"currency":"EUR"}}"#,
+                i % 50_000,
+                i % 1000,
+                i % 100
+            )
+            .into_bytes()
+        })
+        .collect();
+    let keys: Vec<Vec<u8>> = (0..64).map(|i| format!("key-{i}").into_bytes()).collect();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    runtime.block_on(produce_with(
+        &bootstrap,
+        input,
+        values.iter().enumerate().map(|(i, value)| Send {
+            partition: None,
+            key: Some(&keys[i % keys.len()]),
+            value,
+            headers: &[],
+        }),
+        true,
+    ));
+    eprintln!("{count} JSON messages produced to {input}");
+
+    let mut runs = Vec::new();
+    if let Some(python) = python.filter(|_| selected("python")) {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/benches/python_json_consumer.py"
+        );
+        let mut command = Command::new(python);
+        command.args([script, &bootstrap, input, &outputs[0], &count.to_string()]);
+        runs.extend(measure(
+            "python",
+            command,
+            &bootstrap,
+            &outputs[0],
+            count,
+            true,
+        ));
+    }
+    if selected("sluice") {
+        let routes = format!(
+            "[[routes]]\ntopic = \"{input}\"\nmodule = \"json_router\"\noutput_topics = [\"{out}\"]\n\
+             [routes.config]\nhigh_topic = \"{out}\"\ndefault_topic = \"{out}\"\n",
+            out = outputs[1]
+        );
+        let (command, _dir) = sluice_command(&bootstrap, "sluice-json", &routes, count);
+        runs.extend(measure(
+            "sluice",
+            command,
+            &bootstrap,
+            &outputs[1],
+            count,
+            false,
+        ));
+    }
+    runs
+}
+
+fn print_runs(title: &str, runs: &[Run]) {
+    println!("\n{title}");
+    println!("{:>10} {:>12} {:>16}", "", "msg/s", "CPU us/message");
+    for r in runs {
+        println!(
+            "{:>10} {:>12.0} {:>16.2}",
+            r.name,
+            r.per_second,
+            r.cpu_per_message.as_secs_f64() * 1e6
+        );
+    }
+}
+
+fn find<'a>(runs: &'a [Run], name: &str) -> Option<&'a Run> {
+    runs.iter().find(|r| r.name == name)
+}
+
+fn cpu_ratio(sluice: &Run, other: &Run) -> f64 {
+    sluice.cpu_per_message.as_secs_f64() / other.cpu_per_message.as_secs_f64()
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         // `cargo test --benches` asks for a listing: there is nothing to list.
@@ -220,35 +356,45 @@ fn main() {
     let count: usize = std::env::var("SLUICE_BENCH_MESSAGES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
-    let peer = python_peer();
+        .unwrap_or(DEFAULT_MESSAGES);
+    let sizes: Vec<usize> = std::env::var("SLUICE_BENCH_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![100, 1024]);
+    let json = std::env::var("SLUICE_BENCH_JSON").map_or(true, |v| v != "0");
+    let python = python();
+    let script = python_peer();
+    let peer = python.as_deref().zip(script.as_deref());
     let broker = Broker::start();
     println!(
         "end to end, {count} messages, {PARTITIONS} partitions, Tansu (memory storage), at least once"
     );
-    for size in [100, 1024] {
-        let runs = run(&broker, size, count, peer.as_ref());
-        println!("\n{size} B values");
-        println!("{:>10} {:>12} {:>16}", "", "msg/s", "CPU us/message");
-        for r in &runs {
-            println!(
-                "{:>10} {:>12.0} {:>16.2}",
-                r.name,
-                r.per_second,
-                r.cpu_per_message.as_secs_f64() * 1e6
-            );
-        }
-        let find = |name: &str| runs.iter().find(|r| r.name == name);
-        if let (Some(sluice), Some(python)) = (find("sluice"), find("python")) {
+    for size in sizes {
+        let runs = run(&broker, size, count, peer);
+        print_runs(&format!("uppercase, {size} B values"), &runs);
+        if let (Some(sluice), Some(python)) = (find(&runs, "sluice"), find(&runs, "python")) {
             println!(
                 "sluice CPU per message / python's: {:.2} (goal <= 0.5 at 100 B)",
-                sluice.cpu_per_message.as_secs_f64() / python.cpu_per_message.as_secs_f64()
+                cpu_ratio(sluice, python)
             );
         }
-        if let (Some(sluice), Some(bare)) = (find("sluice"), find("bare loop")) {
+        if let (Some(sluice), Some(bare)) = (find(&runs, "sluice"), find(&runs, "bare loop")) {
             println!(
                 "sluice msg/s / bare loop's: {:.2} (goal >= 0.9)",
                 sluice.per_second / bare.per_second
+            );
+        }
+    }
+    if json {
+        let runs = run_json(&broker, count, python.as_deref());
+        print_runs(
+            "json-router against Python's json module, ~100 B objects",
+            &runs,
+        );
+        if let (Some(sluice), Some(python)) = (find(&runs, "sluice"), find(&runs, "python")) {
+            println!(
+                "sluice CPU per message / python's: {:.2} (goal <= 0.2)",
+                cpu_ratio(sluice, python)
             );
         }
     }

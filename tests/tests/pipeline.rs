@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use sluice_tests::broker::Broker;
-use sluice_tests::daemon::{Daemon, DaemonProcess, config_text, parse};
-use sluice_tests::kafka::{Record, Send, produce, produce_sequence, read_topic, wait_committed};
+use sluice_tests::daemon::{Daemon, DaemonProcess, config_text, misbehave_route, parse};
+use sluice_tests::kafka::{
+    Record, Send, produce, produce_sequence, produce_values, read_topic, wait_committed,
+};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_sluice-test-daemon");
 const LONG: Duration = Duration::from_secs(60);
@@ -520,4 +522,92 @@ output_topic = "{out}"
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_message_inside_a_batch_is_the_only_one_dead_lettered() {
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    for topic in ["batched", "batched.out", "dlq"] {
+        broker.create_topic(topic, 1);
+    }
+    // Every message is in the topic before the daemon starts, so the worker
+    // hands the handler long runs of them in single `handle-batch` calls.
+    // Four of them make the call fail in four ways; only they may fail.
+    let bad: BTreeMap<usize, (&str, &str)> = [
+        (37, ("panic", "HandlerTrap")),
+        (38, ("permanent", "HandlerError")),
+        (150, ("loop", "HandlerTimeout")),
+        (261, ("oom", "MemoryLimitExceeded")),
+    ]
+    .into();
+    let values: Vec<String> = (0..300)
+        .map(|i| {
+            bad.get(&i)
+                .map_or_else(|| format!("ok:m{i}"), |(v, _)| (*v).to_owned())
+        })
+        .collect();
+    produce_values(&bootstrap, "batched", 1, &values).await;
+    let routes = misbehave_route(
+        "batched",
+        "batched.out",
+        "timeout_ms = 300\nmemory_limit_mb = 16\nmax_retry_attempts = 0",
+    );
+    let config = config_text(
+        &bootstrap,
+        "batched",
+        "dead_letter_topic = \"dlq\"",
+        &routes,
+    );
+    let daemon = Daemon::start(parse(&config));
+
+    let good: Vec<String> = (0..300)
+        .filter(|i| !bad.contains_key(i))
+        .map(|i| format!("m{i}"))
+        .collect();
+    let outputs = read_topic(&bootstrap, "batched.out", 1, good.len(), LONG, SETTLE);
+    let texts: Vec<String> = outputs.iter().map(Record::text).collect();
+    assert_eq!(
+        texts, good,
+        "every good message has exactly one output, in order, whichever batch it shared with a bad one"
+    );
+    let letters: Vec<(String, String, String)> = read_topic(&bootstrap, "dlq", 1, 4, LONG, SETTLE)
+        .iter()
+        .map(|r| {
+            let e: serde_json::Value =
+                serde_json::from_slice(r.value.as_deref().unwrap_or_default())
+                    .expect("a JSON envelope");
+            let field = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+            (
+                field(&e["original_message"]["offset"]),
+                field(&e["original_message"]["value"]),
+                field(&e["error_type"]),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String, String)> = bad
+        .iter()
+        .map(|(i, (v, t))| (i.to_string(), (*v).to_owned(), (*t).to_owned()))
+        .collect();
+    assert_eq!(
+        letters, expected,
+        "exactly the bad messages are dead-lettered, each with its own offset and failure"
+    );
+    let committed = wait_committed(&bootstrap, "test.batched", "batched", &[300], LONG);
+    assert_eq!(committed, [Some(300)]);
+
+    let metrics = &daemon.status.route("batched").expect("the route").metrics;
+    let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    let (calls, fallbacks) = (load(&metrics.batch_calls), load(&metrics.batch_fallbacks));
+    assert!(
+        calls >= 4 && calls < 100,
+        "300 messages took {calls} batch calls: most were handled many at a time"
+    );
+    // The panic, the loop and the memory exhaustion each failed a whole
+    // call; the permanent error is an answer, not a failure of the call.
+    assert_eq!(
+        fallbacks, 3,
+        "batch calls handed over one message at a time"
+    );
+    daemon.stop().await;
 }

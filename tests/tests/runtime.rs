@@ -401,3 +401,120 @@ fn plugins_are_identified_by_name_and_content_hash() {
             .any(|i| i.starts_with("sluice:handler/host@0.1.0"))
     );
 }
+
+/// `n` messages of one partition, `value(i)` each, at offsets from 100.
+fn run_of(n: usize, value: impl Fn(usize) -> String) -> (Vec<sluice::wasm::Message>, Vec<String>) {
+    let messages = (0..n)
+        .map(|i| sluice::wasm::Message {
+            offset: 100 + i as i64,
+            ..message("run", value(i).as_bytes())
+        })
+        .collect();
+    let ids = (0..n).map(|i| format!("id-{i}")).collect();
+    (messages, ids)
+}
+
+#[test]
+fn a_batch_call_gives_what_one_call_per_message_gives() {
+    let rt = runtime();
+    let plugin = load(&rt, artifacts::MISBEHAVE);
+    assert!(plugin.has_batch_export(), "the SDK exports handle-batch");
+    let inv = invocation(1000, 64, &[("output_topic", "out")]);
+    let (messages, ids) = run_of(50, |i| format!("ok:v{i}"));
+    let mut batched = rt.invoker(plugin.clone(), Isolation::Reused);
+    assert!(batched.batches());
+    let outcomes = batched
+        .invoke_batch(&messages, &ids, &inv)
+        .expect("the call succeeds");
+    let mut single = rt.invoker(plugin.clone(), Isolation::Reused);
+    let expected: Vec<_> = messages.iter().map(|m| single.invoke(m, &inv)).collect();
+    assert_eq!(outcomes, expected);
+    assert_eq!(
+        values(outcomes[49].as_ref().expect("ok")),
+        [("out".to_owned(), "v49".to_owned())]
+    );
+
+    // A failure the handler returns ends the batch there: the rest is not
+    // handled, so that a retry of the failed message comes before it.
+    let (messages, ids) = run_of(10, |i| {
+        if i == 4 {
+            "permanent".into()
+        } else {
+            format!("ok:{i}")
+        }
+    });
+    let outcomes = batched
+        .invoke_batch(&messages, &ids, &inv)
+        .expect("the call succeeds");
+    assert_eq!(outcomes.len(), 5);
+    assert!(outcomes[..4].iter().all(Result::is_ok));
+    assert!(matches!(
+        outcomes[4],
+        Err(Failure::Handler {
+            retryable: false,
+            ..
+        })
+    ));
+
+    // A trap fails the whole call, and the instance is replaced.
+    let (messages, ids) = run_of(10, |i| {
+        if i == 6 {
+            "panic".into()
+        } else {
+            format!("ok:{i}")
+        }
+    });
+    match batched.invoke_batch(&messages, &ids, &inv) {
+        Err(Failure::Trap {
+            kind: TrapKind::Panic,
+            ..
+        }) => {}
+        other => panic!("expected the batch to trap, got {other:?}"),
+    }
+    let after = batched
+        .invoke_batch(&messages[..6], &ids[..6], &inv)
+        .expect("a new instance");
+    assert_eq!(after.len(), 6);
+    assert!(after.iter().all(Result::is_ok));
+
+    // Fresh isolation never shares an instance between messages.
+    assert!(!rt.invoker(plugin, Isolation::Fresh).batches());
+}
+
+#[test]
+fn a_handler_without_the_batch_export_is_called_once_per_message() {
+    let rt = runtime();
+    let plugin = load(&rt, artifacts::UNBATCHED);
+    assert!(!plugin.has_batch_export());
+    let inv = invocation(1000, 64, &[]);
+    let mut invoker = rt.invoker(plugin, Isolation::Reused);
+    assert!(!invoker.batches());
+    let (messages, ids) = run_of(5, |i| {
+        if i == 3 {
+            "fail".into()
+        } else {
+            format!("ab{i}")
+        }
+    });
+    let outcomes = invoker
+        .invoke_batch(&messages, &ids, &inv)
+        .expect("calls succeed");
+    let got: Vec<Vec<(String, String)>> = outcomes[..3]
+        .iter()
+        .map(|o| values(o.as_ref().expect("ok")))
+        .collect();
+    assert_eq!(
+        got,
+        (0..3)
+            .map(|i| vec![("run.out".to_owned(), format!("{i}ba"))])
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(outcomes.len(), 4, "it stops after the failed message");
+    assert!(matches!(
+        outcomes[3],
+        Err(Failure::Handler {
+            retryable: false,
+            ..
+        })
+    ));
+}

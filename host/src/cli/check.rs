@@ -75,6 +75,14 @@ pub(super) fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         wasm::contract::WORLD,
         info.contract_version
     );
+    println!(
+        "  batches  {}",
+        if plugin.has_batch_export() {
+            "yes: several messages of a partition per call (handle-batch)"
+        } else {
+            "no: one call per message (export `batch` to batch, as the SDK does)"
+        }
+    );
     println!("  size     {} bytes", plugin.size());
     println!("  sha256   {}", plugin.hash());
     print_list("exports", &info.exports);

@@ -427,8 +427,10 @@ fn default_partition_queue() -> usize {
     5000
 }
 fn default_batch_size() -> usize {
-    // Amortises the hand-off to a worker thread; see the README's figures.
-    64
+    // Amortises the hand-off to a handler thread and, with a module that
+    // exports handle-batch, the call itself; docs/performance.md has the
+    // figures behind it.
+    256
 }
 fn default_drain_timeout_seconds() -> f64 {
     // Well inside librdkafka's default 45 s session timeout.

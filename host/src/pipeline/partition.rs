@@ -22,7 +22,7 @@ use super::dlq::{DeadLetter, ErrorType};
 use super::route::{Route, RouteSlot};
 use crate::config::RetryOn;
 use crate::status::{RouteStatus, TopicPartition};
-use crate::wasm::{Failure, Header, Message, Outcome, Output, Plugin};
+use crate::wasm::{Failure, Header, Invoker, Message, Outcome, Output, Plugin};
 
 /// The header that carries a message's correlation id.
 pub const CORRELATION_HEADER: &str = "correlation_id";
@@ -169,11 +169,16 @@ impl Route {
 /// blocking thread, stopping after the first failure (which may hold the
 /// partition) so that nothing behind it is handled first, when a new module
 /// version arrives, or when cancelled.
+///
+/// A module with a `handle-batch` export gets runs of messages in one call.
+/// When such a call traps, times out or runs out of memory, its messages are
+/// handed over one at a time, so that only the message at fault fails. A
+/// message being retried is always handled on its own.
 async fn invoke_batch(
     route: &Arc<Route>,
     plugin: &Arc<Plugin>,
     shared: &Shared,
-    mut queue: VecDeque<Message>,
+    queue: VecDeque<Message>,
     limit: usize,
     cancel: &CancellationToken,
 ) -> (Vec<Handled>, VecDeque<Message>) {
@@ -184,46 +189,21 @@ async fn invoke_batch(
     let plugin = plugin.clone();
     let cancel = cancel.clone();
     let task = tokio::task::spawn_blocking(move || {
-        let mut invoker = route.take_invoker(&plugin);
-        let mut done = Vec::with_capacity(queue.len().min(limit));
-        let changes = route.module_changes();
-        while done.len() < limit {
-            let Some(message) = queue.pop_front() else {
-                break;
-            };
-            // A new module version takes over from the next message.
-            if cancel.is_cancelled() || changes.has_changed().unwrap_or(true) {
-                queue.push_front(message);
-                break;
-            }
-            let correlation = correlation_id(&message);
-            // Everything logged during the call (the guest's own lines
-            // included) carries the message's coordinates.
-            let span = tracing::info_span!(
-                "message",
-                topic = %message.topic,
-                partition = message.partition,
-                offset = message.offset,
-                module = route.module_name(),
-                module_hash = plugin.short_hash(),
-                correlation_id = %correlation,
-            );
-            let started = Instant::now();
-            let outcome = span.in_scope(|| invoker.invoke(&message, &route.invocation));
-            route.status.metrics.observe(started.elapsed());
-            let next = classify(&route, outcome);
-            // After a failure the worker may wait (a retry, a breaker, a
-            // stopped partition): nothing behind it is handled first.
-            let stop = matches!(next, Next::Failed(_));
-            done.push(Handled {
-                message,
-                next,
-                correlation,
-            });
-            if stop {
-                break;
-            }
-        }
+        let mut calls = Calls {
+            invoker: route.take_invoker(&plugin),
+            route: &route,
+            queue,
+            done: Vec::new(),
+            chunk: Vec::new(),
+            ids: Vec::new(),
+        };
+        calls.run(limit, &cancel);
+        let Calls {
+            invoker,
+            queue,
+            done,
+            ..
+        } = calls;
         route.put_invoker(invoker);
         (done, queue)
     });
@@ -236,6 +216,152 @@ async fn invoke_batch(
             (Vec::new(), VecDeque::new())
         }
     }
+}
+
+/// The handler calls for one batch of a partition's queue.
+struct Calls<'a> {
+    invoker: Invoker,
+    route: &'a Route,
+    queue: VecDeque<Message>,
+    done: Vec<Handled>,
+    /// The messages of a `handle-batch` call, and their correlation ids;
+    /// kept to reuse their buffers.
+    chunk: Vec<Message>,
+    ids: Vec<String>,
+}
+
+impl Calls<'_> {
+    fn run(&mut self, limit: usize, cancel: &CancellationToken) {
+        let changes = self.route.module_changes();
+        // How many messages are still to be handled one at a time after a
+        // failed batch call.
+        let mut singly = 0;
+        while self.done.len() < limit && !self.queue.is_empty() {
+            // A new module version takes over from the next message.
+            if cancel.is_cancelled() || changes.has_changed().unwrap_or(true) {
+                break;
+            }
+            let run = (limit - self.done.len())
+                .min(self.queue.len())
+                .min(self.route.batch_limit());
+            let retried = self.queue.front().is_some_and(|m| m.attempt > 1);
+            let stop = if singly == 0 && run > 1 && !retried && self.invoker.batches() {
+                match self.batch(run) {
+                    Some(stop) => stop,
+                    None => {
+                        singly = run;
+                        continue;
+                    }
+                }
+            } else {
+                singly = singly.saturating_sub(1);
+                self.single()
+            };
+            if stop {
+                break;
+            }
+        }
+    }
+
+    /// Hands the next message to `handle`. Returns whether it failed.
+    fn single(&mut self) -> bool {
+        let Some(message) = self.queue.pop_front() else {
+            return true;
+        };
+        let correlation = correlation_id(&message);
+        let route = self.route;
+        let started = Instant::now();
+        let outcome = self
+            .invoker
+            .invoke_with_id(&message, &correlation, &route.invocation);
+        let elapsed = started.elapsed();
+        route.status.metrics.observe(elapsed);
+        route.note_call(elapsed, 1);
+        self.push(message, correlation, outcome)
+    }
+
+    /// Hands the next `run` messages to one `handle-batch` call. Returns
+    /// whether a message failed, or `None` (with the queue as it was) when
+    /// the call itself failed.
+    fn batch(&mut self, run: usize) -> Option<bool> {
+        let route = self.route;
+        self.chunk.clear();
+        self.chunk.extend(self.queue.drain(..run));
+        self.ids.clear();
+        self.ids.extend(self.chunk.iter().map(correlation_id));
+        let started = Instant::now();
+        let outcomes = self
+            .invoker
+            .invoke_batch(&self.chunk, &self.ids, &route.invocation);
+        let elapsed = started.elapsed();
+        let metrics = &route.status.metrics;
+        metrics.batch_calls.fetch_add(1, Ordering::Relaxed);
+        let outcomes = match outcomes {
+            Ok(outcomes) if !outcomes.is_empty() => outcomes,
+            failed => {
+                metrics.batch_fallbacks.fetch_add(1, Ordering::Relaxed);
+                let reason = failed.err().map_or_else(
+                    || "it handled no message".to_owned(),
+                    |failure| failure.to_string(),
+                );
+                tracing::debug!(
+                    module = route.module_name(),
+                    messages = run,
+                    "a batch call failed, handling its messages one at a time: {reason}"
+                );
+                for message in self.chunk.drain(..).rev() {
+                    self.queue.push_front(message);
+                }
+                return None;
+            }
+        };
+        let handled = outcomes.len();
+        route.note_call(elapsed, handled);
+        let each = elapsed / u32::try_from(handled).unwrap_or(u32::MAX);
+        let mut messages = self.chunk.drain(..);
+        let mut ids = self.ids.drain(..);
+        let mut stop = false;
+        for outcome in outcomes {
+            let (Some(message), Some(correlation)) = (messages.next(), ids.next()) else {
+                break;
+            };
+            metrics.observe(each);
+            stop = push(&mut self.done, route, message, correlation, outcome);
+            if stop {
+                break;
+            }
+        }
+        // Messages the call did not get to go back, in order.
+        let rest: Vec<Message> = messages.collect();
+        for message in rest.into_iter().rev() {
+            self.queue.push_front(message);
+        }
+        Some(stop)
+    }
+
+    fn push(&mut self, message: Message, correlation: String, outcome: Outcome) -> bool {
+        push(&mut self.done, self.route, message, correlation, outcome)
+    }
+}
+
+/// Records a call's outcome for `message`. Returns whether it failed: after
+/// a failure the worker may wait (a retry, a breaker, a stopped partition),
+/// and nothing behind it is handled first.
+fn push(
+    done: &mut Vec<Handled>,
+    route: &Route,
+    message: Message,
+    correlation: String,
+    outcome: Outcome,
+) -> bool {
+    let next = classify(route, outcome);
+    let failed = matches!(next, Next::Failed(_));
+    done.push(Handled {
+        message,
+        next,
+        correlation,
+    });
+    failed
 }
 
 /// Puts a message back at the head of the queue, followed by the handled

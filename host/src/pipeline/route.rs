@@ -3,7 +3,9 @@
 //! invokers shared by the route's partitions.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -43,7 +45,13 @@ pub struct Route {
     /// reused instances outlive batches without one per partition. An
     /// invoker of a replaced module version is dropped when taken.
     idle: Mutex<Vec<Invoker>>,
+    /// A moving average of the handler's time per message, in nanoseconds
+    /// (0 before the first call): it sizes batch calls.
+    call_nanos: AtomicU64,
 }
+
+/// The most messages handed to one `handle-batch` call.
+const MAX_BATCH_CALL: usize = 1024;
 
 impl Route {
     /// Builds the run-time route from its configuration and loaded module.
@@ -73,6 +81,7 @@ impl Route {
             isolation: config.processing.isolation,
             module: watch::Sender::new(Some(plugin)),
             idle: Mutex::new(Vec::new()),
+            call_nanos: AtomicU64::new(0),
         }
     }
 
@@ -125,6 +134,37 @@ impl Route {
         if loaded {
             self.status.breaker.reset();
         }
+    }
+
+    /// The most messages one batch call may take: as many as the handler
+    /// usually gets through in a quarter of the route's timeout, which is
+    /// the whole call's limit, so a batch of ordinary messages never times
+    /// out (a timed-out batch costs its messages a second call each).
+    pub fn batch_limit(&self) -> usize {
+        let per_message = self.call_nanos.load(Ordering::Relaxed);
+        if per_message == 0 {
+            return MAX_BATCH_CALL;
+        }
+        let budget = self.invocation.limits.timeout.as_nanos() / 4;
+        let fits = usize::try_from(budget / u128::from(per_message)).unwrap_or(usize::MAX);
+        fits.clamp(1, MAX_BATCH_CALL)
+    }
+
+    /// Notes that a call handled `messages` messages in `elapsed`.
+    pub fn note_call(&self, elapsed: Duration, messages: usize) {
+        let Some(messages) = u64::try_from(messages).ok().filter(|&n| n > 0) else {
+            return;
+        };
+        let sample = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX) / messages;
+        let old = self.call_nanos.load(Ordering::Relaxed);
+        // An average over about the last eight calls; a race between two
+        // partitions loses a sample, which does not matter here.
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 8 + sample / 8
+        };
+        self.call_nanos.store(new.max(1), Ordering::Relaxed);
     }
 
     /// Takes an idle invoker of `plugin`, or makes one.

@@ -46,6 +46,12 @@ impl CappedOutput {
         c.dropped += bytes.len() - kept;
     }
 
+    /// Whether nothing was written (or dropped) since the last take.
+    pub(crate) fn is_empty(&self) -> bool {
+        let c = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        c.buf.is_empty() && c.dropped == 0
+    }
+
     /// Takes what was captured since the last call, and how many bytes were
     /// dropped.
     pub(crate) fn take(&self) -> (Vec<u8>, usize) {

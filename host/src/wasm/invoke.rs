@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Func, ResourceTable};
 use wasmtime::{ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -47,6 +47,9 @@ pub struct Invocation {
 
 /// What became of one call: the outputs to produce, or why there are none.
 pub type Outcome = Result<Vec<Output>, Failure>;
+
+/// What a `handle-batch` call returns: one result per message handled.
+type BatchResults = Vec<Result<Vec<Output>, HandlerError>>;
 
 /// How a call failed. The pipeline decides from the variant whether to retry,
 /// dead-letter or stop.
@@ -147,12 +150,67 @@ pub struct StoreState {
     wasi: WasiCtx,
     table: ResourceTable,
     limiter: MemoryLimiter,
-    /// The route's config table for the current call.
+    /// The route's config table, fixed for the life of the instance.
     config: Arc<BTreeMap<String, String>>,
     /// The plugin, for the module name and its log budget.
     plugin: Arc<Plugin>,
     stdout: CappedOutput,
     stderr: CappedOutput,
+    /// The messages of the current call, to attribute log lines to.
+    attribution: Attribution,
+}
+
+/// Which message(s) a call is handling: log lines written during the call
+/// (the guest's own, and its captured output) carry that message's
+/// coordinates. The span is made only when a line is written, so a call
+/// that logs nothing costs nothing here; the buffers are reused from call
+/// to call.
+#[derive(Default)]
+struct Attribution {
+    topic: String,
+    partition: i32,
+    offsets: Vec<i64>,
+    ids: Vec<String>,
+    /// The index of the message being handled.
+    current: usize,
+}
+
+impl Attribution {
+    fn set<'a>(&mut self, messages: &[Message], ids: impl Iterator<Item = &'a str>) {
+        self.topic.clear();
+        if let Some(first) = messages.first() {
+            self.topic.push_str(&first.topic);
+            self.partition = first.partition;
+        }
+        self.offsets.clear();
+        self.offsets.extend(messages.iter().map(|m| m.offset));
+        let mut n = 0;
+        for id in ids {
+            match self.ids.get_mut(n) {
+                Some(kept) => {
+                    kept.clear();
+                    kept.push_str(id);
+                }
+                None => self.ids.push(id.to_owned()),
+            }
+            n += 1;
+        }
+        self.ids.truncate(n);
+        self.current = 0;
+    }
+
+    /// The span for the message being handled.
+    fn span(&self, plugin: &Plugin) -> tracing::Span {
+        tracing::info_span!(
+            "message",
+            topic = %self.topic,
+            partition = self.partition,
+            offset = self.offsets.get(self.current).copied().unwrap_or(-1),
+            module = plugin.name(),
+            module_hash = plugin.short_hash(),
+            correlation_id = self.ids.get(self.current).map_or("", String::as_str),
+        )
+    }
 }
 
 impl WasiView for StoreState {
@@ -166,13 +224,23 @@ impl WasiView for StoreState {
 
 impl bindings::sluice::handler::host::Host for StoreState {
     fn log(&mut self, level: Level, message: String) {
-        self.plugin
-            .log_budget
-            .log(self.plugin.name(), level, &message);
+        let plugin = &self.plugin;
+        self.attribution
+            .span(plugin)
+            .in_scope(|| plugin.log_budget.log(plugin.name(), level, &message));
     }
 
     fn config(&mut self, key: String) -> Option<String> {
         self.config.get(&key).cloned()
+    }
+
+    fn handling(&mut self, index: u32) {
+        let index = index as usize;
+        if index < self.attribution.offsets.len() {
+            // What the guest wrote so far belongs to the previous message.
+            drain_stdio(self);
+            self.attribution.current = index;
+        }
     }
 }
 
@@ -215,6 +283,8 @@ impl ResourceLimiter for MemoryLimiter {
 struct Live {
     store: Store<StoreState>,
     handler: bindings::Plugin,
+    /// Its `handle-batch` export, if it has one with the contract's type.
+    batch: Option<Func>,
 }
 
 /// Invokes one plugin for one worker.
@@ -244,40 +314,134 @@ impl Invoker {
     /// Calls the handler for one message. Blocks the thread for up to the
     /// timeout: call it from a blocking thread, not from an async task.
     pub fn invoke(&mut self, message: &Message, invocation: &Invocation) -> Outcome {
-        let ticks = deadline_ticks(invocation.limits.timeout, self.runtime.config().epoch_tick);
-        let mut live = match self.live.take() {
-            Some(live) => live,
-            None => self.instantiate(invocation, ticks)?,
-        };
-        {
-            let state = live.store.data_mut();
-            state.config = invocation.config.clone();
-            state.limiter.limit = invocation.limits.memory_bytes;
-            state.limiter.refused = None;
-        }
-        live.store.set_epoch_deadline(ticks);
+        self.invoke_with_id(message, "", invocation)
+    }
+
+    /// [`Invoker::invoke`], with an id (the correlation id) that log lines
+    /// written during the call carry along with the message's coordinates.
+    pub fn invoke_with_id(
+        &mut self,
+        message: &Message,
+        id: &str,
+        invocation: &Invocation,
+    ) -> Outcome {
+        let mut live = self.prepare(std::slice::from_ref(message), [id].into_iter(), invocation)?;
         let result = live
             .handler
             .sluice_handler_handler()
             .call_handle(&mut live.store, message);
+        let returned = self.finish(live, result, invocation)?;
+        returned.map_err(Failure::from)
+    }
+
+    /// Whether [`Invoker::invoke_batch`] can hand several messages to one
+    /// call: the module exports `handle-batch`, and instances are reused
+    /// (a fresh instance per message rules out sharing one between them).
+    pub fn batches(&self) -> bool {
+        self.isolation == Isolation::Reused && self.plugin.has_batch_export()
+    }
+
+    /// Calls the handler's `handle-batch` once for `messages` (consecutive
+    /// messages of one partition, with their ids), within one timeout for
+    /// the whole call. Returns one outcome per message handled, in order;
+    /// there may be fewer than messages when the handler stopped after a
+    /// failure. A trap, timeout or memory failure is the whole call's: the
+    /// caller then hands each message to [`Invoker::invoke_with_id`] to find
+    /// the one at fault. Without a batch export it calls `handle` for each.
+    pub fn invoke_batch(
+        &mut self,
+        messages: &[Message],
+        ids: &[String],
+        invocation: &Invocation,
+    ) -> Result<Vec<Outcome>, Failure> {
+        if !self.batches() {
+            return self.invoke_batch_singly(messages, ids, invocation);
+        }
+        let mut live = self.prepare(messages, ids.iter().map(String::as_str), invocation)?;
+        let result = match live.batch {
+            // The type was checked when the instance was made, so this only
+            // fails if the call does.
+            Some(func) => func
+                .typed::<(&[Message],), (BatchResults,)>(&live.store)
+                .and_then(|batch| batch.call(&mut live.store, (messages,)))
+                .map(|(results,)| results),
+            None => {
+                // No batch export after all: one call per message.
+                self.live = Some(live);
+                return self.invoke_batch_singly(messages, ids, invocation);
+            }
+        };
+        let results = self.finish(live, result, invocation)?;
+        Ok(results
+            .into_iter()
+            .take(messages.len())
+            .map(|r| r.map_err(Failure::from))
+            .collect())
+    }
+
+    /// One `handle` call per message, stopping after the first failure.
+    fn invoke_batch_singly(
+        &mut self,
+        messages: &[Message],
+        ids: &[String],
+        invocation: &Invocation,
+    ) -> Result<Vec<Outcome>, Failure> {
+        let mut outcomes = Vec::with_capacity(messages.len());
+        for (message, id) in messages.iter().zip(ids) {
+            let outcome = self.invoke_with_id(message, id, invocation);
+            let failed = outcome.is_err();
+            outcomes.push(outcome);
+            if failed {
+                break;
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// The instance for a call, with the call's limits, config and
+    /// attribution set.
+    fn prepare<'a>(
+        &mut self,
+        messages: &[Message],
+        ids: impl Iterator<Item = &'a str>,
+        invocation: &Invocation,
+    ) -> Result<Live, Failure> {
+        let ticks = deadline_ticks(invocation.limits.timeout, self.runtime.config().epoch_tick);
+        // An instance keeps the config table it was made with (guests may
+        // cache what they read): another table needs another instance.
+        let kept = self.live.take().filter(|live| {
+            let config = &live.store.data().config;
+            Arc::ptr_eq(config, &invocation.config) || **config == *invocation.config
+        });
+        let mut live = match kept {
+            Some(live) => live,
+            None => self.instantiate(invocation, ticks)?,
+        };
+        let state = live.store.data_mut();
+        state.limiter.limit = invocation.limits.memory_bytes;
+        state.limiter.refused = None;
+        state.attribution.set(messages, ids);
+        live.store.set_epoch_deadline(ticks);
+        Ok(live)
+    }
+
+    /// Keeps the instance after a call that returned (in reused mode) and
+    /// logs what the guest wrote; after a trap the instance is dropped, since
+    /// its state is unknown.
+    fn finish<R>(
+        &mut self,
+        live: Live,
+        result: wasmtime::Result<R>,
+        invocation: &Invocation,
+    ) -> Result<R, Failure> {
         match result {
             Ok(returned) => {
                 drain_stdio(live.store.data());
                 if self.isolation == Isolation::Reused {
                     self.live = Some(live);
                 }
-                returned.map_err(|e| match e {
-                    HandlerError::Retryable(message) => Failure::Handler {
-                        retryable: true,
-                        message,
-                    },
-                    HandlerError::Permanent(message) => Failure::Handler {
-                        retryable: false,
-                        message,
-                    },
-                })
+                Ok(returned)
             }
-            // The instance is dropped here: after a trap its state is unknown.
             Err(error) => Err(classify(&error, live.store.data(), invocation.limits)),
         }
     }
@@ -306,12 +470,37 @@ impl Invoker {
             plugin: self.plugin.clone(),
             stdout,
             stderr,
+            attribution: Attribution::default(),
         };
         let mut store = Store::new(self.runtime.engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(ticks);
-        match self.plugin.pre().instantiate(&mut store) {
-            Ok(handler) => Ok(Live { store, handler }),
+        let instantiated = self.plugin.pre().instance_pre().instantiate(&mut store);
+        let loaded = instantiated.and_then(|instance| {
+            let handler = self.plugin.indices().load(&mut store, &instance)?;
+            Ok((instance, handler))
+        });
+        match loaded {
+            Ok((instance, handler)) => {
+                let batch = self.plugin.batch_export().and_then(|index| {
+                    let func = instance.get_func(&mut store, index)?;
+                    func.typed::<(&[Message],), (BatchResults,)>(&store)
+                        .map(|_| func)
+                        .inspect_err(|e| {
+                            tracing::warn!(
+                                module = self.plugin.name(),
+                                "handle-batch has another signature than the contract's; \
+                                 calling handle for each message: {e:#}"
+                            );
+                        })
+                        .ok()
+                });
+                Ok(Live {
+                    store,
+                    handler,
+                    batch,
+                })
+            }
             Err(error) => {
                 let failure = classify(&error, store.data(), invocation.limits);
                 Err(match failure {
@@ -334,14 +523,35 @@ fn deadline_ticks(timeout: Duration, tick: Duration) -> u64 {
     u64::try_from(ticks).unwrap_or(u64::MAX)
 }
 
-/// Logs what the guest wrote to stdout and stderr during the call.
+impl From<HandlerError> for Failure {
+    fn from(error: HandlerError) -> Failure {
+        match error {
+            HandlerError::Retryable(message) => Failure::Handler {
+                retryable: true,
+                message,
+            },
+            HandlerError::Permanent(message) => Failure::Handler {
+                retryable: false,
+                message,
+            },
+        }
+    }
+}
+
+/// Logs what the guest wrote to stdout and stderr during the call, as the
+/// message being handled.
 fn drain_stdio(state: &StoreState) {
+    if state.stdout.is_empty() && state.stderr.is_empty() {
+        return;
+    }
+    let _span = state.attribution.span(&state.plugin).entered();
     state.stdout.drain_to_log(state.plugin.name(), "stdout");
     state.stderr.drain_to_log(state.plugin.name(), "stderr");
 }
 
 /// Turns a wasmtime error from a call into a [`Failure`].
 fn classify(error: &wasmtime::Error, state: &StoreState, limits: Limits) -> Failure {
+    let _span = state.attribution.span(&state.plugin).entered();
     let (stderr, _) = state.stderr.take();
     let panic = panic_message(&String::from_utf8_lossy(&stderr));
     // Put the captured output back so it is logged with the failure.

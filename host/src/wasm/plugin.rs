@@ -6,10 +6,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::Component;
 use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, ComponentExportIndex};
 
-use super::bindings::PluginPre;
+use super::bindings::{PluginIndices, PluginPre};
 use super::contract;
 use super::engine::Runtime;
 use super::guest_io::LogBudget;
@@ -145,6 +145,9 @@ pub struct Plugin {
     size: usize,
     info: PluginInfo,
     pre: PluginPre<StoreState>,
+    indices: PluginIndices,
+    /// Where `handle-batch` is, if the component exports it.
+    batch: Option<ComponentExportIndex>,
     /// Shared by every instance, so the log rate limit is per module.
     pub(crate) log_budget: LogBudget,
 }
@@ -195,6 +198,20 @@ impl Plugin {
         &self.pre
     }
 
+    pub(crate) fn indices(&self) -> &PluginIndices {
+        &self.indices
+    }
+
+    pub(crate) fn batch_export(&self) -> Option<&ComponentExportIndex> {
+        self.batch.as_ref()
+    }
+
+    /// Whether the component exports `handle-batch` (the `batched-plugin`
+    /// world), so that several messages can be handed to one call.
+    pub fn has_batch_export(&self) -> bool {
+        self.batch.is_some()
+    }
+
     pub(crate) fn from_file(runtime: &Runtime, path: &Path) -> Result<Plugin, LoadError> {
         let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
             path: path.to_owned(),
@@ -224,10 +241,13 @@ impl Plugin {
                     path: path_buf(),
                     reason: format!("{e:#}"),
                 })?;
-        let pre = PluginPre::new(instance_pre).map_err(|e| LoadError::NotAHandler {
+        let not_a_handler = |e: wasmtime::Error| LoadError::NotAHandler {
             path: path_buf(),
             exports: format!("{} ({e:#})", info.exports.join(", ")),
-        })?;
+        };
+        let indices = PluginIndices::new(&instance_pre).map_err(not_a_handler)?;
+        let pre = PluginPre::new(instance_pre).map_err(not_a_handler)?;
+        let batch = batch_export(&component);
         let name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -239,9 +259,29 @@ impl Plugin {
             size: bytes.len(),
             info,
             pre,
+            indices,
+            batch,
             log_budget: LogBudget::new(),
         })
     }
+}
+
+/// The `handle-batch` function of the component's `batch` export, at a
+/// compatible contract version.
+fn batch_export(component: &Component) -> Option<ComponentExportIndex> {
+    let prefix = format!("{}/batch@", contract::PACKAGE);
+    let engine = component.engine();
+    let name = component
+        .component_type()
+        .exports(engine)
+        .map(|(name, _)| name)
+        .find(|name| {
+            name.strip_prefix(&prefix)
+                .is_some_and(contract::is_compatible)
+        })?
+        .to_owned();
+    let instance = component.get_export_index(None, &name)?;
+    component.get_export_index(Some(&instance), "handle-batch")
 }
 
 /// Tells apart the common ways a file is not a component before the
