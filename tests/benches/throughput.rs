@@ -30,7 +30,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice_tests::broker::Broker;
-use sluice_tests::daemon::config_text;
+use sluice_tests::daemon::plugins_dir;
 use sluice_tests::kafka::{Counter, Send, produce_with};
 use tempfile::TempDir;
 
@@ -150,31 +150,50 @@ fn python_peer() -> Option<String> {
     script
 }
 
-/// `sluice run` on a config with `routes`, its partition queue as large as
-/// the input (the input shares record batches, and Tansu serves fetches only
-/// from batch boundaries, so a partition must never be paused and resumed
+/// `sluice run` on a config with `routes` and production defaults (not the
+/// test harness's short timers), its partition queue as large as the input
+/// (the input shares record batches, and Tansu serves fetches only from
+/// batch boundaries, so a partition must never be paused and resumed
 /// mid-batch), plus any `SLUICE_BENCH_PROCESSING` lines. The directory holds
 /// the config file and must outlive the run.
 fn sluice_command(bootstrap: &str, group: &str, routes: &str, count: usize) -> (Command, TempDir) {
-    let text = config_text(bootstrap, group, "", routes).replace(
-        "[processing]\n",
-        &format!(
-            "[processing]\npartition_queue = {}\n{}\n",
-            count.min(100_000),
-            std::env::var("SLUICE_BENCH_PROCESSING")
-                .unwrap_or_default()
-                .replace(';', "\n")
-        ),
+    let text = format!(
+        "[kafka]\nbootstrap_servers = {bootstrap:?}\ngroup = {group:?}\nauto_offset_reset = \"earliest\"\n\n\
+         [plugins]\ndir = {dir:?}\n\n\
+         [processing]\npartition_queue = {queue}\n{extra}\n\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n\n{routes}",
+        dir = plugins_dir().display().to_string(),
+        queue = count.min(100_000),
+        extra = std::env::var("SLUICE_BENCH_PROCESSING")
+            .unwrap_or_default()
+            .replace(';', "\n"),
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("sluice.toml");
     std::fs::write(&config, text).expect("config file");
     let mut command = Command::new(env!("CARGO_BIN_EXE_sluice-test-daemon"));
+    // Warnings and errors only, so that a failed start shows; nothing is
+    // logged per message at the default level either.
     command
         .args(["run", "--config"])
         .arg(&config)
         .env("RUST_LOG", "warn");
     (command, dir)
+}
+
+/// Runs a Python consumer script (arguments: bootstrap, input topic, output
+/// topic, count); it exits by itself once it has `count` outputs.
+fn run_python(
+    python: &str,
+    script: &str,
+    bootstrap: &str,
+    input: &str,
+    output: &str,
+    count: usize,
+) -> Option<Run> {
+    let mut command = Command::new(python);
+    command.args([script, bootstrap, input, output, &count.to_string()]);
+    measure("python", command, bootstrap, output, count, true)
 }
 
 /// Whether `name` is among the contenders `SLUICE_BENCH_ONLY` selects.
@@ -210,15 +229,13 @@ fn run(broker: &Broker, size: usize, count: usize, peer: Option<(&str, &str)>) -
 
     let mut runs = Vec::new();
     if let Some((python, script)) = peer.filter(|_| selected("python")) {
-        let mut command = Command::new(python);
-        command.args([script, &bootstrap, &input, &outputs[0], &count.to_string()]);
-        runs.extend(measure(
-            "python",
-            command,
+        runs.extend(run_python(
+            python,
+            script,
             &bootstrap,
+            &input,
             &outputs[0],
             count,
-            true,
         ));
     }
     if selected("bare") {
@@ -297,15 +314,13 @@ fn run_json(broker: &Broker, count: usize, python: Option<&str>) -> Vec<Run> {
             env!("CARGO_MANIFEST_DIR"),
             "/benches/python_json_consumer.py"
         );
-        let mut command = Command::new(python);
-        command.args([script, &bootstrap, input, &outputs[0], &count.to_string()]);
-        runs.extend(measure(
-            "python",
-            command,
+        runs.extend(run_python(
+            python,
+            script,
             &bootstrap,
+            input,
             &outputs[0],
             count,
-            true,
         ));
     }
     if selected("sluice") {
