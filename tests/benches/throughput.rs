@@ -30,7 +30,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice_tests::broker::Broker;
-use sluice_tests::daemon::plugins_dir;
+use sluice_tests::daemon::{module_route, plugins_dir};
 use sluice_tests::kafka::{Counter, Send, produce_with};
 use tempfile::TempDir;
 
@@ -254,11 +254,7 @@ fn run(broker: &Broker, size: usize, count: usize, peer: Option<(&str, &str)>) -
         return runs;
     }
 
-    let routes = format!(
-        "[[routes]]\ntopic = \"{input}\"\nmodule = \"uppercase\"\noutput_topics = [\"{out}\"]\n\
-         [routes.config]\noutput_topic = \"{out}\"\n",
-        out = outputs[2]
-    );
+    let routes = module_route("uppercase", &input, &outputs[2], "");
     let (command, _dir) = sluice_command(&bootstrap, &format!("sluice-{tag}"), &routes, count);
     runs.extend(measure(
         "sluice",

@@ -197,20 +197,27 @@ impl Drop for DaemonProcess {
     }
 }
 
-/// A route of the `misbehave` example from `topic` to `output`, with `extra`
-/// route fields.
-pub fn misbehave_route(topic: &str, output: &str, extra: &str) -> String {
+/// A route from `topic` to `output` through `module`, with `extra` route
+/// fields and `output_topic = output` in its config table (which the
+/// example handlers and fixtures read).
+pub fn module_route(module: &str, topic: &str, output: &str, extra: &str) -> String {
     format!(
         r#"
 [[routes]]
 topic = "{topic}"
-module = "misbehave"
+module = "{module}"
 output_topics = ["{output}"]
 {extra}
 [routes.config]
 output_topic = "{output}"
 "#
     )
+}
+
+/// A route of the `misbehave` example from `topic` to `output`, with `extra`
+/// route fields.
+pub fn misbehave_route(topic: &str, output: &str, extra: &str) -> String {
+    module_route("misbehave", topic, output, extra)
 }
 
 /// Waits until `done` holds for the breaker, re-checking at each transition.

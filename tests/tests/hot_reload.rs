@@ -8,7 +8,7 @@ use std::time::Duration;
 use sluice::pipeline::Status;
 use sluice_tests::artifacts;
 use sluice_tests::broker::Broker;
-use sluice_tests::daemon::{Daemon, config_text_in, parse};
+use sluice_tests::daemon::{Daemon, config_text_in, module_route, parse};
 use sluice_tests::kafka::{
     Record, assert_empty, produce_sequence, read_topic, read_until, wait_committed,
 };
@@ -52,17 +52,7 @@ fn version_of(record: &Record) -> (u32, String) {
 }
 
 fn route(extra: &str) -> String {
-    format!(
-        r#"
-[[routes]]
-topic = "in"
-module = "handler"
-output_topics = ["out"]
-{extra}
-[routes.config]
-output_topic = "out"
-"#
-    )
+    module_route("handler", "in", "out", extra)
 }
 
 /// Waits, across plugin events (loads, refusals, deletions), until `done`

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use sluice_tests::broker::Broker;
-use sluice_tests::daemon::{Daemon, DaemonProcess, config_text, misbehave_route, parse};
+use sluice_tests::daemon::{
+    Daemon, DaemonProcess, config_text, misbehave_route, module_route, parse,
+};
 use sluice_tests::kafka::{
     Record, Send, produce, produce_sequence, produce_values, read_topic, wait_committed,
 };
@@ -18,16 +20,7 @@ const LONG: Duration = Duration::from_secs(60);
 const SETTLE: Duration = Duration::from_secs(2);
 
 fn uppercase_route(input: &str, output: &str) -> String {
-    format!(
-        r#"
-[[routes]]
-topic = "{input}"
-module = "uppercase"
-output_topics = ["{output}"]
-[routes.config]
-output_topic = "{output}"
-"#
-    )
+    module_route("uppercase", input, output, "")
 }
 
 /// Checks that, per key, the values `PREFIX-P-SEQ` arrive with SEQ counting

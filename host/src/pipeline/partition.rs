@@ -277,7 +277,7 @@ impl Calls<'_> {
         let elapsed = started.elapsed();
         route.status.metrics.observe(elapsed);
         route.note_call(elapsed, 1);
-        self.push(message, correlation, outcome)
+        push(&mut self.done, route, message, correlation, outcome)
     }
 
     /// Hands the next `run` messages to one `handle-batch` call. Returns
@@ -332,15 +332,10 @@ impl Calls<'_> {
             }
         }
         // Messages the call did not get to go back, in order.
-        let rest: Vec<Message> = messages.collect();
-        for message in rest.into_iter().rev() {
+        for message in messages.rev() {
             self.queue.push_front(message);
         }
         Some(stop)
-    }
-
-    fn push(&mut self, message: Message, correlation: String, outcome: Outcome) -> bool {
-        push(&mut self.done, self.route, message, correlation, outcome)
     }
 }
 
