@@ -186,6 +186,13 @@ pub fn config_or(key: &str, default: impl Into<String>) -> String {
     config(key).unwrap_or_else(|| default.into())
 }
 
+/// [`config`], or what `default` makes when the route does not set `key`:
+/// for a default that must be built (`format!`), which is then built only
+/// when it is needed rather than for every message.
+pub fn config_or_else(key: &str, default: impl FnOnce() -> String) -> String {
+    config(key).unwrap_or_else(default)
+}
+
 /// Tells the host which message of a batch is being handled, for log
 /// attribution. Off wasm32 there is no host: it does nothing.
 pub(crate) fn handling(index: usize) {
@@ -323,5 +330,6 @@ mod tests {
     fn config_has_no_host_off_wasm() {
         assert_eq!(config("anything"), None);
         assert_eq!(config_or("anything", "fallback"), "fallback");
+        assert_eq!(config_or_else("anything", || "made".to_owned()), "made");
     }
 }

@@ -38,7 +38,7 @@
 //!         // Invalid UTF-8 is the message's fault: a permanent error sends it
 //!         // to the dead-letter topic instead of retrying it.
 //!         let text = msg.value_str()?;
-//!         let topic = sluice_guest::config_or("output_topic", format!("{}.out", msg.topic));
+//!         let topic = sluice_guest::config_or_else("output_topic", || format!("{}.out", msg.topic));
 //!         sluice_guest::debug!("shouting {} bytes to {topic}", text.len());
 //!         let out = Output::to(topic).value(text.to_uppercase());
 //!         Ok(vec![Output { key: msg.key.clone(), ..out }])
@@ -89,7 +89,7 @@
 mod helpers;
 mod logging;
 
-pub use helpers::{config, config_or};
+pub use helpers::{config, config_or, config_or_else};
 pub use logging::log;
 
 /// Bindings generated from `wit/handler.wit` by `wit-bindgen`.

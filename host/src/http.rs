@@ -165,6 +165,7 @@ async fn plugins(State(s): State<Shared>) -> axum::Json<Value> {
                 "size": m.size,
                 "loaded_at_ms": m.loaded_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
                 "load_time_ms": m.load_time.as_secs_f64() * 1000.0,
+                "from_compile_cache": m.from_cache,
                 "routes": [],
             })
         });

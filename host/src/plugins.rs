@@ -179,6 +179,7 @@ async fn load(
                 module_hash = plugin.short_hash(),
                 previous = serving.as_ref().map_or("none", |p| p.short_hash()),
                 load_ms = info.load_time.as_millis() as u64,
+                from_compile_cache = info.from_cache,
                 "new module version serving"
             );
             t.last = Some(plugin);

@@ -97,6 +97,8 @@ pub struct ModuleInfo {
     pub loaded_at: SystemTime,
     /// How long compiling and checking it took.
     pub load_time: Duration,
+    /// Whether its machine code came from the compile cache.
+    pub from_cache: bool,
 }
 
 impl ModuleInfo {
@@ -108,6 +110,7 @@ impl ModuleInfo {
             size: plugin.size() as u64,
             loaded_at: SystemTime::now(),
             load_time,
+            from_cache: plugin.from_cache(),
         }
     }
 }

@@ -25,6 +25,20 @@
 //! for example `sluice` while profiling), and `SLUICE_BENCH_PROCESSING` adds
 //! lines to sluice's `[processing]` table, separated by `;` (for example
 //! `batch_size = 16`), to measure a setting against its default.
+//! `SLUICE_BENCH_REPEAT` runs every contender that many times (default 1),
+//! taking turns on the same input, each time with a fresh consumer group
+//! and output topic, and reports the median of each figure: CPU per message
+//! varies by about 15% between identical runs on a small VM.
+//!
+//! `SLUICE_BENCH_AGAINST` names another build of the daemon (for example
+//! `target/release/sluice-test-daemon` copied from a build of `main`), run
+//! as `against` with the same config, taking turns with `sluice`: a change
+//! is measured against it in the same script, on the same data.
+//!
+//! `sluice` takes its modules' machine code from the compile cache
+//! (`plugins.cache_dir`, at its default), as a restarted daemon does; the
+//! first run after a change of module or of Sluice compiles them (0.17 s of
+//! CPU for `uppercase`, 0.39 s for `json-router` on a 2-core VM).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -55,20 +69,26 @@ fn children_cpu() -> Duration {
     time(usage.ru_utime) + time(usage.ru_stime)
 }
 
-/// Waits until `topic` holds `count` records; returns when the last arrived.
-fn watch(bootstrap: &str, topic: &str, count: usize, deadline: Instant) -> Option<Instant> {
+/// Waits until `topic` holds `count` records; returns when the first and
+/// the last arrived.
+fn watch(
+    bootstrap: &str,
+    topic: &str,
+    count: usize,
+    deadline: Instant,
+) -> Option<(Instant, Instant)> {
     let mut counter = Counter::new(bootstrap, topic, PARTITIONS);
-    let mut last = None;
+    let mut seen: Option<(Instant, Instant)> = None;
     while counter.count < count {
         if Instant::now() > deadline {
             eprintln!("  {topic}: only {} of {count} records", counter.count);
             return None;
         }
-        if let Some((_, at)) = counter.poll(Duration::from_millis(100)) {
-            last = Some(at);
+        if let Some((first, last)) = counter.poll(Duration::from_millis(100)) {
+            seen = Some((seen.map_or(first, |(first, _)| first), last));
         }
     }
-    last
+    seen
 }
 
 /// One contender's figures.
@@ -103,16 +123,17 @@ fn measure(
     }
     let _ = child.wait();
     let cpu = children_cpu() - cpu_before;
-    let last = last?;
+    let (first, last) = last?;
     let run = Run {
         name,
         per_second: count as f64 / last.duration_since(started).as_secs_f64(),
         cpu_per_message: cpu / u32::try_from(count).unwrap_or(u32::MAX),
     };
     eprintln!(
-        "  {name}: {:.0} msg/s, {:.2} us CPU per message",
+        "  {name}: {:.0} msg/s, {:.2} us CPU per message (first output after {:.2} s)",
         run.per_second,
-        run.cpu_per_message.as_secs_f64() * 1e6
+        run.cpu_per_message.as_secs_f64() * 1e6,
+        first.duration_since(started).as_secs_f64()
     );
     Some(run)
 }
@@ -156,7 +177,13 @@ fn python_peer() -> Option<String> {
 /// batch boundaries, so a partition must never be paused and resumed
 /// mid-batch), plus any `SLUICE_BENCH_PROCESSING` lines. The directory holds
 /// the config file and must outlive the run.
-fn sluice_command(bootstrap: &str, group: &str, routes: &str, count: usize) -> (Command, TempDir) {
+fn sluice_command(
+    program: &str,
+    bootstrap: &str,
+    group: &str,
+    routes: &str,
+    count: usize,
+) -> (Command, TempDir) {
     let text = format!(
         "[kafka]\nbootstrap_servers = {bootstrap:?}\ngroup = {group:?}\nauto_offset_reset = \"earliest\"\n\n\
          [plugins]\ndir = {dir:?}\n\n\
@@ -171,7 +198,7 @@ fn sluice_command(bootstrap: &str, group: &str, routes: &str, count: usize) -> (
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("sluice.toml");
     std::fs::write(&config, text).expect("config file");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice-test-daemon"));
+    let mut command = Command::new(program);
     // Warnings and errors only, so that a failed start shows; nothing is
     // logged per message at the default level either.
     command
@@ -196,21 +223,86 @@ fn run_python(
     measure("python", command, bootstrap, output, count, true)
 }
 
+/// The daemons to run: this build as `sluice`, and the one
+/// `SLUICE_BENCH_AGAINST` names as `against`.
+fn daemons() -> Vec<(&'static str, String)> {
+    let mut daemons = Vec::new();
+    if selected("sluice") {
+        daemons.push((
+            "sluice",
+            env!("CARGO_BIN_EXE_sluice-test-daemon").to_owned(),
+        ));
+    }
+    if let Ok(other) = std::env::var("SLUICE_BENCH_AGAINST") {
+        daemons.push(("against", other));
+    }
+    daemons
+}
+
 /// Whether `name` is among the contenders `SLUICE_BENCH_ONLY` selects.
 fn selected(name: &str) -> bool {
     std::env::var("SLUICE_BENCH_ONLY")
         .map_or(true, |only| only.split(',').any(|n| n.trim() == name))
 }
 
+/// How many times each contender runs (`SLUICE_BENCH_REPEAT`).
+fn repeat() -> usize {
+    std::env::var("SLUICE_BENCH_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// The median of each contender's figures over its repetitions, in the
+/// order the contenders first ran.
+fn medians(runs: Vec<Run>) -> Vec<Run> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for r in &runs {
+        if !names.contains(&r.name) {
+            names.push(r.name);
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    names
+        .into_iter()
+        .map(|name| {
+            let own: Vec<&Run> = runs.iter().filter(|r| r.name == name).collect();
+            Run {
+                name,
+                per_second: median(own.iter().map(|r| r.per_second).collect()),
+                cpu_per_message: Duration::from_secs_f64(median(
+                    own.iter()
+                        .map(|r| r.cpu_per_message.as_secs_f64())
+                        .collect(),
+                )),
+            }
+        })
+        .collect()
+}
+
+/// Output topics for each contender's run `rep`, created on `broker`.
+fn output_topics<const N: usize>(
+    broker: &Broker,
+    who: [&str; N],
+    tag: &str,
+    rep: usize,
+) -> [String; N] {
+    let outputs = who.map(|who| format!("out-{who}-{tag}-{rep}"));
+    for topic in &outputs {
+        broker.create_topic(topic, PARTITIONS);
+    }
+    outputs
+}
+
 fn run(broker: &Broker, size: usize, count: usize, peer: Option<(&str, &str)>) -> Vec<Run> {
     let bootstrap = broker.bootstrap();
     let tag = format!("{size}b");
     let input = format!("in-{tag}");
-    let outputs = ["python", "bare", "sluice"].map(|who| format!("out-{who}-{tag}"));
     broker.create_topic(&input, PARTITIONS);
-    for topic in &outputs {
-        broker.create_topic(topic, PARTITIONS);
-    }
     let value: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
     let keys: Vec<Vec<u8>> = (0..64).map(|i| format!("key-{i}").into_bytes()).collect();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
@@ -228,42 +320,56 @@ fn run(broker: &Broker, size: usize, count: usize, peer: Option<(&str, &str)>) -
     eprintln!("{count} messages of {size} B produced to {input}");
 
     let mut runs = Vec::new();
+    for rep in 0..repeat() {
+        let outputs = output_topics(broker, ["python", "bare", "sluice", "against"], &tag, rep);
+        runs.extend(run_once(
+            &bootstrap, &input, &outputs, &tag, rep, count, peer,
+        ));
+    }
+    medians(runs)
+}
+
+/// One run of each selected contender, upper-casing `input` into its own
+/// output topic.
+fn run_once(
+    bootstrap: &str,
+    input: &str,
+    outputs: &[String; 4],
+    tag: &str,
+    rep: usize,
+    count: usize,
+    peer: Option<(&str, &str)>,
+) -> Vec<Run> {
+    let mut runs = Vec::new();
     if let Some((python, script)) = peer.filter(|_| selected("python")) {
         runs.extend(run_python(
             python,
             script,
-            &bootstrap,
-            &input,
+            bootstrap,
+            input,
             &outputs[0],
             count,
         ));
     }
     if selected("bare") {
         let mut command = Command::new(env!("CARGO_BIN_EXE_sluice-bare-loop"));
-        command.args([&bootstrap, &input, &outputs[1]]);
+        command.args([bootstrap, input, &outputs[1]]);
         runs.extend(measure(
             "bare loop",
             command,
-            &bootstrap,
+            bootstrap,
             &outputs[1],
             count,
             false,
         ));
     }
-    if !selected("sluice") {
-        return runs;
+    for (name, program) in daemons() {
+        let output = &outputs[if name == "sluice" { 2 } else { 3 }];
+        let routes = module_route("uppercase", input, output, "");
+        let group = format!("{name}-{tag}-{rep}");
+        let (command, _dir) = sluice_command(&program, bootstrap, &group, &routes, count);
+        runs.extend(measure(name, command, bootstrap, output, count, false));
     }
-
-    let routes = module_route("uppercase", &input, &outputs[2], "");
-    let (command, _dir) = sluice_command(&bootstrap, &format!("sluice-{tag}"), &routes, count);
-    runs.extend(measure(
-        "sluice",
-        command,
-        &bootstrap,
-        &outputs[2],
-        count,
-        false,
-    ));
     runs
 }
 
@@ -272,11 +378,7 @@ fn run(broker: &Broker, size: usize, count: usize, peer: Option<(&str, &str)>) -
 fn run_json(broker: &Broker, count: usize, python: Option<&str>) -> Vec<Run> {
     let bootstrap = broker.bootstrap();
     let input = "in-json";
-    let outputs = ["python", "sluice"].map(|who| format!("out-{who}-json"));
     broker.create_topic(input, PARTITIONS);
-    for topic in &outputs {
-        broker.create_topic(topic, PARTITIONS);
-    }
     let values: Vec<Vec<u8>> = (0..count)
         .map(|i| {
             let priority = if i % 10 == 0 { "high" } else { "normal" };
@@ -305,6 +407,25 @@ fn run_json(broker: &Broker, count: usize, python: Option<&str>) -> Vec<Run> {
     eprintln!("{count} JSON messages produced to {input}");
 
     let mut runs = Vec::new();
+    for rep in 0..repeat() {
+        let outputs = output_topics(broker, ["python", "sluice", "against"], "json", rep);
+        runs.extend(run_json_once(
+            &bootstrap, input, &outputs, rep, count, python,
+        ));
+    }
+    medians(runs)
+}
+
+/// One run of each selected contender of the JSON workload.
+fn run_json_once(
+    bootstrap: &str,
+    input: &str,
+    outputs: &[String; 3],
+    rep: usize,
+    count: usize,
+    python: Option<&str>,
+) -> Vec<Run> {
+    let mut runs = Vec::new();
     if let Some(python) = python.filter(|_| selected("python")) {
         let script = concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -313,27 +434,21 @@ fn run_json(broker: &Broker, count: usize, python: Option<&str>) -> Vec<Run> {
         runs.extend(run_python(
             python,
             script,
-            &bootstrap,
+            bootstrap,
             input,
             &outputs[0],
             count,
         ));
     }
-    if selected("sluice") {
+    for (name, program) in daemons() {
+        let output = &outputs[if name == "sluice" { 1 } else { 2 }];
         let routes = format!(
-            "[[routes]]\ntopic = \"{input}\"\nmodule = \"json_router\"\noutput_topics = [\"{out}\"]\n\
-             [routes.config]\nhigh_topic = \"{out}\"\ndefault_topic = \"{out}\"\n",
-            out = outputs[1]
+            "[[routes]]\ntopic = \"{input}\"\nmodule = \"json_router\"\noutput_topics = [\"{output}\"]\n\
+             [routes.config]\nhigh_topic = \"{output}\"\ndefault_topic = \"{output}\"\n"
         );
-        let (command, _dir) = sluice_command(&bootstrap, "sluice-json", &routes, count);
-        runs.extend(measure(
-            "sluice",
-            command,
-            &bootstrap,
-            &outputs[1],
-            count,
-            false,
-        ));
+        let group = format!("{name}-json-{rep}");
+        let (command, _dir) = sluice_command(&program, bootstrap, &group, &routes, count);
+        runs.extend(measure(name, command, bootstrap, output, count, false));
     }
     runs
 }
@@ -359,6 +474,17 @@ fn cpu_ratio(sluice: &Run, other: &Run) -> f64 {
     sluice.cpu_per_message.as_secs_f64() / other.cpu_per_message.as_secs_f64()
 }
 
+/// This build against `SLUICE_BENCH_AGAINST`'s, when both ran.
+fn print_against(runs: &[Run]) {
+    if let (Some(sluice), Some(against)) = (find(runs, "sluice"), find(runs, "against")) {
+        println!(
+            "sluice / against: CPU per message {:.2}, msg/s {:.2}",
+            cpu_ratio(sluice, against),
+            sluice.per_second / against.per_second
+        );
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         // `cargo test --benches` asks for a listing: there is nothing to list.
@@ -378,7 +504,9 @@ fn main() {
     let peer = python.as_deref().zip(script.as_deref());
     let broker = Broker::start();
     println!(
-        "end to end, {count} messages, {PARTITIONS} partitions, Tansu (memory storage), at least once"
+        "end to end, {count} messages, {PARTITIONS} partitions, Tansu (memory storage), at least once, \
+         median of {} run(s) each",
+        repeat()
     );
     for size in sizes {
         let runs = run(&broker, size, count, peer);
@@ -389,6 +517,7 @@ fn main() {
                 cpu_ratio(sluice, python)
             );
         }
+        print_against(&runs);
         if let (Some(sluice), Some(bare)) = (find(&runs, "sluice"), find(&runs, "bare loop")) {
             println!(
                 "sluice msg/s / bare loop's: {:.2} (goal >= 0.9)",
@@ -402,6 +531,7 @@ fn main() {
             "json-router against Python's json module, ~100 B objects",
             &runs,
         );
+        print_against(&runs);
         if let (Some(sluice), Some(python)) = (find(&runs, "sluice"), find(&runs, "python")) {
             println!(
                 "sluice CPU per message / python's: {:.2} (goal <= 0.2)",

@@ -283,6 +283,23 @@ fn an_unreadable_file_is_named_in_the_error() {
 }
 
 #[test]
+fn the_compile_cache_is_relative_to_the_config_file_and_an_empty_path_turns_it_off() {
+    let with = |line: &str| {
+        let text = MINIMAL.replace("[kafka]", &format!("[plugins]\n{line}\n[kafka]"));
+        let (config, dir) = parse(&text, &BTreeMap::new());
+        let config = config.unwrap_or_else(|e| panic!("{line}: {e}"));
+        (config.compile_cache_dir(), dir)
+    };
+    let (cache, dir) = with(r#"cache_dir = "state/modules""#);
+    assert_eq!(cache, Some(dir.path().join("state/modules")));
+    assert_eq!(
+        with(r#"cache_dir = "/var/cache/sluice""#).0,
+        Some("/var/cache/sluice".into())
+    );
+    assert_eq!(with(r#"cache_dir = """#).0, None);
+}
+
+#[test]
 fn the_documented_example_is_valid() {
     let doc_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
     let doc = fs::read_to_string(&doc_path).expect("docs/configuration.md exists");

@@ -604,3 +604,65 @@ async fn a_bad_message_inside_a_batch_is_the_only_one_dead_lettered() {
     );
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_partitions_take_turns_when_handlers_are_slow() {
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    broker.create_topic("turns", 2);
+    broker.create_topic("turns.out", 1);
+    // 25 ms per message on two partitions, with one concurrency slot: a
+    // partition keeps the slot for a turn of a few messages, not for every
+    // message it has queued.
+    const PER_PARTITION: usize = 16;
+    let keys: Vec<(i32, String)> = (0..2)
+        .flat_map(|p| (0..PER_PARTITION).map(move |i| (p, format!("p{p}-{i:02}"))))
+        .collect();
+    produce(
+        &bootstrap,
+        "turns",
+        keys.iter().map(|(p, key)| Send {
+            partition: Some(*p),
+            key: Some(key.as_bytes()),
+            value: b"slow:25",
+            headers: &[],
+        }),
+    )
+    .await;
+    let config = config_text(
+        &bootstrap,
+        "turns",
+        "",
+        &misbehave_route("turns", "turns.out", ""),
+    );
+    let mut config = parse(&config);
+    config.processing.concurrency = 1;
+    let daemon = Daemon::start(config);
+
+    let outputs = read_topic(&bootstrap, "turns.out", 1, keys.len(), LONG, SETTLE);
+    let order: Vec<String> = outputs.iter().map(Record::key_text).collect();
+    for p in 0..2 {
+        let prefix = format!("p{p}-");
+        let own: Vec<&String> = order.iter().filter(|k| k.starts_with(&prefix)).collect();
+        let expected: Vec<String> = (0..PER_PARTITION)
+            .map(|i| format!("{prefix}{i:02}"))
+            .collect();
+        assert_eq!(
+            own,
+            expected.iter().collect::<Vec<_>>(),
+            "partition {p}: each once, in order"
+        );
+    }
+    // The longest stretch of outputs from one partition: a turn is 50 ms,
+    // two or three 25 ms messages.
+    let longest = order
+        .chunk_by(|a, b| a[..2] == b[..2])
+        .map(<[String]>::len)
+        .max()
+        .unwrap_or_default();
+    assert!(
+        longest <= 6,
+        "one partition kept the slot for {longest} messages in a row: {order:?}"
+    );
+    daemon.stop().await;
+}

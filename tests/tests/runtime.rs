@@ -518,3 +518,110 @@ fn a_handler_without_the_batch_export_is_called_once_per_message() {
         })
     ));
 }
+
+/// A runtime that keeps compiled modules in `dir`.
+fn cached_runtime(dir: &Path) -> sluice::wasm::Runtime {
+    sluice::wasm::Runtime::new(sluice::wasm::RuntimeConfig {
+        max_instances: 16,
+        max_memory_bytes: 64 << 20,
+        compile_cache: Some(dir.to_owned()),
+        ..sluice::wasm::RuntimeConfig::default()
+    })
+    .expect("the runtime must start")
+}
+
+/// The compile cache's entries, by file name.
+fn cache_entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("the cache directory exists")
+        .map(|e| {
+            e.expect("readable")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Loads `path` in `rt`, checks that it still upper-cases, and says whether
+/// its machine code came from the compile cache.
+fn shouts(rt: &sluice::wasm::Runtime, path: &Path) -> bool {
+    let plugin = Arc::new(rt.load_file(path).expect("loads"));
+    let outputs = rt
+        .invoker(plugin.clone(), Isolation::Reused)
+        .invoke(&message("t", b"quiet"), &invocation(1000, 64, &[]))
+        .expect("handles the message");
+    assert_eq!(outputs[0].value.as_deref(), Some(&b"QUIET"[..]));
+    plugin.from_cache()
+}
+
+#[test]
+fn a_restart_takes_compiled_modules_from_the_cache_and_damaged_entries_are_compiled_again() {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let cache = tmp.path().join("cache");
+    let module = tmp.path().join("shout.wasm");
+    std::fs::copy(artifacts::UPPERCASE, &module).expect("copy");
+    let hash = sluice_tests::sha256_hex(&std::fs::read(&module).expect("read"));
+
+    assert!(
+        !shouts(&cached_runtime(&cache), &module),
+        "first load compiles"
+    );
+    let entries = cache_entries(&cache);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(
+        entries[0].starts_with(&format!("shout-{hash}-")),
+        "{entries:?}"
+    );
+    let entry = cache.join(&entries[0]);
+    assert!(
+        shouts(&cached_runtime(&cache), &module),
+        "a new runtime (a restart) takes the machine code from the cache"
+    );
+
+    // A damaged entry, whether one byte changed or cut short, is never
+    // loaded: the module is compiled again and the entry replaced.
+    let intact = std::fs::read(&entry).expect("entry");
+    let mut flipped = intact.clone();
+    flipped[intact.len() / 2] ^= 0x40;
+    for damaged in [flipped, intact[..intact.len() / 2].to_vec()] {
+        std::fs::write(&entry, damaged).expect("damage the entry");
+        assert!(!shouts(&cached_runtime(&cache), &module));
+        assert_eq!(std::fs::read(&entry).expect("entry"), intact, "replaced");
+        assert!(shouts(&cached_runtime(&cache), &module));
+    }
+
+    // A new version of the module replaces its entry.
+    std::fs::copy(artifacts::UNBATCHED, &module).expect("copy");
+    let rt = cached_runtime(&cache);
+    let plugin = rt.load_file(&module).expect("loads");
+    assert!(!plugin.from_cache());
+    let entries = cache_entries(&cache);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(
+        entries[0].starts_with(&format!("shout-{}-", plugin.hash())),
+        "{entries:?}"
+    );
+
+    // Without a cache nothing is kept.
+    assert!(!shouts(&runtime(), Path::new(artifacts::UPPERCASE)));
+}
+
+#[test]
+fn a_compile_cache_other_users_may_write_to_is_not_used() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    let cache = tmp.path().join("shared");
+    std::fs::create_dir(&cache).expect("mkdir");
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let rt = cached_runtime(&cache);
+    assert_eq!(rt.compile_cache_dir(), None);
+    assert!(!shouts(&rt, Path::new(artifacts::UPPERCASE)));
+    assert!(!shouts(
+        &cached_runtime(&cache),
+        Path::new(artifacts::UPPERCASE)
+    ));
+    assert!(cache_entries(&cache).is_empty(), "nothing written");
+}

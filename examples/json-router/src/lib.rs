@@ -27,9 +27,9 @@ impl sluice_guest::Handler for JsonRouter {
         let field = sluice_guest::config_or("route_field", "priority");
         let wanted = sluice_guest::config_or("route_value", "high");
         let topic = if object.get(&field).is_some_and(|v| matches(v, &wanted)) {
-            sluice_guest::config_or("high_topic", format!("{}.high", msg.topic))
+            sluice_guest::config_or_else("high_topic", || format!("{}.high", msg.topic))
         } else {
-            sluice_guest::config_or("default_topic", format!("{}.default", msg.topic))
+            sluice_guest::config_or_else("default_topic", || format!("{}.default", msg.topic))
         };
 
         object.insert("routed_by".into(), Value::from("json-router"));

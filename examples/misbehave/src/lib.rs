@@ -30,7 +30,7 @@ struct Misbehave;
 
 impl sluice_guest::Handler for Misbehave {
     fn handle(msg: Message) -> Result<Vec<Output>, HandlerError> {
-        let topic = sluice_guest::config_or("output_topic", format!("{}.out", msg.topic));
+        let topic = sluice_guest::config_or_else("output_topic", || format!("{}.out", msg.topic));
         let emit = |value: Option<Vec<u8>>| Output {
             topic: topic.clone(),
             key: msg.key.clone(),

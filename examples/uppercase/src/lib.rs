@@ -15,7 +15,7 @@ struct Uppercase;
 
 impl sluice_guest::Handler for Uppercase {
     fn handle(msg: Message) -> Result<Vec<Output>, HandlerError> {
-        let topic = sluice_guest::config_or("output_topic", format!("{}.out", msg.topic));
+        let topic = sluice_guest::config_or_else("output_topic", || format!("{}.out", msg.topic));
         let value = msg.value.map(|mut bytes| {
             bytes.make_ascii_uppercase();
             bytes

@@ -216,12 +216,19 @@ pub struct PluginsConfig {
     /// the file `enrich.wasm` in it.
     #[serde(default = "default_plugins_dir")]
     pub dir: PathBuf,
+    /// Where compiled modules are kept so that a restart does not compile
+    /// them again, relative to the config file. Unset: the user's cache
+    /// directory (`$XDG_CACHE_HOME/sluice/modules` or
+    /// `~/.cache/sluice/modules`); empty: no cache.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for PluginsConfig {
     fn default() -> Self {
         PluginsConfig {
             dir: default_plugins_dir(),
+            cache_dir: None,
         }
     }
 }
@@ -563,6 +570,26 @@ impl Config {
     /// The plugins directory, resolved against the config file's directory.
     pub fn plugins_dir(&self) -> PathBuf {
         self.base_dir.join(&self.plugins.dir)
+    }
+
+    /// The compile cache directory, resolved against the config file's
+    /// directory; `None` when the cache is off (or no default location is
+    /// known).
+    pub fn compile_cache_dir(&self) -> Option<PathBuf> {
+        match &self.plugins.cache_dir {
+            Some(dir) if dir.as_os_str().is_empty() => None,
+            Some(dir) => Some(self.base_dir.join(dir)),
+            None => {
+                let absolute = |name| {
+                    std::env::var_os(name)
+                        .map(PathBuf::from)
+                        .filter(|p| p.is_absolute())
+                };
+                absolute("XDG_CACHE_HOME")
+                    .or_else(|| absolute("HOME").map(|home| home.join(".cache")))
+                    .map(|cache| cache.join("sluice").join("modules"))
+            }
+        }
     }
 
     /// The consumer group id: `{environment}.{group}`.

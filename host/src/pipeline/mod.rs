@@ -14,11 +14,12 @@ mod route;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use futures::{FutureExt as _, StreamExt as _};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -40,6 +41,13 @@ pub use partition::CORRELATION_HEADER;
 use partition::Gate;
 pub(crate) use route::Route;
 
+/// The most messages the main loop takes from the consumer in one turn.
+const BURST: usize = 256;
+
+/// The partitions with a worker, looked up for every message: keys are
+/// topic names from the config and the broker, so a fast hash is safe.
+type Partitions = HashMap<TopicPartition, PartitionHandle, rustc_hash::FxBuildHasher>;
+
 /// State shared by the main loop and every partition worker.
 pub(crate) struct Shared {
     producer: FutureProducer,
@@ -56,6 +64,9 @@ struct RebalanceContext {
     gates: Mutex<HashMap<TopicPartition, Arc<Gate>>>,
     /// Partitions revoked since the main loop last looked.
     revoked: Mutex<Vec<TopicPartition>>,
+    /// Whether `revoked` may hold anything: the main loop looks before
+    /// every message, and takes the locks only when it is set.
+    revocations: AtomicBool,
     status: Arc<Status>,
 }
 
@@ -94,6 +105,7 @@ impl ConsumerContext for RebalanceContext {
                     }
                     revoked.push(tp);
                 }
+                self.revocations.store(true, Ordering::Release);
                 drop((gates, revoked));
                 // Commit what was stored before the partitions go elsewhere.
                 commit(consumer, CommitMode::Sync);
@@ -155,6 +167,7 @@ fn load_routes(
                     module_hash = p.short_hash(),
                     size = p.size(),
                     load_ms = info.load_time.as_millis() as u64,
+                    from_compile_cache = info.from_cache,
                     "module loaded"
                 );
                 plugins.insert(&route.module, (p.clone(), info.clone()));
@@ -253,6 +266,7 @@ pub async fn run_with_bootstrap(
         max_instances: u32::try_from((config.routes.len() + 1) * concurrency + 8)
             .unwrap_or(u32::MAX),
         max_memory_bytes: usize::try_from(p.max_memory_mb << 20).unwrap_or(usize::MAX),
+        compile_cache: config.compile_cache_dir(),
         ..RuntimeConfig::default()
     };
     // Compiling modules is CPU-heavy: keep it off the async threads.
@@ -276,6 +290,7 @@ pub async fn run_with_bootstrap(
     let context = RebalanceContext {
         gates: Mutex::new(HashMap::new()),
         revoked: Mutex::new(Vec::new()),
+        revocations: AtomicBool::new(false),
         status: status.clone(),
     };
     let consumer: Arc<StreamConsumer<RebalanceContext>> = Arc::new(
@@ -316,12 +331,16 @@ pub async fn run_with_bootstrap(
         ));
     }
     let (room_tx, mut room_rx) = mpsc::unbounded_channel::<TopicPartition>();
-    let mut partitions: HashMap<TopicPartition, PartitionHandle> = HashMap::new();
+    let mut partitions = Partitions::default();
     let mut workers = tokio::task::JoinSet::new();
     let mut commit_timer = tokio::time::interval(p.commit_interval());
     commit_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let manual_commit = !config.kafka.enable_auto_commit;
     let mut errors = ErrorLog::default();
+    let mut messages = consumer.stream();
+    // The partition of the last message, kept so that the next one of the
+    // same partition (the usual case) needs no new key.
+    let mut last: Option<TopicPartition> = None;
 
     tokio::pin!(shutdown);
     loop {
@@ -342,39 +361,58 @@ pub async fn run_with_bootstrap(
                     refill(&consumer, &tp, handle, status.broker.state());
                 }
             }
-            received = consumer.recv() => {
-                drop_revoked(&consumer, &mut partitions, &status);
-                let m = match received {
-                    Ok(m) => m,
-                    Err(e) => {
-                        if matches!(e, KafkaError::MessageConsumption(RDKafkaErrorCode::AllBrokersDown)) {
-                            status.set_reachable(false);
+            Some(mut received) = messages.next() => {
+                // Messages already fetched are taken in a burst, without a
+                // turn of this loop (and its other branches) for each.
+                let mut taken = 0;
+                loop {
+                    'one: {
+                        drop_revoked(&consumer, &mut partitions, &status);
+                        let m = match received {
+                            Ok(m) => m,
+                            Err(e) => {
+                                if matches!(e, KafkaError::MessageConsumption(RDKafkaErrorCode::AllBrokersDown)) {
+                                    status.set_reachable(false);
+                                }
+                                errors.report(&e);
+                                break 'one;
+                            }
+                        };
+                        if !status.is_reachable() {
+                            status.set_reachable(true);
                         }
-                        errors.report(&e);
-                        continue;
+                        status.count_consumed();
+                        let Some(slot) = live.get(m.topic()) else { break 'one };
+                        let tp = match &last {
+                            Some(tp) if tp.1 == m.partition() && tp.0 == m.topic() => tp,
+                            _ => last.insert((m.topic().to_owned(), m.partition())),
+                        };
+                        if !partitions.contains_key(tp) {
+                            let (tx, rx) = mpsc::channel(p.partition_queue);
+                            let gate = Arc::new(Gate::new(stop_all.child_token()));
+                            consumer.context().gates.lock().unwrap_or_else(PoisonError::into_inner)
+                                .insert(tp.clone(), gate.clone());
+                            status.in_flight.lock().unwrap_or_else(PoisonError::into_inner)
+                                .insert(tp.clone(), gate.in_flight.clone());
+                            workers.spawn(partition::run_worker(
+                                tp.clone(), slot.clone(), shared.clone(), gate.clone(), rx, room_tx.clone(),
+                            ));
+                            partitions.insert(tp.clone(), PartitionHandle { tx, overflow: VecDeque::new(), gate });
+                        }
+                        let Some(handle) = partitions.get_mut(tp) else { break 'one };
+                        let message = to_message(&m);
+                        drop(m);
+                        dispatch(&consumer, tp, handle, message);
                     }
-                };
-                if !status.is_reachable() {
-                    status.set_reachable(true);
+                    taken += 1;
+                    if taken == BURST {
+                        break;
+                    }
+                    match messages.next().now_or_never() {
+                        Some(Some(next)) => received = next,
+                        _ => break,
+                    }
                 }
-                status.count_consumed();
-                let Some(slot) = live.get(m.topic()) else { continue };
-                let tp = (m.topic().to_owned(), m.partition());
-                let handle = partitions.entry(tp.clone()).or_insert_with(|| {
-                    let (tx, rx) = mpsc::channel(p.partition_queue);
-                    let gate = Arc::new(Gate::new(stop_all.child_token()));
-                    consumer.context().gates.lock().unwrap_or_else(PoisonError::into_inner)
-                        .insert(tp.clone(), gate.clone());
-                    status.in_flight.lock().unwrap_or_else(PoisonError::into_inner)
-                        .insert(tp.clone(), gate.in_flight.clone());
-                    workers.spawn(partition::run_worker(
-                        tp.clone(), slot.clone(), shared.clone(), gate.clone(), rx, room_tx.clone(),
-                    ));
-                    PartitionHandle { tx, overflow: VecDeque::new(), gate }
-                });
-                let message = to_message(&m);
-                drop(m);
-                dispatch(&consumer, &tp, handle, message);
             }
             _ = commit_timer.tick(), if manual_commit => commit(consumer.as_ref(), CommitMode::Async),
             Some(_) = workers.join_next(), if !workers.is_empty() => {}
@@ -485,10 +523,7 @@ fn pause_all(consumer: &StreamConsumer<RebalanceContext>) {
 }
 
 /// Resumes every assigned partition except those paused for a full queue.
-fn resume_all(
-    consumer: &StreamConsumer<RebalanceContext>,
-    partitions: &HashMap<TopicPartition, PartitionHandle>,
-) {
+fn resume_all(consumer: &StreamConsumer<RebalanceContext>, partitions: &Partitions) {
     let assignment = match consumer.assignment() {
         Ok(list) => list,
         Err(e) => {
@@ -532,11 +567,14 @@ fn set_paused(consumer: &StreamConsumer<RebalanceContext>, tp: &TopicPartition, 
 /// Forgets partitions the rebalance callback revoked.
 fn drop_revoked(
     consumer: &StreamConsumer<RebalanceContext>,
-    partitions: &mut HashMap<TopicPartition, PartitionHandle>,
+    partitions: &mut Partitions,
     status: &Status,
 ) {
-    let mut revoked = consumer
-        .context()
+    let context = consumer.context();
+    if !context.revocations.swap(false, Ordering::Acquire) {
+        return;
+    }
+    let mut revoked = context
         .revoked
         .lock()
         .unwrap_or_else(PoisonError::into_inner);

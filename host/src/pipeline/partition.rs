@@ -31,6 +31,14 @@ pub const CORRELATION_HEADER: &str = "correlation_id";
 /// bounds how far production may run ahead of the broker.
 const ACK_QUEUE: usize = 4096;
 
+/// How long a partition keeps a concurrency slot before it lets the next
+/// waiting partition have it (calls are not cut short: a turn ends between
+/// calls, and batch calls are sized to fit in it). With a slow handler and
+/// more busy partitions than `processing.concurrency`, each partition's
+/// messages then wait about one turn per partition ahead of it, not a whole
+/// `batch_size` run of every other partition's calls.
+const TURN: Duration = Duration::from_millis(50);
+
 /// Decides, under one lock, whether a partition's offsets may still be
 /// stored: once it is revoked nothing more is stored for it.
 pub struct Gate {
@@ -168,7 +176,7 @@ impl Route {
 /// Calls the handler for up to `limit` queued messages in order, on a
 /// blocking thread, stopping after the first failure (which may hold the
 /// partition) so that nothing behind it is handled first, when a new module
-/// version arrives, or when cancelled.
+/// version arrives, when its [`TURN`] is over, or when cancelled.
 ///
 /// A module with a `handle-batch` export gets runs of messages in one call.
 /// When such a call traps, times out or runs out of memory, its messages are
@@ -236,14 +244,20 @@ impl Calls<'_> {
         // How many messages are still to be handled one at a time after a
         // failed batch call.
         let mut singly = 0;
+        let started = Instant::now();
         while self.done.len() < limit && !self.queue.is_empty() {
             // A new module version takes over from the next message.
             if cancel.is_cancelled() || changes.has_changed().unwrap_or(true) {
                 break;
             }
+            // The turn ends between calls, but not before the messages of a
+            // failed batch call have had their calls one at a time.
+            if started.elapsed() >= TURN && singly == 0 && !self.done.is_empty() {
+                break;
+            }
             let run = (limit - self.done.len())
                 .min(self.queue.len())
-                .min(self.route.batch_limit());
+                .min(self.route.batch_limit(TURN));
             let retried = self.queue.front().is_some_and(|m| m.attempt > 1);
             let stop = if singly == 0 && run > 1 && !retried && self.invoker.batches() {
                 match self.batch(run) {
@@ -276,7 +290,11 @@ impl Calls<'_> {
             .invoke_with_id(&message, &correlation, &route.invocation);
         let elapsed = started.elapsed();
         route.status.metrics.observe(elapsed);
-        route.note_call(elapsed, 1);
+        // A call cut short by a timeout, a trap or the memory limit says
+        // nothing about the handler's usual cost per message.
+        if matches!(outcome, Ok(_) | Err(Failure::Handler { .. })) {
+            route.note_call(elapsed, 1);
+        }
         push(&mut self.done, route, message, correlation, outcome)
     }
 

@@ -25,7 +25,9 @@ const CONFIG_POLL: Duration = Duration::from_millis(250);
 pub(crate) struct Routes {
     /// The configuration in force.
     pub config: Config,
-    slots: HashMap<String, RouteSlot>,
+    /// Looked up for every message; topic names come from the config, so
+    /// a fast hash is safe.
+    slots: HashMap<String, RouteSlot, rustc_hash::FxBuildHasher>,
     runtime: Runtime,
     status: Arc<Status>,
     /// Stops the plugin watcher of the current routes.

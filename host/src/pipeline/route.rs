@@ -139,13 +139,15 @@ impl Route {
     /// The most messages one batch call may take: as many as the handler
     /// usually gets through in a quarter of the route's timeout, which is
     /// the whole call's limit, so a batch of ordinary messages never times
-    /// out (a timed-out batch costs its messages a second call each).
-    pub fn batch_limit(&self) -> usize {
+    /// out (a timed-out batch costs its messages a second call each), and
+    /// in `within`. The route's first call takes one message, to measure
+    /// the handler.
+    pub fn batch_limit(&self, within: Duration) -> usize {
         let per_message = self.call_nanos.load(Ordering::Relaxed);
         if per_message == 0 {
-            return MAX_BATCH_CALL;
+            return 1;
         }
-        let budget = self.invocation.limits.timeout.as_nanos() / 4;
+        let budget = (self.invocation.limits.timeout / 4).min(within).as_nanos();
         let fits = usize::try_from(budget / u128::from(per_message)).unwrap_or(usize::MAX);
         fits.clamp(1, MAX_BATCH_CALL)
     }

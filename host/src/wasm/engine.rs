@@ -1,18 +1,20 @@
 //! The process-wide wasmtime [`Engine`], its [`Linker`] and the epoch ticker
 //! that enforces handler deadlines.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
+    ProfilingStrategy,
 };
 
 use super::bindings;
+use super::cache::CompileCache;
 use super::invoke::{Invoker, StoreState};
 use super::plugin::{LoadError, Plugin};
 
@@ -65,6 +67,9 @@ pub struct RuntimeConfig {
     /// pre-reserved, copy-on-write memory slots). Off only for tools that load
     /// a plugin once, such as `sluice check`.
     pub pooling: bool,
+    /// Where compiled modules are kept between runs (see
+    /// `plugins.cache_dir`); `None` compiles every module at every load.
+    pub compile_cache: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -76,6 +81,7 @@ impl Default for RuntimeConfig {
             epoch_tick: Duration::from_millis(1),
             guest_output_limit: 16 << 10,
             pooling: true,
+            compile_cache: None,
         }
     }
 }
@@ -104,6 +110,7 @@ struct Inner {
     engine: Engine,
     linker: Linker<StoreState>,
     config: RuntimeConfig,
+    cache: Option<CompileCache>,
     /// Advances the engine's epoch; stopped when the runtime is dropped.
     _ticker: EpochTicker,
 }
@@ -117,6 +124,10 @@ impl Runtime {
             .max_wasm_stack(config.max_stack_bytes)
             .cranelift_opt_level(OptLevel::Speed)
             .memory_init_cow(true);
+        // For profiling: perf names guest functions from /tmp/perf-PID.map.
+        if std::env::var_os("SLUICE_PERF_MAP").is_some_and(|v| v == "1") {
+            wasm.profiler(ProfilingStrategy::PerfMap);
+        }
         if config.pooling {
             let n = config.max_instances.max(1);
             let mut pool = PoolingAllocationConfig::new();
@@ -144,6 +155,12 @@ impl Runtime {
         bindings::Plugin::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
             .map_err(RuntimeError::Linker)?;
 
+        // The cache only saves compilations: without it the daemon still runs.
+        let cache = config.compile_cache.as_deref().and_then(|dir| {
+            CompileCache::open(dir, &engine)
+                .inspect_err(|e| tracing::warn!("compiling every module at every load: {e}"))
+                .ok()
+        });
         let ticker =
             EpochTicker::start(engine.clone(), config.epoch_tick).map_err(RuntimeError::Ticker)?;
         Ok(Runtime {
@@ -151,6 +168,7 @@ impl Runtime {
                 engine,
                 linker,
                 config,
+                cache,
                 _ticker: ticker,
             }),
         })
@@ -167,6 +185,32 @@ impl Runtime {
 
     pub(crate) fn linker(&self) -> &Linker<StoreState> {
         &self.inner.linker
+    }
+
+    /// The directory compiled modules are kept in, if the cache is in use.
+    pub fn compile_cache_dir(&self) -> Option<&Path> {
+        self.inner.cache.as_ref().map(CompileCache::dir)
+    }
+
+    /// Compiles the component in `bytes` (module `module`, sha256 `hash`),
+    /// or takes its machine code from the compile cache. Returns whether it
+    /// came from the cache.
+    pub(crate) fn compile(
+        &self,
+        module: &str,
+        hash: &str,
+        bytes: &[u8],
+    ) -> wasmtime::Result<(Component, bool)> {
+        let engine = &self.inner.engine;
+        let Some(cache) = &self.inner.cache else {
+            return Ok((Component::from_binary(engine, bytes)?, false));
+        };
+        if let Some(component) = cache.get(engine, module, hash) {
+            return Ok((component, true));
+        }
+        let component = Component::from_binary(engine, bytes)?;
+        cache.put(module, hash, &component);
+        Ok((component, false))
     }
 
     /// Reads, compiles and validates a plugin file. Compiling is CPU-heavy:

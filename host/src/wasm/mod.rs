@@ -8,11 +8,13 @@
 //! [`Outcome`]: the outputs, or a typed [`Failure`] that the pipeline turns into
 //! a retry or a dead-letter record.
 
+mod cache;
 mod engine;
 mod guest_io;
 mod invoke;
 mod plugin;
 
+pub use cache::CacheError;
 pub use engine::{Isolation, Runtime, RuntimeConfig};
 pub use invoke::{Failure, Invocation, Invoker, Limits, Outcome, TrapKind};
 pub use plugin::{LoadError, Plugin, PluginInfo};

@@ -142,6 +142,8 @@ pub struct Plugin {
     name: String,
     path: PathBuf,
     hash: String,
+    /// Whether the machine code came from the compile cache.
+    from_cache: bool,
     size: usize,
     info: PluginInfo,
     pre: PluginPre<StoreState>,
@@ -167,6 +169,12 @@ impl Plugin {
     /// The module name: the file stem.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether loading took the machine code from the compile cache instead
+    /// of compiling.
+    pub fn from_cache(&self) -> bool {
+        self.from_cache
     }
 
     /// The file it was loaded from.
@@ -227,11 +235,18 @@ impl Plugin {
     ) -> Result<Plugin, LoadError> {
         let path_buf = || path.to_owned();
         check_header(path, bytes)?;
-        let engine = runtime.engine();
-        let component = Component::from_binary(engine, bytes).map_err(|e| LoadError::Invalid {
-            path: path_buf(),
-            reason: format!("{e:#}"),
-        })?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let hash = hex::encode(Sha256::digest(bytes));
+        let (component, from_cache) =
+            runtime
+                .compile(&name, &hash, bytes)
+                .map_err(|e| LoadError::Invalid {
+                    path: path_buf(),
+                    reason: format!("{e:#}"),
+                })?;
         let info = inspect(runtime, path, &component)?;
         let instance_pre =
             runtime
@@ -248,14 +263,11 @@ impl Plugin {
         let indices = PluginIndices::new(&instance_pre).map_err(not_a_handler)?;
         let pre = PluginPre::new(instance_pre).map_err(not_a_handler)?;
         let batch = batch_export(&component);
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
         Ok(Plugin {
             name,
             path: path_buf(),
-            hash: hex::encode(Sha256::digest(bytes)),
+            hash,
+            from_cache,
             size: bytes.len(),
             info,
             pre,

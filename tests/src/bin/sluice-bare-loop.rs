@@ -22,7 +22,9 @@ async fn main() {
     let consumer: Arc<StreamConsumer> = Arc::new(
         ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
-            .set("group.id", format!("bare-{input}"))
+            // One group per output topic, so that every run reads the input
+            // from its start.
+            .set("group.id", format!("bare-{output}"))
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.offset.store", "false")
             .create()
