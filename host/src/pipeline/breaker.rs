@@ -7,7 +7,7 @@
 //! `half_open`, where exactly one probe runs: its success closes the circuit,
 //! its failure opens it again.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -68,6 +68,9 @@ pub struct Breaker {
     state: watch::Sender<CircuitState>,
     /// Transitions into each state, indexed by [`CircuitState::gauge`].
     transitions: [AtomicU64; 3],
+    /// Closed with no failure counted: a success then changes nothing, so
+    /// reporting one (once per message) takes no lock.
+    quiet: AtomicBool,
 }
 
 struct Inner {
@@ -97,6 +100,7 @@ impl Breaker {
             }),
             state: watch::Sender::new(CircuitState::Closed),
             transitions: Default::default(),
+            quiet: AtomicBool::new(true),
         })
     }
 
@@ -134,6 +138,7 @@ impl Breaker {
         inner.failures = 0;
         inner.probing = false;
         self.set(&mut inner, CircuitState::Closed, "manual reset");
+        self.settle(&inner);
     }
 
     /// A plain admission, for work admitted together with an earlier one.
@@ -200,24 +205,41 @@ impl Breaker {
     }
 
     fn report(&self, probe: bool, ok: bool) -> CircuitState {
+        if ok && !probe && self.quiet.load(Ordering::Acquire) {
+            return CircuitState::Closed;
+        }
         let mut inner = self.lock();
+        let state = self.report_locked(&mut inner, probe, ok);
+        self.settle(&inner);
+        state
+    }
+
+    /// Keeps `quiet` in step with the state and the failure count.
+    fn settle(&self, inner: &Inner) {
+        self.quiet.store(
+            inner.state == CircuitState::Closed && inner.failures == 0,
+            Ordering::Release,
+        );
+    }
+
+    fn report_locked(&self, inner: &mut Inner, probe: bool, ok: bool) -> CircuitState {
         match (inner.state, ok) {
             (CircuitState::Closed, true) => inner.failures = 0,
             (CircuitState::Closed, false) => {
                 inner.failures += 1;
                 if inner.threshold > 0 && inner.failures >= inner.threshold {
                     let why = format!("{} consecutive failures", inner.failures);
-                    self.open(&mut inner, &why);
+                    self.open(inner, &why);
                 }
             }
             (CircuitState::HalfOpen, true) if probe => {
                 inner.probing = false;
                 inner.failures = 0;
-                self.set(&mut inner, CircuitState::Closed, "probe succeeded");
+                self.set(inner, CircuitState::Closed, "probe succeeded");
             }
             (CircuitState::HalfOpen, false) if probe => {
                 inner.probing = false;
-                self.open(&mut inner, "probe failed");
+                self.open(inner, "probe failed");
             }
             // Work admitted before the circuit opened, finishing late: the
             // probe alone decides.

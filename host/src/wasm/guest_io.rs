@@ -3,6 +3,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -18,7 +19,14 @@ use super::Level;
 /// the host's memory nor fail because its output was refused.
 #[derive(Clone)]
 pub(crate) struct CappedOutput {
-    inner: Arc<Mutex<Captured>>,
+    inner: Arc<Capture>,
+}
+
+struct Capture {
+    captured: Mutex<Captured>,
+    /// Whether anything was written since the last take: checked after
+    /// every message of a batch, so the usual answer (nothing) takes no lock.
+    written: AtomicBool,
 }
 
 struct Captured {
@@ -30,16 +38,27 @@ struct Captured {
 impl CappedOutput {
     pub(crate) fn new(limit: usize) -> Self {
         CappedOutput {
-            inner: Arc::new(Mutex::new(Captured {
-                buf: Vec::new(),
-                limit,
-                dropped: 0,
-            })),
+            inner: Arc::new(Capture {
+                captured: Mutex::new(Captured {
+                    buf: Vec::new(),
+                    limit,
+                    dropped: 0,
+                }),
+                written: AtomicBool::new(false),
+            }),
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Captured> {
+        self.inner
+            .captured
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn append(&self, bytes: &[u8]) {
-        let mut c = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut c = self.lock();
+        self.inner.written.store(true, Ordering::Release);
         let room = c.limit.saturating_sub(c.buf.len());
         let kept = room.min(bytes.len());
         c.buf.extend_from_slice(&bytes[..kept]);
@@ -48,14 +67,14 @@ impl CappedOutput {
 
     /// Whether nothing was written (or dropped) since the last take.
     pub(crate) fn is_empty(&self) -> bool {
-        let c = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        c.buf.is_empty() && c.dropped == 0
+        !self.inner.written.load(Ordering::Acquire)
     }
 
     /// Takes what was captured since the last call, and how many bytes were
     /// dropped.
     pub(crate) fn take(&self) -> (Vec<u8>, usize) {
-        let mut c = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut c = self.lock();
+        self.inner.written.store(false, Ordering::Release);
         let dropped = std::mem::take(&mut c.dropped);
         (std::mem::take(&mut c.buf), dropped)
     }
