@@ -395,3 +395,51 @@ async fn json_logs_carry_the_message_span_and_a_chatty_module_is_rate_limited() 
     assert_eq!(span["correlation_id"], "corr-noisy");
     assert_eq!(span["module_hash"].as_str().map(str::len), Some(12));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_daemon_takes_its_module_from_the_compile_cache() {
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    broker.create_topic("cached", 1);
+    let cache = tempfile::tempdir().expect("temporary directory");
+    let start = || {
+        let mut config = parse(&config_text(
+            &bootstrap,
+            "cached",
+            "",
+            &misbehave_route("cached", "cached.out", ""),
+        ));
+        config.plugins.cache_dir = Some(cache.path().join("modules"));
+        Daemon::start(config)
+    };
+
+    let first = start();
+    assert_eq!(
+        from_cache(&first).await,
+        Some(false),
+        "the first start compiles"
+    );
+    first.stop().await;
+    let again = start();
+    assert_eq!(
+        from_cache(&again).await,
+        Some(true),
+        "a restart takes the machine code from the cache"
+    );
+    again.stop().await;
+}
+
+/// What `/plugins` says of the module's machine code, once it is loaded
+/// (the HTTP endpoint is up before the modules are).
+async fn from_cache(daemon: &Daemon) -> Option<bool> {
+    let addr = daemon.http_addr().await;
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let plugins = get(addr, "/plugins").await.json();
+        let loaded = &plugins["plugins"][0];
+        if !loaded.is_null() || tokio::time::Instant::now() > deadline {
+            return loaded["from_compile_cache"].as_bool();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
