@@ -412,21 +412,14 @@ async fn a_restarted_daemon_takes_its_module_from_the_compile_cache() {
         config.plugins.cache_dir = Some(cache.path().join("modules"));
         Daemon::start(config)
     };
-
-    let first = start();
-    assert_eq!(
-        from_cache(&first).await,
-        Some(false),
-        "the first start compiles"
-    );
-    first.stop().await;
-    let again = start();
-    assert_eq!(
-        from_cache(&again).await,
-        Some(true),
-        "a restart takes the machine code from the cache"
-    );
-    again.stop().await;
+    for (cached, why) in [
+        (false, "the first start compiles"),
+        (true, "a restart takes the machine code from the cache"),
+    ] {
+        let daemon = start();
+        assert_eq!(from_cache(&daemon).await, Some(cached), "{why}");
+        daemon.stop().await;
+    }
 }
 
 /// What `/plugins` says of the module's machine code, once it is loaded

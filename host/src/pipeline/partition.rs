@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use super::breaker::{Admission, CircuitState};
 use super::dlq::{DeadLetter, ErrorType};
-use super::route::{Route, RouteSlot};
+use super::route::{Route, RouteSlot, TURN};
 use crate::config::RetryOn;
 use crate::status::{RouteStatus, TopicPartition};
 use crate::wasm::{Failure, Header, Invoker, Message, Outcome, Output, Plugin};
@@ -30,14 +30,6 @@ pub const CORRELATION_HEADER: &str = "correlation_id";
 /// Handled messages whose records await acknowledgement, per partition. It
 /// bounds how far production may run ahead of the broker.
 const ACK_QUEUE: usize = 4096;
-
-/// How long a partition keeps a concurrency slot before it lets the next
-/// waiting partition have it (calls are not cut short: a turn ends between
-/// calls, and batch calls are sized to fit in it). With a slow handler and
-/// more busy partitions than `processing.concurrency`, each partition's
-/// messages then wait about one turn per partition ahead of it, not a whole
-/// `batch_size` run of every other partition's calls.
-const TURN: Duration = Duration::from_millis(50);
 
 /// Decides, under one lock, whether a partition's offsets may still be
 /// stored: once it is revoked nothing more is stored for it.
@@ -257,7 +249,7 @@ impl Calls<'_> {
             }
             let run = (limit - self.done.len())
                 .min(self.queue.len())
-                .min(self.route.batch_limit(TURN));
+                .min(self.route.batch_limit());
             let retried = self.queue.front().is_some_and(|m| m.attempt > 1);
             let stop = if singly == 0 && run > 1 && !retried && self.invoker.batches() {
                 match self.batch(run) {

@@ -53,6 +53,14 @@ pub struct Route {
 /// The most messages handed to one `handle-batch` call.
 const MAX_BATCH_CALL: usize = 1024;
 
+/// How long a partition keeps a concurrency slot before it lets the next
+/// waiting partition have it (calls are not cut short: a turn ends between
+/// calls, and batch calls are sized to fit in it). With a slow handler and
+/// more busy partitions than `processing.concurrency`, each partition's
+/// messages then wait about one turn per partition ahead of it, not a whole
+/// `batch_size` run of every other partition's calls.
+pub(super) const TURN: Duration = Duration::from_millis(50);
+
 impl Route {
     /// Builds the run-time route from its configuration and loaded module.
     pub fn new(
@@ -140,14 +148,14 @@ impl Route {
     /// usually gets through in a quarter of the route's timeout, which is
     /// the whole call's limit, so a batch of ordinary messages never times
     /// out (a timed-out batch costs its messages a second call each), and
-    /// in `within`. The route's first call takes one message, to measure
+    /// in a [`TURN`]. The route's first call takes one message, to measure
     /// the handler.
-    pub fn batch_limit(&self, within: Duration) -> usize {
+    pub fn batch_limit(&self) -> usize {
         let per_message = self.call_nanos.load(Ordering::Relaxed);
         if per_message == 0 {
             return 1;
         }
-        let budget = (self.invocation.limits.timeout / 4).min(within).as_nanos();
+        let budget = (self.invocation.limits.timeout / 4).min(TURN).as_nanos();
         let fits = usize::try_from(budget / u128::from(per_message)).unwrap_or(usize::MAX);
         fits.clamp(1, MAX_BATCH_CALL)
     }

@@ -202,14 +202,14 @@ impl Runtime {
         bytes: &[u8],
     ) -> wasmtime::Result<(Component, bool)> {
         let engine = &self.inner.engine;
-        let Some(cache) = &self.inner.cache else {
-            return Ok((Component::from_binary(engine, bytes)?, false));
-        };
-        if let Some(component) = cache.get(engine, module, hash) {
+        let cache = self.inner.cache.as_ref();
+        if let Some(component) = cache.and_then(|c| c.get(engine, module, hash)) {
             return Ok((component, true));
         }
         let component = Component::from_binary(engine, bytes)?;
-        cache.put(module, hash, &component);
+        if let Some(cache) = cache {
+            cache.put(module, hash, &component);
+        }
         Ok((component, false))
     }
 
