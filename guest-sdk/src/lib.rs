@@ -81,14 +81,30 @@
 //! dead-lettered). A panic is neither: it aborts the instance (a trap), which
 //! Sluice handles as a failure of the module, distinct from a handler error.
 //!
+//! # Allocator
+//!
+//! Declaring [`Allocator`] as the handler's global allocator makes the
+//! allocations every call pays for (the message's strings and byte lists,
+//! the outputs) cheaper than with the standard allocator:
+//!
+//! ```
+//! #[global_allocator]
+//! static ALLOCATOR: sluice_guest::Allocator = sluice_guest::Allocator::new();
+//! ```
+//!
+//! The examples do. It keeps freed memory for reuse by blocks of the same
+//! size, so an instance holds on to what its most demanding message needed.
+//!
 //! # Features
 //!
 //! - `json` (default): [`Message::value_json`] and [`Output::json`], through
 //!   `serde_json`.
 
+mod allocator;
 mod helpers;
 mod logging;
 
+pub use allocator::Allocator;
 pub use helpers::{config, config_or, config_or_else};
 pub use logging::log;
 

@@ -1,6 +1,8 @@
 //! End to end, one command: the event bus's Python consumer, a bare Rust
-//! rdkafka loop and `sluice` with the `uppercase` example, one after another
-//! on the same data and the same Tansu broker, each as a process of its own.
+//! rdkafka loop (twice: as it is, and adding to each output the
+//! `correlation_id` header that sluice's outputs carry, as `bare + id`) and
+//! `sluice` with the `uppercase` example, one after another on the same data
+//! and the same Tansu broker, each as a process of its own.
 //! All three upper-case 100-byte (then 1 KiB) values at least once: an
 //! offset is stored only after its output is acknowledged. Then `sluice`
 //! with the `json-router` example against `python_json_consumer.py` (next to
@@ -11,7 +13,8 @@
 //! ```
 //!
 //! For each it prints messages per second (from its start, group join
-//! included, to its last output appearing on its output topic) and CPU time
+//! included, to its last output appearing on its output topic), the same
+//! once running (from its first output to its last), and CPU time
 //! (user + system of its process, start-up included) per message, then the
 //! ratios the goals are stated in. `SLUICE_PYTHON_PEER` names the event
 //! bus's consumer script (arguments: bootstrap, input topic, output topic,
@@ -34,12 +37,18 @@
 //! `target/release/sluice-test-daemon` copied from a build of `main`), run
 //! as `against` with the same config, taking turns with `sluice`: a change
 //! is measured against it in the same script, on the same data.
+//! `SLUICE_BENCH_AGAINST_PLUGINS` gives `against` another directory of
+//! modules (for example the examples built from `main`), to measure a change
+//! to the SDK or the examples; it defaults to this build's modules, and
+//! `SLUICE_BENCH_AGAINST` to this build's daemon when only the modules
+//! differ.
 //!
 //! `sluice` takes its modules' machine code from the compile cache
 //! (`plugins.cache_dir`, at its default), as a restarted daemon does; the
 //! first run after a change of module or of Sluice compiles them (0.17 s of
 //! CPU for `uppercase`, 0.39 s for `json-router` on a 2-core VM).
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -95,6 +104,9 @@ fn watch(
 struct Run {
     name: &'static str,
     per_second: f64,
+    /// From the first output to the last: the rate once running, without
+    /// start-up and the group join (which takes Tansu 0.8 or 1.5 s).
+    running_per_second: f64,
     cpu_per_message: Duration,
 }
 
@@ -127,11 +139,14 @@ fn measure(
     let run = Run {
         name,
         per_second: count as f64 / last.duration_since(started).as_secs_f64(),
+        running_per_second: count.saturating_sub(1) as f64
+            / last.duration_since(first).as_secs_f64().max(1e-9),
         cpu_per_message: cpu / u32::try_from(count).unwrap_or(u32::MAX),
     };
     eprintln!(
-        "  {name}: {:.0} msg/s, {:.2} us CPU per message (first output after {:.2} s)",
+        "  {name}: {:.0} msg/s, {:.0} once running, {:.2} us CPU per message (first output after {:.2} s)",
         run.per_second,
+        run.running_per_second,
         run.cpu_per_message.as_secs_f64() * 1e6,
         first.duration_since(started).as_secs_f64()
     );
@@ -179,6 +194,7 @@ fn python_peer() -> Option<String> {
 /// the config file and must outlive the run.
 fn sluice_command(
     program: &str,
+    plugins: &Path,
     bootstrap: &str,
     group: &str,
     routes: &str,
@@ -189,7 +205,7 @@ fn sluice_command(
          [plugins]\ndir = {dir:?}\n\n\
          [processing]\npartition_queue = {queue}\n{extra}\n\n\
          [http]\nlisten = \"127.0.0.1:0\"\n\n{routes}",
-        dir = plugins_dir().display().to_string(),
+        dir = plugins.display().to_string(),
         queue = count.min(100_000),
         extra = std::env::var("SLUICE_BENCH_PROCESSING")
             .unwrap_or_default()
@@ -223,18 +239,23 @@ fn run_python(
     measure("python", command, bootstrap, output, count, true)
 }
 
-/// The daemons to run: this build as `sluice`, and the one
-/// `SLUICE_BENCH_AGAINST` names as `against`.
-fn daemons() -> Vec<(&'static str, String)> {
+/// The daemons to run, with their modules' directory: this build as
+/// `sluice`, and the one `SLUICE_BENCH_AGAINST` names (with the modules
+/// `SLUICE_BENCH_AGAINST_PLUGINS` names) as `against`.
+fn daemons() -> Vec<(&'static str, String, PathBuf)> {
+    let this = env!("CARGO_BIN_EXE_sluice-test-daemon").to_owned();
     let mut daemons = Vec::new();
     if selected("sluice") {
-        daemons.push((
-            "sluice",
-            env!("CARGO_BIN_EXE_sluice-test-daemon").to_owned(),
-        ));
+        daemons.push(("sluice", this.clone(), plugins_dir()));
     }
-    if let Ok(other) = std::env::var("SLUICE_BENCH_AGAINST") {
-        daemons.push(("against", other));
+    let program = std::env::var("SLUICE_BENCH_AGAINST").ok();
+    let plugins = std::env::var_os("SLUICE_BENCH_AGAINST_PLUGINS").map(PathBuf::from);
+    if program.is_some() || plugins.is_some() {
+        daemons.push((
+            "against",
+            program.unwrap_or(this),
+            plugins.unwrap_or_else(plugins_dir),
+        ));
     }
     daemons
 }
@@ -274,6 +295,7 @@ fn medians(runs: Vec<Run>) -> Vec<Run> {
             Run {
                 name,
                 per_second: median(own.iter().map(|r| r.per_second).collect()),
+                running_per_second: median(own.iter().map(|r| r.running_per_second).collect()),
                 cpu_per_message: Duration::from_secs_f64(median(
                     own.iter()
                         .map(|r| r.cpu_per_message.as_secs_f64())
@@ -321,7 +343,12 @@ fn run(broker: &Broker, size: usize, count: usize, peer: Option<(&str, &str)>) -
 
     let mut runs = Vec::new();
     for rep in 0..repeat() {
-        let outputs = output_topics(broker, ["python", "bare", "sluice", "against"], &tag, rep);
+        let outputs = output_topics(
+            broker,
+            ["python", "bare", "bare-id", "sluice", "against"],
+            &tag,
+            rep,
+        );
         runs.extend(run_once(
             &bootstrap, &input, &outputs, &tag, rep, count, peer,
         ));
@@ -334,7 +361,7 @@ fn run(broker: &Broker, size: usize, count: usize, peer: Option<(&str, &str)>) -
 fn run_once(
     bootstrap: &str,
     input: &str,
-    outputs: &[String; 4],
+    outputs: &[String; 5],
     tag: &str,
     rep: usize,
     count: usize,
@@ -362,12 +389,24 @@ fn run_once(
             count,
             false,
         ));
+        // The same loop with sluice's output: every record carries a
+        // `correlation_id` header.
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice-bare-loop"));
+        command.args([bootstrap, input, &outputs[2], "--correlation-id"]);
+        runs.extend(measure(
+            "bare + id",
+            command,
+            bootstrap,
+            &outputs[2],
+            count,
+            false,
+        ));
     }
-    for (name, program) in daemons() {
-        let output = &outputs[if name == "sluice" { 2 } else { 3 }];
+    for (name, program, plugins) in daemons() {
+        let output = &outputs[if name == "sluice" { 3 } else { 4 }];
         let routes = module_route("uppercase", input, output, "");
         let group = format!("{name}-{tag}-{rep}");
-        let (command, _dir) = sluice_command(&program, bootstrap, &group, &routes, count);
+        let (command, _dir) = sluice_command(&program, &plugins, bootstrap, &group, &routes, count);
         runs.extend(measure(name, command, bootstrap, output, count, false));
     }
     runs
@@ -440,14 +479,14 @@ fn run_json_once(
             count,
         ));
     }
-    for (name, program) in daemons() {
+    for (name, program, plugins) in daemons() {
         let output = &outputs[if name == "sluice" { 1 } else { 2 }];
         let routes = format!(
             "[[routes]]\ntopic = \"{input}\"\nmodule = \"json_router\"\noutput_topics = [\"{output}\"]\n\
              [routes.config]\nhigh_topic = \"{output}\"\ndefault_topic = \"{output}\"\n"
         );
         let group = format!("{name}-json-{rep}");
-        let (command, _dir) = sluice_command(&program, bootstrap, &group, &routes, count);
+        let (command, _dir) = sluice_command(&program, &plugins, bootstrap, &group, &routes, count);
         runs.extend(measure(name, command, bootstrap, output, count, false));
     }
     runs
@@ -455,12 +494,16 @@ fn run_json_once(
 
 fn print_runs(title: &str, runs: &[Run]) {
     println!("\n{title}");
-    println!("{:>10} {:>12} {:>16}", "", "msg/s", "CPU us/message");
+    println!(
+        "{:>10} {:>12} {:>20} {:>16}",
+        "", "msg/s", "msg/s once running", "CPU us/message"
+    );
     for r in runs {
         println!(
-            "{:>10} {:>12.0} {:>16.2}",
+            "{:>10} {:>12.0} {:>20.0} {:>16.2}",
             r.name,
             r.per_second,
+            r.running_per_second,
             r.cpu_per_message.as_secs_f64() * 1e6
         );
     }
@@ -478,9 +521,10 @@ fn cpu_ratio(sluice: &Run, other: &Run) -> f64 {
 fn print_against(runs: &[Run]) {
     if let (Some(sluice), Some(against)) = (find(runs, "sluice"), find(runs, "against")) {
         println!(
-            "sluice / against: CPU per message {:.2}, msg/s {:.2}",
+            "sluice / against: CPU per message {:.2}, msg/s {:.2}, once running {:.2}",
             cpu_ratio(sluice, against),
-            sluice.per_second / against.per_second
+            sluice.per_second / against.per_second,
+            sluice.running_per_second / against.running_per_second
         );
     }
 }
@@ -518,11 +562,16 @@ fn main() {
             );
         }
         print_against(&runs);
-        if let (Some(sluice), Some(bare)) = (find(&runs, "sluice"), find(&runs, "bare loop")) {
-            println!(
-                "sluice msg/s / bare loop's: {:.2} (goal >= 0.9)",
-                sluice.per_second / bare.per_second
-            );
+        for bare in ["bare loop", "bare + id"] {
+            if let (Some(sluice), Some(bare)) = (find(&runs, "sluice"), find(&runs, bare)) {
+                println!(
+                    "sluice / {}: msg/s {:.2} (goal >= 0.9), once running {:.2}, CPU per message {:.2}",
+                    bare.name,
+                    sluice.per_second / bare.per_second,
+                    sluice.running_per_second / bare.running_per_second,
+                    cpu_ratio(sluice, bare)
+                );
+            }
         }
     }
     if json {

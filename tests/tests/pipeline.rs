@@ -666,3 +666,68 @@ async fn busy_partitions_take_turns_when_handlers_are_slow() {
     );
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_output_correlation_id_off_outputs_carry_only_the_handlers_headers() {
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    for topic in ["plain", "plain.out", "bad", "bad.out", "plain.dlq"] {
+        broker.create_topic(topic, 1);
+    }
+    produce(
+        &bootstrap,
+        "plain",
+        [
+            Send {
+                partition: Some(0),
+                key: None,
+                value: b"untraced",
+                headers: &[],
+            },
+            Send {
+                partition: Some(0),
+                key: None,
+                value: b"traced",
+                headers: &[("correlation_id", b"corr-kept"), ("trace", b"t-1")],
+            },
+        ],
+    )
+    .await;
+    produce_values(&bootstrap, "bad", 1, &["permanent".to_owned()]).await;
+
+    // `uppercase` returns the input's headers as its output's.
+    let routes = format!(
+        "{}{}",
+        uppercase_route("plain", "plain.out"),
+        misbehave_route("bad", "bad.out", "")
+    );
+    let kafka = "dead_letter_topic = \"plain.dlq\"";
+    let mut config = parse(&config_text(&bootstrap, "plain-headers", kafka, &routes));
+    config.processing.output_correlation_id = false;
+    let _daemon = Daemon::start(config);
+
+    let out = read_topic(&bootstrap, "plain.out", 1, 2, LONG, SETTLE);
+    let texts: Vec<String> = out.iter().map(Record::text).collect();
+    assert_eq!(texts, ["UNTRACED", "TRACED"]);
+    assert_eq!(
+        out[0].headers,
+        [],
+        "no header is added to an output whose handler returned none"
+    );
+    assert_eq!(
+        out[1].headers,
+        [
+            ("correlation_id".to_owned(), b"corr-kept".to_vec()),
+            ("trace".to_owned(), b"t-1".to_vec())
+        ],
+        "the handler's headers, exactly as it returned them"
+    );
+    let dlq = read_topic(&bootstrap, "plain.dlq", 1, 1, LONG, SETTLE);
+    assert!(
+        dlq[0]
+            .header("correlation_id")
+            .is_some_and(|id| id.len() == 36),
+        "dead letters still carry a (generated) correlation id: {:?}",
+        dlq[0].headers
+    );
+}

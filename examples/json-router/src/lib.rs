@@ -18,6 +18,11 @@
 use serde_json::{Map, Value};
 use sluice_guest::{HandlerError, Message, Output};
 
+/// Cheaper allocations than the standard allocator's (see
+/// `sluice_guest::Allocator`).
+#[global_allocator]
+static ALLOCATOR: sluice_guest::Allocator = sluice_guest::Allocator::new();
+
 struct JsonRouter;
 
 impl sluice_guest::Handler for JsonRouter {

@@ -11,6 +11,11 @@
 
 use sluice_guest::{HandlerError, Message, Output};
 
+/// Cheaper allocations than the standard allocator's (see
+/// `sluice_guest::Allocator`).
+#[global_allocator]
+static ALLOCATOR: sluice_guest::Allocator = sluice_guest::Allocator::new();
+
 struct Uppercase;
 
 impl sluice_guest::Handler for Uppercase {

@@ -302,6 +302,11 @@ pub struct ProcessingConfig {
     /// sizes the instance pool's memory slots.
     #[serde(default = "default_max_memory_mb")]
     pub max_memory_mb: u64,
+    /// Whether every output carries a `correlation_id` header (the input's,
+    /// or a new UUID). Off, outputs carry only the headers the handler
+    /// returns. Dead letters always carry it.
+    #[serde(default = "default_output_correlation_id")]
+    pub output_correlation_id: bool,
 }
 
 impl Default for ProcessingConfig {
@@ -314,6 +319,7 @@ impl Default for ProcessingConfig {
             commit_interval_seconds: default_commit_interval_seconds(),
             isolation: Isolation::default(),
             max_memory_mb: default_max_memory_mb(),
+            output_correlation_id: default_output_correlation_id(),
         }
     }
 }
@@ -438,6 +444,9 @@ fn default_batch_size() -> usize {
     // exports handle-batch, the call itself; docs/performance.md has the
     // figures behind it.
     256
+}
+fn default_output_correlation_id() -> bool {
+    true
 }
 fn default_drain_timeout_seconds() -> f64 {
     // Well inside librdkafka's default 45 s session timeout.

@@ -55,6 +55,9 @@ pub(crate) struct Shared {
     /// Bounds how many handler calls run at once.
     slots: Semaphore,
     batch_size: usize,
+    /// `processing.output_correlation_id`: whether outputs carry the
+    /// message's correlation id.
+    output_correlation_id: bool,
     status: Arc<Status>,
 }
 
@@ -317,6 +320,7 @@ pub async fn run_with_bootstrap(
         consumer: consumer.clone(),
         slots: Semaphore::new(concurrency),
         batch_size: p.batch_size,
+        output_correlation_id: p.output_correlation_id,
         status: status.clone(),
     });
     let mut broker_circuit = status.broker.subscribe();

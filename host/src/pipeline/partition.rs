@@ -729,6 +729,20 @@ fn new_correlation_id() -> String {
         .to_string()
 }
 
+/// The handler's headers, as it returned them.
+fn handler_headers(headers: &[Header]) -> OwnedHeaders {
+    headers
+        .iter()
+        .fold(OwnedHeaders::new_with_capacity(headers.len()), |out, h| {
+            out.insert(KafkaHeader {
+                key: &h.key,
+                value: Some(&h.value),
+            })
+        })
+}
+
+/// The handler's headers, with the message's correlation id in place of any
+/// `correlation_id` header of its own.
 fn kafka_headers(headers: &[Header], correlation: &str) -> OwnedHeaders {
     let mut out = OwnedHeaders::new_with_capacity(headers.len() + 1);
     for h in headers.iter().filter(|h| h.key != CORRELATION_HEADER) {
@@ -754,8 +768,12 @@ async fn produce_all(
 ) -> Option<Vec<DeliveryFuture>> {
     let mut deliveries = Vec::with_capacity(records.len());
     for record in records {
-        let headers = kafka_headers(&record.headers, correlation);
-        let mut future = FutureRecord::to(&record.topic).headers(headers);
+        let mut future = FutureRecord::to(&record.topic);
+        if shared.output_correlation_id {
+            future = future.headers(kafka_headers(&record.headers, correlation));
+        } else if !record.headers.is_empty() {
+            future = future.headers(handler_headers(&record.headers));
+        }
         if let Some(key) = &record.key {
             future = future.key(key);
         }

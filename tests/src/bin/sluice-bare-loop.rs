@@ -3,21 +3,29 @@
 //! same delivery guarantee (an offset is stored only after its output is
 //! acknowledged; stored offsets are committed on librdkafka's timer).
 //!
-//! `sluice-bare-loop BOOTSTRAP INPUT OUTPUT` runs until SIGTERM or SIGINT.
+//! `sluice-bare-loop BOOTSTRAP INPUT OUTPUT [--correlation-id]` runs until
+//! SIGTERM or SIGINT. With `--correlation-id` every output carries a
+//! `correlation_id` header with a fresh UUID, as sluice's outputs do for
+//! inputs without one, so that the two produce the same records.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message as _};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [bootstrap, input, output] = args.as_slice() else {
-        eprintln!("usage: sluice-bare-loop BOOTSTRAP INPUT OUTPUT");
-        std::process::exit(2);
+    let (bootstrap, input, output, correlation) = match args.as_slice() {
+        [b, i, o] => (b, i, o, false),
+        [b, i, o, flag] if flag == "--correlation-id" => (b, i, o, true),
+        _ => {
+            eprintln!("usage: sluice-bare-loop BOOTSTRAP INPUT OUTPUT [--correlation-id]");
+            std::process::exit(2);
+        }
     };
     let consumer: Arc<StreamConsumer> = Arc::new(
         ClientConfig::new()
@@ -63,6 +71,15 @@ async fn main() {
         let Ok(m) = message else { continue };
         let value = m.payload().map(<[u8]>::to_ascii_uppercase);
         let mut record = FutureRecord::<[u8], Vec<u8>>::to(output);
+        if correlation {
+            let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
+                .into_uuid()
+                .to_string();
+            record = record.headers(OwnedHeaders::new_with_capacity(1).insert(Header {
+                key: "correlation_id",
+                value: Some(&id),
+            }));
+        }
         if let Some(key) = m.key() {
             record = record.key(key);
         }
