@@ -26,6 +26,11 @@ use std::time::{Duration, Instant};
 
 use sluice_guest::{HandlerError, Message, Output};
 
+/// The SDK's allocator, as in the other examples: a handler that exhausts
+/// its memory or traps with it fails exactly as with the standard one.
+#[global_allocator]
+static ALLOCATOR: sluice_guest::Allocator = sluice_guest::Allocator::new();
+
 struct Misbehave;
 
 impl sluice_guest::Handler for Misbehave {
