@@ -379,28 +379,16 @@ fn run_once(
         ));
     }
     if selected("bare") {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice-bare-loop"));
-        command.args([bootstrap, input, &outputs[1]]);
-        runs.extend(measure(
-            "bare loop",
-            command,
-            bootstrap,
-            &outputs[1],
-            count,
-            false,
-        ));
-        // The same loop with sluice's output: every record carries a
+        // As it is, and with sluice's output: every record carrying a
         // `correlation_id` header.
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice-bare-loop"));
-        command.args([bootstrap, input, &outputs[2], "--correlation-id"]);
-        runs.extend(measure(
-            "bare + id",
-            command,
-            bootstrap,
-            &outputs[2],
-            count,
-            false,
-        ));
+        for (name, output, extra) in [
+            ("bare loop", &outputs[1], None),
+            ("bare + id", &outputs[2], Some("--correlation-id")),
+        ] {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_sluice-bare-loop"));
+            command.args([bootstrap, input, output]).args(extra);
+            runs.extend(measure(name, command, bootstrap, output, count, false));
+        }
     }
     for (name, program, plugins) in daemons() {
         let output = &outputs[if name == "sluice" { 3 } else { 4 }];

@@ -729,32 +729,26 @@ fn new_correlation_id() -> String {
         .to_string()
 }
 
-/// The handler's headers, as it returned them.
-fn handler_headers(headers: &[Header]) -> OwnedHeaders {
-    headers
-        .iter()
-        .fold(OwnedHeaders::new_with_capacity(headers.len()), |out, h| {
-            out.insert(KafkaHeader {
-                key: &h.key,
-                value: Some(&h.value),
-            })
-        })
-}
-
-/// The handler's headers, with the message's correlation id in place of any
-/// `correlation_id` header of its own.
-fn kafka_headers(headers: &[Header], correlation: &str) -> OwnedHeaders {
+/// The headers the handler returned for an output; with `correlation`, that
+/// id in place of any `correlation_id` header of the handler's own.
+fn kafka_headers(headers: &[Header], correlation: Option<&str>) -> OwnedHeaders {
     let mut out = OwnedHeaders::new_with_capacity(headers.len() + 1);
-    for h in headers.iter().filter(|h| h.key != CORRELATION_HEADER) {
+    for h in headers
+        .iter()
+        .filter(|h| correlation.is_none() || h.key != CORRELATION_HEADER)
+    {
         out = out.insert(KafkaHeader {
             key: &h.key,
             value: Some(&h.value),
         });
     }
-    out.insert(KafkaHeader {
-        key: CORRELATION_HEADER,
-        value: Some(correlation),
-    })
+    match correlation {
+        Some(id) => out.insert(KafkaHeader {
+            key: CORRELATION_HEADER,
+            value: Some(id),
+        }),
+        None => out,
+    }
 }
 
 /// Enqueues records with the producer, waiting while its queue is full.
@@ -766,13 +760,12 @@ async fn produce_all(
     correlation: &str,
     cancel: &CancellationToken,
 ) -> Option<Vec<DeliveryFuture>> {
+    let correlation = shared.output_correlation_id.then_some(correlation);
     let mut deliveries = Vec::with_capacity(records.len());
     for record in records {
         let mut future = FutureRecord::to(&record.topic);
-        if shared.output_correlation_id {
+        if correlation.is_some() || !record.headers.is_empty() {
             future = future.headers(kafka_headers(&record.headers, correlation));
-        } else if !record.headers.is_empty() {
-            future = future.headers(handler_headers(&record.headers));
         }
         if let Some(key) = &record.key {
             future = future.key(key);
