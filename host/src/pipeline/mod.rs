@@ -7,6 +7,7 @@
 //! (see [`crate::wasm`]).
 
 mod breaker;
+mod delivery;
 pub mod dlq;
 mod partition;
 mod reload;
@@ -25,7 +26,7 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers as _};
-use rdkafka::producer::{FutureProducer, Producer as _};
+use rdkafka::producer::Producer as _;
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -50,7 +51,7 @@ type Partitions = HashMap<TopicPartition, PartitionHandle, rustc_hash::FxBuildHa
 
 /// State shared by the main loop and every partition worker.
 pub(crate) struct Shared {
-    producer: FutureProducer,
+    producer: delivery::Producer,
     consumer: Arc<StreamConsumer<RebalanceContext>>,
     /// Bounds how many handler calls run at once.
     slots: Semaphore,
@@ -287,8 +288,8 @@ pub async fn run_with_bootstrap(
     // The routes in force; their modules are watched for new versions.
     let mut live = reload::Routes::new(config.clone(), routes, runtime, status.clone(), &stop_all);
 
-    let producer: FutureProducer = kafka::producer_config(&config, bootstrap)
-        .create()
+    let producer: delivery::Producer = kafka::producer_config(&config, bootstrap)
+        .create_with_context(delivery::Deliveries)
         .context("creating the Kafka producer")?;
     let context = RebalanceContext {
         gates: Mutex::new(HashMap::new()),

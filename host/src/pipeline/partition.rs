@@ -6,23 +6,20 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
-use rdkafka::Message as _;
 use rdkafka::consumer::Consumer as _;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header as KafkaHeader, Headers as _, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{DeliveryFuture, FutureRecord};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::breaker::{Admission, CircuitState};
+use super::delivery::{Receipt, produce_all, settle};
 use super::dlq::{DeadLetter, ErrorType};
 use super::route::{Route, RouteSlot, TURN};
 use crate::config::RetryOn;
 use crate::status::{RouteStatus, TopicPartition};
-use crate::wasm::{Failure, Header, Invoker, Message, Outcome, Output, Plugin};
+use crate::wasm::{Failure, Invoker, Message, Outcome, Output, Plugin};
 
 /// The header that carries a message's correlation id.
 pub const CORRELATION_HEADER: &str = "correlation_id";
@@ -87,7 +84,9 @@ struct Handled {
 /// What the worker hands the acknowledger for one message.
 struct Pending {
     offset: i64,
-    deliveries: Vec<DeliveryFuture>,
+    /// The broker's answers for its records; `None` when it has none left
+    /// to wait for.
+    receipt: Option<Arc<Receipt>>,
     /// Whether the records are the message's dead letter.
     dead_letter: bool,
 }
@@ -544,7 +543,7 @@ pub async fn run_worker(
                     }
                 };
                 // The message is done once every record is acknowledged.
-                let Some(mut deliveries) =
+                let Ok(mut receipt) =
                     produce_all(&shared, records, &correlation, &gate.cancel).await
                 else {
                     break 'messages;
@@ -552,31 +551,27 @@ pub async fn run_worker(
                 let admission = broker
                     .take()
                     .unwrap_or_else(|| shared.status.broker.admission());
-                if admission.is_probe() {
+                if admission.is_probe()
+                    && let Some(receipt) = receipt.take()
+                {
                     // The broker's probe: its outcome is awaited here, before
                     // anything else is produced.
-                    let mut admission = Some(admission);
-                    for delivery in deliveries.drain(..) {
-                        let admission = admission
-                            .take()
-                            .unwrap_or_else(|| shared.status.broker.admission());
-                        if !await_delivery(
-                            &shared,
-                            &route.status,
-                            &gate,
-                            delivery,
-                            admission,
-                            dead_letter_record,
-                        )
-                        .await
-                        {
-                            break 'messages;
-                        }
+                    if !settle(
+                        &shared,
+                        &route.status,
+                        &gate,
+                        &receipt,
+                        admission,
+                        dead_letter_record,
+                    )
+                    .await
+                    {
+                        break 'messages;
                     }
                 }
                 let pending = Pending {
                     offset: message.offset,
-                    deliveries,
+                    receipt,
                     dead_letter: dead_letter_record,
                 };
                 if ack_tx.send(pending).await.is_err() {
@@ -729,86 +724,8 @@ fn new_correlation_id() -> String {
         .to_string()
 }
 
-/// The headers the handler returned for an output; with `correlation`, that
-/// id in place of any `correlation_id` header of the handler's own.
-fn kafka_headers(headers: &[Header], correlation: Option<&str>) -> OwnedHeaders {
-    let mut out = OwnedHeaders::new_with_capacity(headers.len() + 1);
-    for h in headers
-        .iter()
-        .filter(|h| correlation.is_none() || h.key != CORRELATION_HEADER)
-    {
-        out = out.insert(KafkaHeader {
-            key: &h.key,
-            value: Some(&h.value),
-        });
-    }
-    match correlation {
-        Some(id) => out.insert(KafkaHeader {
-            key: CORRELATION_HEADER,
-            value: Some(id),
-        }),
-        None => out,
-    }
-}
-
-/// Enqueues records with the producer, waiting while its queue is full.
-/// Returns `None` when cancelled before every record was enqueued: the
-/// message must then not be acknowledged.
-async fn produce_all(
-    shared: &Shared,
-    records: Vec<Output>,
-    correlation: &str,
-    cancel: &CancellationToken,
-) -> Option<Vec<DeliveryFuture>> {
-    let correlation = shared.output_correlation_id.then_some(correlation);
-    let mut deliveries = Vec::with_capacity(records.len());
-    for record in records {
-        let mut future = FutureRecord::to(&record.topic);
-        if correlation.is_some() || !record.headers.is_empty() {
-            future = future.headers(kafka_headers(&record.headers, correlation));
-        }
-        if let Some(key) = &record.key {
-            future = future.key(key);
-        }
-        if let Some(value) = &record.value {
-            future = future.payload(value);
-        }
-        deliveries.push(enqueue(shared, future, cancel).await?);
-    }
-    Some(deliveries)
-}
-
-async fn enqueue<'a>(
-    shared: &Shared,
-    mut record: FutureRecord<'a, Vec<u8>, Vec<u8>>,
-    cancel: &CancellationToken,
-) -> Option<DeliveryFuture> {
-    loop {
-        match shared.producer.send_result(record) {
-            Ok(delivery) => return Some(delivery),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                record = back;
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(1)) => {}
-                    () = cancel.cancelled() => return None,
-                }
-            }
-            Err((e, back)) => {
-                // A local error (for example a record too large): report it
-                // as a failed delivery so the acknowledger retries it.
-                tracing::warn!(topic = back.topic, "cannot enqueue record: {e}");
-                record = back;
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    () = cancel.cancelled() => return None,
-                }
-            }
-        }
-    }
-}
-
-/// Awaits acknowledgements in order and stores each offset once its own and
-/// every earlier message's records are acknowledged. A record the broker
+/// Settles handled messages in order and stores each offset once its own
+/// and every earlier message's records are acknowledged. A record the broker
 /// refused is produced again; its offset waits.
 async fn run_acker(
     tp: TopicPartition,
@@ -823,13 +740,13 @@ async fn run_acker(
         // every message before it.
         let mut last_acked = None;
         for pending in ready.drain(..) {
-            for delivery in pending.deliveries {
+            if let Some(receipt) = &pending.receipt {
                 let admission = shared.status.broker.admission();
-                if !await_delivery(
+                if !settle(
                     &shared,
                     &route,
                     &gate,
-                    delivery,
+                    receipt,
                     admission,
                     pending.dead_letter,
                 )
@@ -846,82 +763,6 @@ async fn run_acker(
         }
         if let Some(offset) = last_acked {
             gate.store(&shared, &tp, offset);
-        }
-    }
-}
-
-/// Waits for one record's acknowledgement, reporting it to the broker
-/// breaker, and produces it again after a failure once the breaker admits
-/// it (at once while closed; while open, as its half-open probe or after
-/// another record's probe closed it). Returns false when it gave up because
-/// the partition was revoked or the daemon is shutting down.
-async fn await_delivery(
-    shared: &Shared,
-    route: &RouteStatus,
-    gate: &Gate,
-    mut delivery: DeliveryFuture,
-    mut admission: Admission,
-    dead_letter: bool,
-) -> bool {
-    let breaker = &shared.status.broker;
-    let metrics = &route.metrics;
-    let mut failures = 0u32;
-    loop {
-        let failed: OwnedMessage = match delivery.await {
-            Ok(Ok(_)) => {
-                admission.report(true);
-                if dead_letter {
-                    metrics.dlq_published.fetch_add(1, Ordering::Relaxed);
-                }
-                return true;
-            }
-            Ok(Err((error, message))) => {
-                failures += 1;
-                let state = admission.report(false);
-                shared
-                    .status
-                    .produce_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                if dead_letter {
-                    metrics.dlq_failures.fetch_add(1, Ordering::Relaxed);
-                }
-                tracing::warn!(
-                    topic = message.topic(),
-                    failures,
-                    broker_circuit = state.as_str(),
-                    "record not acknowledged by the broker; it will be produced again: {error}"
-                );
-                message
-            }
-            Err(_canceled) => return false,
-        };
-        drop(admission);
-        let delay = Duration::from_millis(100u64.saturating_mul(1 << failures.min(6)));
-        admission = tokio::select! {
-            admission = async {
-                tokio::time::sleep(delay).await;
-                breaker.admit().await
-            } => admission,
-            () = gate.cancel.cancelled() => return false,
-        };
-        let mut headers = OwnedHeaders::new();
-        if let Some(h) = failed.headers() {
-            for header in h.iter() {
-                headers = headers.insert(header);
-            }
-        }
-        let mut record = FutureRecord::to(failed.topic()).headers(headers);
-        let key = failed.key().map(<[u8]>::to_vec);
-        let payload = failed.payload().map(<[u8]>::to_vec);
-        if let Some(key) = &key {
-            record = record.key(key);
-        }
-        if let Some(payload) = &payload {
-            record = record.payload(payload);
-        }
-        match enqueue(shared, record, &gate.cancel).await {
-            Some(next) => delivery = next,
-            None => return false,
         }
     }
 }

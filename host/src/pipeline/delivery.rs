@@ -1,0 +1,265 @@
+//! Producing a handled message's records, and learning when the broker has
+//! acknowledged every one of them.
+//!
+//! All the records produced for one message carry the message's [`Receipt`]
+//! as their delivery opaque. The producer's polling thread counts the
+//! broker's answers down on it and keeps the records it refused, so a
+//! message costs one small allocation for all its records, and the
+//! acknowledger wakes only when it waits for a message that is not yet
+//! settled.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{
+    Header as KafkaHeader, Headers as _, Message as _, OwnedHeaders, OwnedMessage,
+};
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use super::breaker::Admission;
+use super::partition::{CORRELATION_HEADER, Gate};
+use crate::status::RouteStatus;
+use crate::wasm::{Header, Output};
+
+/// The producer of outputs and dead-letter records.
+pub type Producer = ThreadedProducer<Deliveries>;
+
+/// A record on its way to the producer.
+type Record<'a> = BaseRecord<'a, [u8], [u8], Arc<Receipt>>;
+
+/// The producer's context: hands each delivery report to the receipt of the
+/// message the record was produced for.
+pub struct Deliveries;
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Arc<Receipt>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, receipt: Arc<Receipt>) {
+        if let Err((error, message)) = result {
+            receipt
+                .refused
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((error.clone(), message.detach()));
+        }
+        if receipt.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            receipt.settled.notify_one();
+        }
+    }
+}
+
+/// The broker's answers for the records of one message.
+#[derive(Default)]
+pub struct Receipt {
+    /// Records enqueued and not answered yet.
+    outstanding: AtomicUsize,
+    /// Records enqueued in all, retries included.
+    enqueued: AtomicUsize,
+    /// Records the broker refused (or librdkafka gave up on), with why.
+    refused: Mutex<Vec<(KafkaError, OwnedMessage)>>,
+    /// Notified when `outstanding` drops to zero.
+    settled: Notify,
+}
+
+impl Receipt {
+    /// Waits until every record enqueued so far is answered; returns those
+    /// refused since the last call.
+    async fn answers(&self) -> Vec<(KafkaError, OwnedMessage)> {
+        // `notify_one` keeps a permit when nobody waits yet, so an answer
+        // arriving between the check and the wait is not missed.
+        while self.outstanding.load(Ordering::Acquire) > 0 {
+            self.settled.notified().await;
+        }
+        std::mem::take(&mut *self.refused.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// Produced while cancelled: the message's records were not all enqueued, so
+/// it must not be acknowledged.
+pub struct Cancelled;
+
+/// The headers the handler returned for an output; with `correlation`, that
+/// id in place of any `correlation_id` header of the handler's own.
+fn kafka_headers(headers: &[Header], correlation: Option<&str>) -> OwnedHeaders {
+    let mut out = OwnedHeaders::new_with_capacity(headers.len() + 1);
+    for h in headers
+        .iter()
+        .filter(|h| correlation.is_none() || h.key != CORRELATION_HEADER)
+    {
+        out = out.insert(KafkaHeader {
+            key: &h.key,
+            value: Some(&h.value),
+        });
+    }
+    match correlation {
+        Some(id) => out.insert(KafkaHeader {
+            key: CORRELATION_HEADER,
+            value: Some(id),
+        }),
+        None => out,
+    }
+}
+
+/// Enqueues a message's records with the producer, waiting while its queue
+/// is full. Returns the receipt to settle, or `None` when there are no
+/// records.
+pub async fn produce_all(
+    shared: &Shared,
+    records: Vec<Output>,
+    correlation: &str,
+    cancel: &CancellationToken,
+) -> Result<Option<Arc<Receipt>>, Cancelled> {
+    if records.is_empty() {
+        return Ok(None);
+    }
+    let correlation = shared.output_correlation_id.then_some(correlation);
+    let receipt = Arc::new(Receipt::default());
+    for record in &records {
+        let mut base = Record::with_opaque_to(&record.topic, receipt.clone());
+        if correlation.is_some() || !record.headers.is_empty() {
+            base = base.headers(kafka_headers(&record.headers, correlation));
+        }
+        if let Some(key) = &record.key {
+            base = base.key(key);
+        }
+        if let Some(value) = &record.value {
+            base = base.payload(value);
+        }
+        enqueue(&shared.producer, base, cancel).await?;
+    }
+    Ok(Some(receipt))
+}
+
+/// Enqueues one record, counting it on its receipt, and retries while the
+/// producer refuses it locally (a full queue; any other local error is
+/// logged and retried more slowly).
+async fn enqueue(
+    producer: &Producer,
+    mut record: Record<'_>,
+    cancel: &CancellationToken,
+) -> Result<(), Cancelled> {
+    let receipt = record.delivery_opaque.clone();
+    receipt.enqueued.fetch_add(1, Ordering::Relaxed);
+    // Counted before it is sent: its answer may come before `send` returns.
+    receipt.outstanding.fetch_add(1, Ordering::AcqRel);
+    loop {
+        let delay = match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                Duration::from_millis(1)
+            }
+            Err((e, back)) => {
+                tracing::warn!(topic = back.topic, "cannot enqueue record: {e}");
+                record = back;
+                Duration::from_millis(100)
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = cancel.cancelled() => return Err(Cancelled),
+        }
+    }
+}
+
+/// Waits for the broker's answers to a message's records and reports them
+/// to the broker breaker, the first with `admission`. A refused record is
+/// produced again once the breaker admits it (at once while closed; while
+/// open, as its half-open probe or after another record's probe closed it),
+/// until it is acknowledged. Returns false when it gave up because the
+/// partition was revoked or the daemon is shutting down.
+pub async fn settle(
+    shared: &Shared,
+    route: &RouteStatus,
+    gate: &Gate,
+    receipt: &Arc<Receipt>,
+    admission: Admission,
+    dead_letter: bool,
+) -> bool {
+    let breaker = &shared.status.broker;
+    let metrics = &route.metrics;
+    let refused = receipt.answers().await;
+    let mut admission = Some(admission);
+    let mut next_admission = || admission.take().unwrap_or_else(|| breaker.admission());
+    if refused.len() < receipt.enqueued.load(Ordering::Relaxed) {
+        next_admission().report(true);
+    }
+    for (mut error, mut message) in refused {
+        let mut admission = next_admission();
+        let mut failures = 0u32;
+        loop {
+            failures += 1;
+            let state = admission.report(false);
+            shared
+                .status
+                .produce_failures
+                .fetch_add(1, Ordering::Relaxed);
+            if dead_letter {
+                metrics.dlq_failures.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::warn!(
+                topic = message.topic(),
+                failures,
+                broker_circuit = state.as_str(),
+                "record not acknowledged by the broker; it will be produced again: {error}"
+            );
+            drop(admission);
+            let delay = Duration::from_millis(100u64.saturating_mul(1 << failures.min(6)));
+            admission = tokio::select! {
+                admission = async {
+                    tokio::time::sleep(delay).await;
+                    breaker.admit().await
+                } => admission,
+                () = gate.cancel.cancelled() => return false,
+            };
+            if produce_again(shared, &message, receipt, &gate.cancel)
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            match receipt.answers().await.pop() {
+                None => {
+                    admission.report(true);
+                    break;
+                }
+                Some(again) => (error, message) = again,
+            }
+        }
+    }
+    if dead_letter {
+        metrics.dlq_published.fetch_add(1, Ordering::Relaxed);
+    }
+    true
+}
+
+/// Produces a refused record again, as it was, on the same receipt.
+async fn produce_again(
+    shared: &Shared,
+    failed: &OwnedMessage,
+    receipt: &Arc<Receipt>,
+    cancel: &CancellationToken,
+) -> Result<(), Cancelled> {
+    let mut headers = OwnedHeaders::new();
+    if let Some(h) = failed.headers() {
+        for header in h.iter() {
+            headers = headers.insert(header);
+        }
+    }
+    let mut record = Record::with_opaque_to(failed.topic(), receipt.clone()).headers(headers);
+    if let Some(key) = failed.key() {
+        record = record.key(key);
+    }
+    if let Some(payload) = failed.payload() {
+        record = record.payload(payload);
+    }
+    enqueue(&shared.producer, record, cancel).await
+}
