@@ -387,10 +387,12 @@ pub async fn run_with_bootstrap(
                             status.set_reachable(true);
                         }
                         status.count_consumed();
-                        let Some(slot) = live.get(m.topic()) else { break 'one };
+                        // Read once: each read measures and checks the name.
+                        let topic = m.topic();
+                        let Some(slot) = live.get(topic) else { break 'one };
                         let tp = match &last {
-                            Some(tp) if tp.1 == m.partition() && tp.0 == m.topic() => tp,
-                            _ => last.insert((m.topic().to_owned(), m.partition())),
+                            Some(tp) if tp.1 == m.partition() && tp.0 == topic => tp,
+                            _ => last.insert((topic.to_owned(), m.partition())),
                         };
                         if !partitions.contains_key(tp) {
                             let (tx, rx) = mpsc::channel(p.partition_queue);
@@ -405,7 +407,7 @@ pub async fn run_with_bootstrap(
                             partitions.insert(tp.clone(), PartitionHandle { tx, overflow: VecDeque::new(), gate });
                         }
                         let Some(handle) = partitions.get_mut(tp) else { break 'one };
-                        let message = to_message(&m);
+                        let message = to_message(&m, topic);
                         drop(m);
                         dispatch(&consumer, tp, handle, message);
                     }
@@ -594,7 +596,7 @@ fn drop_revoked(
 }
 
 /// Copies a consumed message into the handler's message type.
-fn to_message(m: &BorrowedMessage<'_>) -> Message {
+fn to_message(m: &BorrowedMessage<'_>, topic: &str) -> Message {
     let headers = m.headers().map_or_else(Vec::new, |hs| {
         hs.iter()
             .map(|h| Header {
@@ -604,7 +606,7 @@ fn to_message(m: &BorrowedMessage<'_>) -> Message {
             .collect()
     });
     Message {
-        topic: m.topic().to_owned(),
+        topic: topic.to_owned(),
         partition: m.partition(),
         offset: m.offset(),
         timestamp: m.timestamp().to_millis(),
