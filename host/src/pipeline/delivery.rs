@@ -43,16 +43,11 @@ impl ProducerContext for Deliveries {
     type DeliveryOpaque = Arc<Receipt>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, receipt: Arc<Receipt>) {
-        if let Err((error, message)) = result {
-            receipt
-                .refused
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push((error.clone(), message.detach()));
-        }
-        if receipt.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
-            receipt.settled.notify_one();
-        }
+        let refused = match result {
+            Ok(_) => None,
+            Err((error, message)) => Some((error.clone(), message.detach())),
+        };
+        receipt.answer(refused);
     }
 }
 
@@ -70,6 +65,27 @@ pub struct Receipt {
 }
 
 impl Receipt {
+    /// Counts a record about to be enqueued. It is counted before it is
+    /// sent, since its answer may come before `send` returns.
+    fn expect(&self) {
+        self.enqueued.fetch_add(1, Ordering::Relaxed);
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The broker's answer for one record: `None` when it was acknowledged,
+    /// the error and the record when it was refused.
+    fn answer(&self, refused: Option<(KafkaError, OwnedMessage)>) {
+        if let Some(refused) = refused {
+            self.refused
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(refused);
+        }
+        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.settled.notify_one();
+        }
+    }
+
     /// Waits until every record enqueued so far is answered; returns those
     /// refused since the last call.
     async fn answers(&self) -> Vec<(KafkaError, OwnedMessage)> {
@@ -146,10 +162,7 @@ async fn enqueue(
     mut record: Record<'_>,
     cancel: &CancellationToken,
 ) -> Result<(), Cancelled> {
-    let receipt = record.delivery_opaque.clone();
-    receipt.enqueued.fetch_add(1, Ordering::Relaxed);
-    // Counted before it is sent: its answer may come before `send` returns.
-    receipt.outstanding.fetch_add(1, Ordering::AcqRel);
+    record.delivery_opaque.expect();
     loop {
         let delay = match producer.send(record) {
             Ok(()) => return Ok(()),
@@ -262,4 +275,89 @@ async fn produce_again(
         record = record.payload(payload);
     }
     enqueue(&shared.producer, record, cancel).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rdkafka::Timestamp;
+
+    use super::*;
+
+    type Answers = Vec<(KafkaError, OwnedMessage)>;
+
+    fn refused(topic: &str) -> (KafkaError, OwnedMessage) {
+        let message = OwnedMessage::new(
+            Some(b"value".to_vec()),
+            None,
+            topic.to_owned(),
+            Timestamp::NotAvailable,
+            0,
+            -1,
+            None,
+        );
+        let error = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+        (error, message)
+    }
+
+    /// Whether `answers` is still waiting after the runtime ran everything
+    /// else it could.
+    async fn still_waiting(answers: &mut tokio::task::JoinHandle<Answers>) -> bool {
+        tokio::time::timeout(Duration::from_millis(1), answers)
+            .await
+            .is_err()
+    }
+
+    /// What `answers` returned, once the last answer woke it.
+    async fn finished(answers: tokio::task::JoinHandle<Answers>) -> Answers {
+        tokio::time::timeout(Duration::from_secs(1), answers)
+            .await
+            .expect("the last answer wakes the waiter")
+            .expect("the waiter did not panic")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_wait_for_every_record_and_return_the_refused_ones() {
+        let receipt = Arc::new(Receipt::default());
+        for _ in 0..3 {
+            receipt.expect();
+        }
+        let waiting = receipt.clone();
+        let mut answers = tokio::spawn(async move { waiting.answers().await });
+        receipt.answer(None);
+        assert!(
+            still_waiting(&mut answers).await,
+            "two records are unanswered"
+        );
+        receipt.answer(Some(refused("out")));
+        assert!(
+            still_waiting(&mut answers).await,
+            "one record is unanswered"
+        );
+        receipt.answer(None);
+        let refused = finished(answers).await;
+        let topics: Vec<&str> = refused.iter().map(|(_, m)| m.topic()).collect();
+        assert_eq!(topics, ["out"], "the one refused record is returned");
+        assert!(
+            receipt.answers().await.is_empty(),
+            "refused records are returned once"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_record_produced_again_on_the_same_receipt_is_waited_for_too() {
+        let receipt = Arc::new(Receipt::default());
+        receipt.expect();
+        receipt.answer(Some(refused("dlq")));
+        assert_eq!(receipt.answers().await.len(), 1);
+        // Produced again on the same receipt, and acknowledged this time.
+        receipt.expect();
+        let waiting = receipt.clone();
+        let mut answers = tokio::spawn(async move { waiting.answers().await });
+        assert!(still_waiting(&mut answers).await, "the retry is unanswered");
+        receipt.answer(None);
+        assert!(finished(answers).await.is_empty());
+        assert_eq!(receipt.enqueued.load(Ordering::Relaxed), 2);
+    }
 }
