@@ -184,7 +184,8 @@ async fn enqueue(
 }
 
 /// Waits for the broker's answers to a message's records and reports them
-/// to the broker breaker, the first with `admission`. A refused record is
+/// to the broker breaker: the first with `admission` when given (the
+/// half-open probe), the others with plain admissions. A refused record is
 /// produced again once the breaker admits it (at once while closed; while
 /// open, as its half-open probe or after another record's probe closed it),
 /// until it is acknowledged. Returns false when it gave up because the
@@ -194,13 +195,12 @@ pub async fn settle(
     route: &RouteStatus,
     gate: &Gate,
     receipt: &Arc<Receipt>,
-    admission: Admission,
+    mut admission: Option<Admission>,
     dead_letter: bool,
 ) -> bool {
     let breaker = &shared.status.broker;
     let metrics = &route.metrics;
     let refused = receipt.answers().await;
-    let mut admission = Some(admission);
     let mut next_admission = || admission.take().unwrap_or_else(|| breaker.admission());
     if refused.len() < receipt.enqueued.load(Ordering::Relaxed) {
         next_admission().report(true);

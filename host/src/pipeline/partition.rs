@@ -561,7 +561,7 @@ pub async fn run_worker(
                         &route.status,
                         &gate,
                         &receipt,
-                        admission,
+                        Some(admission),
                         dead_letter_record,
                     )
                     .await
@@ -740,23 +740,13 @@ async fn run_acker(
         // every message before it.
         let mut last_acked = None;
         for pending in ready.drain(..) {
-            if let Some(receipt) = &pending.receipt {
-                let admission = shared.status.broker.admission();
-                if !settle(
-                    &shared,
-                    &route,
-                    &gate,
-                    receipt,
-                    admission,
-                    pending.dead_letter,
-                )
-                .await
-                {
-                    if let Some(offset) = last_acked {
-                        gate.store(&shared, &tp, offset);
-                    }
-                    return;
+            if let Some(receipt) = &pending.receipt
+                && !settle(&shared, &route, &gate, receipt, None, pending.dead_letter).await
+            {
+                if let Some(offset) = last_acked {
+                    gate.store(&shared, &tp, offset);
                 }
+                return;
             }
             last_acked = Some(pending.offset);
             gate.in_flight.fetch_sub(1, Ordering::Relaxed);
