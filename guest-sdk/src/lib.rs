@@ -103,6 +103,7 @@
 mod allocator;
 mod helpers;
 mod logging;
+mod packed;
 
 pub use allocator::Allocator;
 pub use helpers::{config, config_or, config_or_else};
@@ -115,11 +116,13 @@ pub use logging::log;
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "batched-plugin",
+        world: "packed-plugin",
         path: "../wit",
         pub_export_macro: true,
         export_macro_name: "__export_plugin",
         default_bindings_module: "::sluice_guest::bindings",
+        // So that handlers' unit tests can compare messages and outputs.
+        additional_derives: [PartialEq, Eq],
     });
 }
 
@@ -169,9 +172,17 @@ pub fn __handle_batch<H: Handler>(msgs: Vec<Message>) -> Vec<Result<Vec<Output>,
     results
 }
 
+/// The `handle-packed` export behind [`export!`]: [`__handle_batch`] on
+/// messages encoded in one byte list, returning the results encoded in
+/// another.
+#[doc(hidden)]
+pub fn __handle_packed<H: Handler>(messages: Vec<u8>) -> Vec<u8> {
+    packed::handle_packed(&messages, H::handle)
+}
+
 /// Exports a [`Handler`] as the component's `sluice:handler/handler`
-/// interface, and its `batch` interface (several messages in one call) built
-/// from the same `handle`. Use it once per crate, at the top level.
+/// interface, and its `batch` and `packed` interfaces (several messages in
+/// one call) built from the same `handle`. Use it once per crate, at the top level.
 ///
 /// ```
 /// struct Echo;
@@ -246,6 +257,12 @@ macro_rules! export {
                     ::core::result::Result<::std::vec::Vec<$crate::Output>, $crate::HandlerError>,
                 > {
                     $crate::__handle_batch::<$handler>(msgs)
+                }
+            }
+
+            impl $crate::bindings::exports::sluice::handler::packed::Guest for __SluiceExport {
+                fn handle_packed(messages: ::std::vec::Vec<u8>) -> ::std::vec::Vec<u8> {
+                    $crate::__handle_packed::<$handler>(messages)
                 }
             }
 

@@ -1,7 +1,8 @@
 //! Per-message cost of a handler call: a 1 KiB value in, one output back.
 //!
-//! Measures the `uppercase` example in both isolation modes, and through its
-//! `handle-batch` export with runs of 64 messages (one call for the run; the
+//! Measures the `uppercase` example in both isolation modes, through its
+//! `handle-packed` export and through `handle`, and with runs of 64 messages
+//! through `handle-packed` and `handle-batch` (one call for the run; the
 //! figure is per run, and criterion's throughput line gives it per message),
 //! next to a native Rust function doing the same work, so the figures read as
 //! a ratio against a baseline measured in the same process. Run with
@@ -13,7 +14,8 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sluice::wasm::{
-    Header, Invocation, Isolation, Limits, Message, Output, Runtime, RuntimeConfig,
+    EntryPoint, Header, Invocation, Invoker, Isolation, Limits, Message, Output, Plugin, Runtime,
+    RuntimeConfig,
 };
 
 fn message() -> Message {
@@ -42,6 +44,24 @@ fn native_uppercase(msg: &Message) -> Vec<Output> {
     }]
 }
 
+/// An invoker of `plugin` whose calls go through `entry`.
+fn through(
+    runtime: &Runtime,
+    plugin: &Arc<Plugin>,
+    isolation: Isolation,
+    entry: EntryPoint,
+) -> Invoker {
+    let mut invoker = runtime.invoker(plugin.clone(), isolation);
+    invoker.limit_entry_point(entry);
+    assert_eq!(
+        invoker.entry_point(),
+        entry,
+        "the SDK exports {}",
+        entry.as_str()
+    );
+    invoker
+}
+
 fn dispatch(c: &mut Criterion) {
     let runtime = Runtime::new(RuntimeConfig {
         max_instances: 8,
@@ -66,9 +86,16 @@ fn dispatch(c: &mut Criterion) {
     let mut group = c.benchmark_group("dispatch_1kib");
     group.throughput(Throughput::Elements(1));
     group.bench_function("native", |b| b.iter(|| native_uppercase(black_box(&msg))));
-    for isolation in [Isolation::Reused, Isolation::Fresh] {
-        let mut invoker = runtime.invoker(plugin.clone(), isolation);
-        group.bench_function(isolation.as_str(), |b| {
+    let single = [
+        (Isolation::Reused, EntryPoint::Packed),
+        (Isolation::Reused, EntryPoint::Handle),
+        (Isolation::Fresh, EntryPoint::Packed),
+        (Isolation::Fresh, EntryPoint::Handle),
+    ];
+    for (isolation, entry) in single {
+        let mut invoker = through(&runtime, &plugin, isolation, entry);
+        let name = format!("{}/{}", isolation.as_str(), entry.as_str());
+        group.bench_function(name, |b| {
             b.iter(|| {
                 let out = invoker.invoke(black_box(&msg), &invocation).expect("ok");
                 assert_eq!(out.len(), 1);
@@ -96,17 +123,18 @@ fn dispatch(c: &mut Criterion) {
                 .collect::<Vec<_>>()
         })
     });
-    let mut invoker = runtime.invoker(plugin.clone(), Isolation::Reused);
-    assert!(invoker.batches(), "the SDK exports handle-batch");
-    group.bench_function("reused", |b| {
-        b.iter(|| {
-            let outcomes = invoker
-                .invoke_batch(black_box(&run), &ids, &invocation)
-                .expect("ok");
-            assert_eq!(outcomes.len(), RUN);
-            outcomes
-        })
-    });
+    for entry in [EntryPoint::Packed, EntryPoint::Batch] {
+        let mut invoker = through(&runtime, &plugin, Isolation::Reused, entry);
+        group.bench_function(format!("reused/{}", entry.as_str()), |b| {
+            b.iter(|| {
+                let outcomes = invoker
+                    .invoke_batch(black_box(&run), &ids, &invocation)
+                    .expect("ok");
+                assert_eq!(outcomes.len(), RUN);
+                outcomes
+            })
+        });
+    }
     group.finish();
 }
 

@@ -122,7 +122,7 @@ pub fn render(status: &Status) -> String {
     }
     out.family(
         "sluice_batch_calls_total",
-        "Handler calls that took several messages at once (handle-batch).",
+        "Handler calls that took several messages at once (handle-packed or handle-batch).",
     );
     for r in &routes {
         out.sample(

@@ -79,6 +79,13 @@ const GUESTS: &[Guest] = &[
               export); emits the value reversed to `<topic>.out`, `fail` is a permanent error.",
     },
     Guest {
+        constant: "MIRROR",
+        package: "mirror",
+        doc: "`tests/fixtures/mirror`: one output to `<topic>.out` with the message's key, value \
+              and headers plus `partition`, `offset`, `attempt` and `timestamp` headers; \
+              `retry`/`permanent` fail, `none` emits nothing, `twice` adds an empty output.",
+    },
+    Guest {
         constant: "CHATTY",
         package: "chatty",
         doc: "`tests/fixtures/chatty`: per message, 1000 host `log` calls and 100 KiB to \
@@ -130,6 +137,7 @@ fn main() {
     for watched in [
         "wit",
         "guest-sdk",
+        "wire",
         "examples",
         "tests/fixtures",
         "Cargo.toml",

@@ -8,7 +8,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice::wasm::{Failure, Invocation, Isolation, Limits, LoadError, Output, TrapKind};
+use sluice::wasm::{
+    EntryPoint, Failure, Header, Invocation, Isolation, Limits, LoadError, Message, Outcome,
+    Output, Plugin, Runtime, TrapKind,
+};
 use sluice_tests::{artifacts, load, message, runtime};
 
 const BOTH: [Isolation; 2] = [Isolation::Fresh, Isolation::Reused];
@@ -403,9 +406,9 @@ fn plugins_are_identified_by_name_and_content_hash() {
 }
 
 /// `n` messages of one partition, `value(i)` each, at offsets from 100.
-fn run_of(n: usize, value: impl Fn(usize) -> String) -> (Vec<sluice::wasm::Message>, Vec<String>) {
+fn run_of(n: usize, value: impl Fn(usize) -> String) -> (Vec<Message>, Vec<String>) {
     let messages = (0..n)
-        .map(|i| sluice::wasm::Message {
+        .map(|i| Message {
             offset: 100 + i as i64,
             ..message("run", value(i).as_bytes())
         })
@@ -420,13 +423,30 @@ fn a_batch_call_gives_what_one_call_per_message_gives() {
     let plugin = load(&rt, artifacts::MISBEHAVE);
     assert!(plugin.has_batch_export(), "the SDK exports handle-batch");
     let inv = invocation(1000, 64, &[("output_topic", "out")]);
+    for entry in [EntryPoint::Packed, EntryPoint::Batch] {
+        a_batch_call_through(entry, &rt, &plugin, &inv);
+    }
+    // Fresh isolation never shares an instance between messages.
+    assert!(!rt.invoker(plugin, Isolation::Fresh).batches());
+}
+
+fn a_batch_call_through(entry: EntryPoint, rt: &Runtime, plugin: &Arc<Plugin>, inv: &Invocation) {
+    let inv = inv.clone();
     let (messages, ids) = run_of(50, |i| format!("ok:v{i}"));
     let mut batched = rt.invoker(plugin.clone(), Isolation::Reused);
+    batched.limit_entry_point(entry);
+    assert_eq!(
+        batched.entry_point(),
+        entry,
+        "the SDK exports {}",
+        entry.as_str()
+    );
     assert!(batched.batches());
     let outcomes = batched
         .invoke_batch(&messages, &ids, &inv)
         .expect("the call succeeds");
     let mut single = rt.invoker(plugin.clone(), Isolation::Reused);
+    single.limit_entry_point(EntryPoint::Handle);
     let expected: Vec<_> = messages.iter().map(|m| single.invoke(m, &inv)).collect();
     assert_eq!(outcomes, expected);
     assert_eq!(
@@ -476,9 +496,141 @@ fn a_batch_call_gives_what_one_call_per_message_gives() {
         .expect("a new instance");
     assert_eq!(after.len(), 6);
     assert!(after.iter().all(Result::is_ok));
+}
 
-    // Fresh isolation never shares an instance between messages.
-    assert!(!rt.invoker(plugin, Isolation::Fresh).batches());
+/// Messages that between them use every field and every shape of one.
+fn varied_messages() -> Vec<Message> {
+    let base = |offset: i64, value: Option<&[u8]>| Message {
+        offset,
+        value: value.map(<[u8]>::to_vec),
+        ..message("vary", b"")
+    };
+    let mut messages = vec![
+        base(1, Some(b"plain")),
+        Message {
+            key: None,
+            timestamp: None,
+            headers: Vec::new(),
+            ..base(2, Some(b"no key, no timestamp, no headers"))
+        },
+        base(3, None),
+        base(4, Some(b"")),
+        Message {
+            key: Some(Vec::new()),
+            headers: vec![
+                Header {
+                    key: "bin".into(),
+                    value: vec![0, 0xff, 0x80],
+                },
+                Header {
+                    key: "empty".into(),
+                    value: Vec::new(),
+                },
+                Header {
+                    key: "ключ".into(),
+                    value: "значение".into(),
+                },
+            ],
+            partition: 7,
+            attempt: 3,
+            timestamp: Some(-1),
+            ..base(5, Some(&[0, 1, 2, 0xfe, 0xff]))
+        },
+        base(6, Some(&vec![b'x'; 100 << 10])),
+        base(7, Some(b"none")),
+        base(8, Some(b"twice")),
+        base(9, Some(b"retry")),
+        base(10, Some(b"after a retry")),
+        base(11, Some(b"permanent")),
+        base(12, Some(b"last")),
+    ];
+    messages.push(Message {
+        topic: "другая.тема".into(),
+        ..base(i64::MAX, Some(b"another topic"))
+    });
+    messages
+}
+
+/// What `mirror` returns for `msg`, worked out here rather than asked of it.
+fn mirrored(msg: &Message) -> Outcome {
+    let topic = format!("{}.out", msg.topic);
+    match msg.value.as_deref() {
+        Some(b"retry") => {
+            return Err(Failure::Handler {
+                retryable: true,
+                message: format!("retry at {} ✓", msg.offset),
+            });
+        }
+        Some(b"permanent") => {
+            return Err(Failure::Handler {
+                retryable: false,
+                message: format!("permanent at {} ✓", msg.offset),
+            });
+        }
+        Some(b"none") => return Ok(Vec::new()),
+        _ => {}
+    }
+    let mut headers = msg.headers.clone();
+    let decimal = |key: &str, n: String| Header {
+        key: key.to_owned(),
+        value: n.into_bytes(),
+    };
+    headers.push(decimal("partition", msg.partition.to_string()));
+    headers.push(decimal("offset", msg.offset.to_string()));
+    headers.push(decimal("attempt", msg.attempt.to_string()));
+    if let Some(timestamp) = msg.timestamp {
+        headers.push(decimal("timestamp", timestamp.to_string()));
+    }
+    let mut outputs = vec![Output {
+        topic: topic.clone(),
+        key: msg.key.clone(),
+        value: msg.value.clone(),
+        headers,
+    }];
+    if msg.value.as_deref() == Some(b"twice") {
+        outputs.push(Output {
+            topic,
+            key: None,
+            value: None,
+            headers: Vec::new(),
+        });
+    }
+    Ok(outputs)
+}
+
+#[test]
+fn every_entry_point_hands_over_the_whole_message_and_returns_the_whole_result() {
+    let rt = runtime();
+    let plugin = load(&rt, artifacts::MIRROR);
+    assert_eq!(plugin.entry_point(), EntryPoint::Packed);
+    let inv = invocation(1000, 64, &[]);
+    let messages = varied_messages();
+    let expected: Vec<Outcome> = messages.iter().map(mirrored).collect();
+    let ids: Vec<String> = (0..messages.len()).map(|i| format!("id-{i}")).collect();
+    for entry in [EntryPoint::Handle, EntryPoint::Batch, EntryPoint::Packed] {
+        for isolation in BOTH {
+            let mut invoker = rt.invoker(plugin.clone(), isolation);
+            invoker.limit_entry_point(entry);
+            assert_eq!(invoker.entry_point(), entry);
+            let singly: Vec<Outcome> = messages.iter().map(|m| invoker.invoke(m, &inv)).collect();
+            assert_eq!(
+                singly, expected,
+                "one call per message, {entry:?}, {isolation:?}"
+            );
+
+            // As the pipeline does: after a failed message, the rest again.
+            let mut batched = Vec::new();
+            while batched.len() < messages.len() {
+                let from = batched.len();
+                let outcomes = invoker
+                    .invoke_batch(&messages[from..], &ids[from..], &inv)
+                    .expect("no call traps");
+                assert!(!outcomes.is_empty(), "a call handles at least one message");
+                batched.extend(outcomes);
+            }
+            assert_eq!(batched, expected, "batches, {entry:?}, {isolation:?}");
+        }
+    }
 }
 
 #[test]
@@ -520,8 +672,8 @@ fn a_handler_without_the_batch_export_is_called_once_per_message() {
 }
 
 /// A runtime that keeps compiled modules in `dir`.
-fn cached_runtime(dir: &Path) -> sluice::wasm::Runtime {
-    sluice::wasm::Runtime::new(sluice::wasm::RuntimeConfig {
+fn cached_runtime(dir: &Path) -> Runtime {
+    Runtime::new(sluice::wasm::RuntimeConfig {
         max_instances: 16,
         max_memory_bytes: 64 << 20,
         compile_cache: Some(dir.to_owned()),
@@ -547,7 +699,7 @@ fn cache_entries(dir: &Path) -> Vec<String> {
 
 /// Loads `path` in `rt`, checks that it still upper-cases, and says whether
 /// its machine code came from the compile cache.
-fn shouts(rt: &sluice::wasm::Runtime, path: &Path) -> bool {
+fn shouts(rt: &Runtime, path: &Path) -> bool {
     let plugin = Arc::new(rt.load_file(path).expect("loads"));
     let outputs = rt
         .invoker(plugin.clone(), Isolation::Reused)

@@ -10,7 +10,9 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use clap::Args;
 
-use crate::wasm::{self, Header, Invocation, Isolation, Limits, Message, Runtime, RuntimeConfig};
+use crate::wasm::{
+    self, EntryPoint, Header, Invocation, Isolation, Limits, Message, Runtime, RuntimeConfig,
+};
 
 #[derive(Debug, Args)]
 pub(super) struct CheckArgs {
@@ -77,10 +79,14 @@ pub(super) fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     );
     println!(
         "  batches  {}",
-        if plugin.has_batch_export() {
-            "yes: several messages of a partition per call (handle-batch)"
-        } else {
-            "no: one call per message (export `batch` to batch, as the SDK does)"
+        match plugin.entry_point() {
+            EntryPoint::Packed => {
+                "yes: several messages of a partition per call, packed in one buffer (handle-packed)"
+            }
+            EntryPoint::Batch => "yes: several messages of a partition per call (handle-batch)",
+            EntryPoint::Handle => {
+                "no: one call per message (export `packed` or `batch` to batch, as the SDK does)"
+            }
         }
     );
     println!("  size     {} bytes", plugin.size());

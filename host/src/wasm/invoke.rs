@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::component::{Func, ResourceTable};
+use wasmtime::component::{Func, ResourceTable, TypedFunc};
 use wasmtime::{ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -49,7 +49,32 @@ pub struct Invocation {
 pub type Outcome = Result<Vec<Output>, Failure>;
 
 /// What a `handle-batch` call returns: one result per message handled.
-type BatchResults = Vec<Result<Vec<Output>, HandlerError>>;
+type BatchResults = super::packed::Results;
+
+/// Which of a module's exports a call goes through. Every one must do what
+/// one `handle` call per message would; they differ in cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EntryPoint {
+    /// `handle`: one call per message.
+    Handle,
+    /// `handle-batch`: several messages of a partition per call, each string
+    /// and byte list copied into the guest on its own.
+    Batch,
+    /// `handle-packed`: several messages per call, copied into the guest as
+    /// one buffer, with the results copied back as one buffer.
+    Packed,
+}
+
+impl EntryPoint {
+    /// The export's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryPoint::Handle => "handle",
+            EntryPoint::Batch => "handle-batch",
+            EntryPoint::Packed => "handle-packed",
+        }
+    }
+}
 
 /// How a call failed. The pipeline decides from the variant whether to retry,
 /// dead-letter or stop.
@@ -285,6 +310,8 @@ struct Live {
     handler: bindings::Plugin,
     /// Its `handle-batch` export, if it has one with the contract's type.
     batch: Option<Func>,
+    /// Its `handle-packed` export, if it has one with the contract's type.
+    packed: Option<Func>,
 }
 
 /// Invokes one plugin for one worker.
@@ -292,18 +319,38 @@ pub struct Invoker {
     runtime: Runtime,
     plugin: Arc<Plugin>,
     isolation: Isolation,
+    /// The export calls go through.
+    entry: EntryPoint,
     /// The kept instance in [`Isolation::Reused`] mode.
     live: Option<Live>,
+    /// The encoded messages of a `handle-packed` call, kept between calls.
+    packed: Vec<u8>,
 }
 
 impl Invoker {
     pub(crate) fn new(runtime: Runtime, plugin: Arc<Plugin>, isolation: Isolation) -> Self {
+        let entry = plugin.entry_point();
         Invoker {
             runtime,
             plugin,
             isolation,
+            entry,
             live: None,
+            packed: Vec::new(),
         }
+    }
+
+    /// The export calls go through: the fastest one the module has.
+    pub fn entry_point(&self) -> EntryPoint {
+        self.entry
+    }
+
+    /// Makes calls go through `entry` or a slower export, to compare them.
+    /// Each export must behave the same, so this changes only the cost.
+    pub fn limit_entry_point(&mut self, entry: EntryPoint) {
+        self.entry = self.entry.min(entry);
+        // An instance looks up only the export it is called through.
+        self.live = None;
     }
 
     /// The plugin this invoker calls.
@@ -325,11 +372,21 @@ impl Invoker {
         id: &str,
         invocation: &Invocation,
     ) -> Outcome {
-        let mut live = self.prepare(std::slice::from_ref(message), [id].into_iter(), invocation)?;
-        let result = live
-            .handler
-            .sluice_handler_handler()
-            .call_handle(&mut live.store, message);
+        let messages = std::slice::from_ref(message);
+        let mut live = self.prepare(messages, [id].into_iter(), invocation)?;
+        let result = match live.packed.filter(|_| self.entry == EntryPoint::Packed) {
+            Some(func) => {
+                call_packed(&mut live, func, messages, &mut self.packed).and_then(|results| {
+                    results.into_iter().next().ok_or_else(|| {
+                        wasmtime::format_err!("handle-packed returned no result for the message")
+                    })
+                })
+            }
+            None => live
+                .handler
+                .sluice_handler_handler()
+                .call_handle(&mut live.store, message),
+        };
         let returned = self.finish(live, result, invocation)?;
         returned.map_err(Failure::from)
     }
@@ -338,7 +395,7 @@ impl Invoker {
     /// call: the module exports `handle-batch`, and instances are reused
     /// (a fresh instance per message rules out sharing one between them).
     pub fn batches(&self) -> bool {
-        self.isolation == Isolation::Reused && self.plugin.has_batch_export()
+        self.isolation == Isolation::Reused && self.entry >= EntryPoint::Batch
     }
 
     /// Calls the handler's `handle-batch` once for `messages` (consecutive
@@ -358,14 +415,20 @@ impl Invoker {
             return self.invoke_batch_singly(messages, ids, invocation);
         }
         let mut live = self.prepare(messages, ids.iter().map(String::as_str), invocation)?;
-        let result = match live.batch {
-            // The type was checked when the instance was made, so this only
-            // fails if the call does.
-            Some(func) => func
-                .typed::<(&[Message],), (BatchResults,)>(&live.store)
-                .and_then(|batch| batch.call(&mut live.store, (messages,)))
-                .map(|(results,)| results),
-            None => {
+        let packed = live.packed.filter(|_| self.entry == EntryPoint::Packed);
+        let result = match (packed, live.batch) {
+            (Some(func), _) => call_packed(&mut live, func, messages, &mut self.packed),
+            (None, Some(func)) => {
+                // SAFETY: `func` is the instance's `handle-batch`, whose type
+                // was checked against exactly this signature when the
+                // instance was made (`Invoker::instantiate`).
+                let batch =
+                    unsafe { TypedFunc::<(&[Message],), (BatchResults,)>::new_unchecked(func) };
+                batch
+                    .call(&mut live.store, (messages,))
+                    .map(|(results,)| results)
+            }
+            (None, None) => {
                 // No batch export after all: one call per message.
                 self.live = Some(live);
                 return self.invoke_batch_singly(messages, ids, invocation);
@@ -446,6 +509,26 @@ impl Invoker {
         }
     }
 
+    /// The instance's `handle-batch`, if it has the contract's type.
+    fn batch_export(
+        &self,
+        store: &mut Store<StoreState>,
+        instance: &wasmtime::component::Instance,
+        index: &wasmtime::component::ComponentExportIndex,
+    ) -> Option<Func> {
+        let func = instance.get_func(&mut *store, index)?;
+        func.typed::<(&[Message],), (BatchResults,)>(&*store)
+            .map(|_| func)
+            .inspect_err(|e| {
+                tracing::warn!(
+                    module = self.plugin.name(),
+                    "handle-batch has another signature than the contract's; \
+                     calling handle for each message: {e:#}"
+                );
+            })
+            .ok()
+    }
+
     fn instantiate(&self, invocation: &Invocation, ticks: u64) -> Result<Live, Failure> {
         let limit = self.runtime.config().guest_output_limit;
         let stdout = CappedOutput::new(limit);
@@ -482,23 +565,24 @@ impl Invoker {
         });
         match loaded {
             Ok((instance, handler)) => {
-                let batch = self.plugin.batch_export().and_then(|index| {
-                    let func = instance.get_func(&mut store, index)?;
-                    func.typed::<(&[Message],), (BatchResults,)>(&store)
-                        .map(|_| func)
-                        .inspect_err(|e| {
-                            tracing::warn!(
-                                module = self.plugin.name(),
-                                "handle-batch has another signature than the contract's; \
-                                 calling handle for each message: {e:#}"
-                            );
-                        })
-                        .ok()
-                });
+                // Only the export calls go through is looked up; without a
+                // usable `handle-packed`, `handle-batch` stands in for it.
+                // The packed export's type was checked when the plugin was
+                // loaded.
+                let packed = (self.entry == EntryPoint::Packed)
+                    .then(|| self.plugin.packed_export())
+                    .flatten()
+                    .and_then(|index| instance.get_func(&mut store, index));
+                let batch = (self.entry == EntryPoint::Batch
+                    || (self.entry == EntryPoint::Packed && packed.is_none()))
+                .then(|| self.plugin.batch_export())
+                .flatten()
+                .and_then(|index| self.batch_export(&mut store, &instance, index));
                 Ok(Live {
                     store,
                     handler,
                     batch,
+                    packed,
                 })
             }
             Err(error) => {
@@ -514,6 +598,33 @@ impl Invoker {
         }
     }
 }
+
+/// Calls `handle-packed` with `messages`, encoded in `buffer` (kept from
+/// call to call), and decodes the results.
+fn call_packed(
+    live: &mut Live,
+    func: Func,
+    messages: &[Message],
+    buffer: &mut Vec<u8>,
+) -> wasmtime::Result<BatchResults> {
+    buffer.clear();
+    super::packed::encode(messages, buffer);
+    // SAFETY: `func` is the instance's `handle-packed`, whose type was
+    // checked to be `func(list<u8>) -> list<u8>`, exactly this signature,
+    // when the plugin was loaded (`plugin::packed_export`); checking it
+    // again costs a walk of the types per call.
+    let typed = unsafe { TypedFunc::<(&[u8],), (Vec<u8>,)>::new_unchecked(func) };
+    let returned = typed.call(&mut live.store, (buffer.as_slice(),));
+    // A run of large messages must not keep its memory for good.
+    if buffer.capacity() > KEPT_BUFFER_BYTES {
+        *buffer = Vec::new();
+    }
+    let (returned,) = returned?;
+    Ok(super::packed::decode(&returned)?)
+}
+
+/// The most memory a worker keeps for encoding messages between calls.
+const KEPT_BUFFER_BYTES: usize = 1 << 20;
 
 /// How many epoch ticks make `timeout`: rounded up, plus one because the next
 /// tick may come at once.

@@ -12,11 +12,12 @@ mod cache;
 mod engine;
 mod guest_io;
 mod invoke;
+mod packed;
 mod plugin;
 
 pub use cache::CacheError;
 pub use engine::{Isolation, Runtime, RuntimeConfig};
-pub use invoke::{Failure, Invocation, Invoker, Limits, Outcome, TrapKind};
+pub use invoke::{EntryPoint, Failure, Invocation, Invoker, Limits, Outcome, TrapKind};
 pub use plugin::{LoadError, Plugin, PluginInfo};
 
 /// Types generated from the WIT contract in `wit/`, the one source of truth.

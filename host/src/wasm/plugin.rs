@@ -6,14 +6,14 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::types::ComponentItem;
+use wasmtime::component::types::{ComponentItem, Type};
 use wasmtime::component::{Component, ComponentExportIndex};
 
 use super::bindings::{PluginIndices, PluginPre};
 use super::contract;
 use super::engine::Runtime;
 use super::guest_io::LogBudget;
-use super::invoke::StoreState;
+use super::invoke::{EntryPoint, StoreState};
 
 /// The fix we suggest whenever a file is not a handler component at all.
 const BUILD_HINT: &str = "build the handler with the sluice-guest SDK \
@@ -150,6 +150,9 @@ pub struct Plugin {
     indices: PluginIndices,
     /// Where `handle-batch` is, if the component exports it.
     batch: Option<ComponentExportIndex>,
+    /// Where `handle-packed` is, if the component exports it with the
+    /// contract's type.
+    packed: Option<ComponentExportIndex>,
     /// Shared by every instance, so the log rate limit is per module.
     pub(crate) log_budget: LogBudget,
 }
@@ -214,6 +217,21 @@ impl Plugin {
         self.batch.as_ref()
     }
 
+    pub(crate) fn packed_export(&self) -> Option<&ComponentExportIndex> {
+        self.packed.as_ref()
+    }
+
+    /// The fastest way into the component that it exports.
+    pub fn entry_point(&self) -> EntryPoint {
+        if self.packed.is_some() {
+            EntryPoint::Packed
+        } else if self.batch.is_some() {
+            EntryPoint::Batch
+        } else {
+            EntryPoint::Handle
+        }
+    }
+
     /// Whether the component exports `handle-batch` (the `batched-plugin`
     /// world), so that several messages can be handed to one call.
     pub fn has_batch_export(&self) -> bool {
@@ -262,7 +280,8 @@ impl Plugin {
         };
         let indices = PluginIndices::new(&instance_pre).map_err(not_a_handler)?;
         let pre = PluginPre::new(instance_pre).map_err(not_a_handler)?;
-        let batch = batch_export(&component);
+        let batch = optional_export(&component, "batch", "handle-batch").map(|(index, _)| index);
+        let packed = packed_export(path, &component);
         Ok(Plugin {
             name,
             path: path_buf(),
@@ -273,27 +292,59 @@ impl Plugin {
             pre,
             indices,
             batch,
+            packed,
             log_budget: LogBudget::new(),
         })
     }
 }
 
-/// The `handle-batch` function of the component's `batch` export, at a
-/// compatible contract version.
-fn batch_export(component: &Component) -> Option<ComponentExportIndex> {
-    let prefix = format!("{}/batch@", contract::PACKAGE);
+/// The function `function` of the component's export of the contract's
+/// interface `interface`, at a compatible contract version, with its type.
+fn optional_export(
+    component: &Component,
+    interface: &str,
+    function: &str,
+) -> Option<(ComponentExportIndex, ComponentItem)> {
+    let prefix = format!("{}/{interface}@", contract::PACKAGE);
     let engine = component.engine();
-    let name = component
-        .component_type()
-        .exports(engine)
-        .map(|(name, _)| name)
-        .find(|name| {
-            name.strip_prefix(&prefix)
-                .is_some_and(contract::is_compatible)
-        })?
-        .to_owned();
-    let instance = component.get_export_index(None, &name)?;
-    component.get_export_index(Some(&instance), "handle-batch")
+    let ty = component.component_type();
+    let (name, item) = ty.exports(engine).find(|(name, _)| {
+        name.strip_prefix(&prefix)
+            .is_some_and(contract::is_compatible)
+    })?;
+    let ComponentItem::ComponentInstance(exported) = item.ty else {
+        return None;
+    };
+    let func = exported.get_export(engine, function)?.ty;
+    let instance = component.get_export_index(None, name)?;
+    let index = component.get_export_index(Some(&instance), function)?;
+    Some((index, func))
+}
+
+/// `handle-packed`, if the component exports it with the contract's type:
+/// one `list<u8>` in, one `list<u8>` out. Checked here, once, so that
+/// instances need not check it again.
+fn packed_export(path: &Path, component: &Component) -> Option<ComponentExportIndex> {
+    let (index, item) = optional_export(component, "packed", "handle-packed")?;
+    let bytes = |ty: &Type| matches!(ty, Type::List(list) if list.ty() == Type::U8);
+    let fits = match &item {
+        ComponentItem::ComponentFunc(func) => {
+            let params: Vec<Type> = func.params().map(|(_, ty)| ty).collect();
+            let results: Vec<Type> = func.results().collect();
+            matches!(params.as_slice(), [p] if bytes(p))
+                && matches!(results.as_slice(), [r] if bytes(r))
+        }
+        _ => false,
+    };
+    if !fits {
+        tracing::warn!(
+            module = %path.display(),
+            "handle-packed is not `func(messages: list<u8>) -> list<u8>` as the contract has \
+             it, so it is not called; rebuild the module with the current SDK"
+        );
+        return None;
+    }
+    Some(index)
 }
 
 /// Tells apart the common ways a file is not a component before the
