@@ -151,24 +151,34 @@ pub trait Handler {
     fn handle(msg: Message) -> Result<Vec<Output>, HandlerError>;
 }
 
-/// The `handle-batch` export behind [`export!`]: `handle` for each message in
-/// order, stopping after the first error (the host hands the messages after
-/// it over again later).
-#[doc(hidden)]
-pub fn __handle_batch<H: Handler>(msgs: Vec<Message>) -> Vec<Result<Vec<Output>, HandlerError>> {
-    let mut results = Vec::with_capacity(msgs.len());
-    for (index, msg) in msgs.into_iter().enumerate() {
+/// Calls `handle` for each message in order and passes each result to
+/// `done`, stopping after the first error (the host hands the messages after
+/// it over again later): what `handle-batch` and `handle-packed` both do.
+pub(crate) fn handle_in_order(
+    messages: impl Iterator<Item = Message>,
+    mut handle: impl FnMut(Message) -> Result<Vec<Output>, HandlerError>,
+    mut done: impl FnMut(Result<Vec<Output>, HandlerError>),
+) {
+    for (index, msg) in messages.enumerate() {
         if index > 0 {
             // Log lines from here on are attributed to this message.
             helpers::handling(index);
         }
-        let result = H::handle(msg);
+        let result = handle(msg);
         let failed = result.is_err();
-        results.push(result);
+        done(result);
         if failed {
             break;
         }
     }
+}
+
+/// The `handle-batch` export behind [`export!`]: `handle` for each message in
+/// order, stopping after the first error.
+#[doc(hidden)]
+pub fn __handle_batch<H: Handler>(msgs: Vec<Message>) -> Vec<Result<Vec<Output>, HandlerError>> {
+    let mut results = Vec::with_capacity(msgs.len());
+    handle_in_order(msgs.into_iter(), H::handle, |result| results.push(result));
     results
 }
 

@@ -90,7 +90,7 @@ fn put_result(out: &mut Vec<u8>, result: &Result<Vec<Output>, HandlerError>) {
 /// first error, and returns the encoded results.
 pub(crate) fn handle_packed(
     messages: &[u8],
-    mut handle: impl FnMut(Message) -> Result<Vec<Output>, HandlerError>,
+    handle: impl FnMut(Message) -> Result<Vec<Output>, HandlerError>,
 ) -> Vec<u8> {
     let mut reader = Reader::new(messages);
     let count = reader.u32().unwrap_or_else(|e| malformed(e));
@@ -98,18 +98,12 @@ pub(crate) fn handle_packed(
     let mut out = Vec::with_capacity(messages.len() + 64);
     out.extend_from_slice(&0u32.to_le_bytes());
     let mut handled = 0u32;
-    for index in 0..count {
-        if index > 0 {
-            // Log lines from here on are attributed to this message.
-            crate::helpers::handling(index as usize);
-        }
-        let result = handle(message(&mut reader).unwrap_or_else(|e| malformed(e)));
+    // Each message is decoded only when the one before it has been handled.
+    let decoded = (0..count).map(|_| message(&mut reader).unwrap_or_else(|e| malformed(e)));
+    crate::handle_in_order(decoded, handle, |result| {
         put_result(&mut out, &result);
         handled += 1;
-        if result.is_err() {
-            break;
-        }
-    }
+    });
     out[..4].copy_from_slice(&handled.to_le_bytes());
     out
 }

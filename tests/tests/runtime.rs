@@ -431,7 +431,6 @@ fn a_batch_call_gives_what_one_call_per_message_gives() {
 }
 
 fn a_batch_call_through(entry: EntryPoint, rt: &Runtime, plugin: &Arc<Plugin>, inv: &Invocation) {
-    let inv = inv.clone();
     let (messages, ids) = run_of(50, |i| format!("ok:v{i}"));
     let mut batched = rt.invoker(plugin.clone(), Isolation::Reused);
     batched.limit_entry_point(entry);
@@ -443,11 +442,11 @@ fn a_batch_call_through(entry: EntryPoint, rt: &Runtime, plugin: &Arc<Plugin>, i
     );
     assert!(batched.batches());
     let outcomes = batched
-        .invoke_batch(&messages, &ids, &inv)
+        .invoke_batch(&messages, &ids, inv)
         .expect("the call succeeds");
     let mut single = rt.invoker(plugin.clone(), Isolation::Reused);
     single.limit_entry_point(EntryPoint::Handle);
-    let expected: Vec<_> = messages.iter().map(|m| single.invoke(m, &inv)).collect();
+    let expected: Vec<_> = messages.iter().map(|m| single.invoke(m, inv)).collect();
     assert_eq!(outcomes, expected);
     assert_eq!(
         values(outcomes[49].as_ref().expect("ok")),
@@ -464,7 +463,7 @@ fn a_batch_call_through(entry: EntryPoint, rt: &Runtime, plugin: &Arc<Plugin>, i
         }
     });
     let outcomes = batched
-        .invoke_batch(&messages, &ids, &inv)
+        .invoke_batch(&messages, &ids, inv)
         .expect("the call succeeds");
     assert_eq!(outcomes.len(), 5);
     assert!(outcomes[..4].iter().all(Result::is_ok));
@@ -484,7 +483,7 @@ fn a_batch_call_through(entry: EntryPoint, rt: &Runtime, plugin: &Arc<Plugin>, i
             format!("ok:{i}")
         }
     });
-    match batched.invoke_batch(&messages, &ids, &inv) {
+    match batched.invoke_batch(&messages, &ids, inv) {
         Err(Failure::Trap {
             kind: TrapKind::Panic,
             ..
@@ -492,7 +491,7 @@ fn a_batch_call_through(entry: EntryPoint, rt: &Runtime, plugin: &Arc<Plugin>, i
         other => panic!("expected the batch to trap, got {other:?}"),
     }
     let after = batched
-        .invoke_batch(&messages[..6], &ids[..6], &inv)
+        .invoke_batch(&messages[..6], &ids[..6], inv)
         .expect("a new instance");
     assert_eq!(after.len(), 6);
     assert!(after.iter().all(Result::is_ok));

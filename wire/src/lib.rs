@@ -160,7 +160,14 @@ impl<'a> Reader<'a> {
     #[inline]
     pub fn count(&mut self, min_size: usize) -> Result<(u32, usize), Malformed> {
         let n = self.u32()?;
-        Ok((n, (n as usize).min(self.bytes.len() / min_size.max(1))))
+        Ok((n, self.capacity(n, min_size)))
+    }
+
+    /// A capacity for `n` items each at least `min_size` bytes long that what
+    /// is left of the buffer can justify.
+    #[inline]
+    pub fn capacity(&self, n: u32, min_size: usize) -> usize {
+        (n as usize).min(self.bytes.len() / min_size.max(1))
     }
 
     /// `bytes`.

@@ -308,10 +308,19 @@ impl ResourceLimiter for MemoryLimiter {
 struct Live {
     store: Store<StoreState>,
     handler: bindings::Plugin,
-    /// Its `handle-batch` export, if it has one with the contract's type.
-    batch: Option<Func>,
-    /// Its `handle-packed` export, if it has one with the contract's type.
-    packed: Option<Func>,
+    /// The export a run of messages goes through.
+    runs: Runs,
+}
+
+/// How an instance is handed a run of messages.
+#[derive(Clone, Copy)]
+enum Runs {
+    /// Through `handle-packed`, which single messages go through too.
+    Packed(Func),
+    /// Through `handle-batch`.
+    Batch(Func),
+    /// One `handle` call per message.
+    Singly,
 }
 
 /// Invokes one plugin for one worker.
@@ -374,15 +383,14 @@ impl Invoker {
     ) -> Outcome {
         let messages = std::slice::from_ref(message);
         let mut live = self.prepare(messages, [id].into_iter(), invocation)?;
-        let result = match live.packed.filter(|_| self.entry == EntryPoint::Packed) {
-            Some(func) => {
-                call_packed(&mut live, func, messages, &mut self.packed).and_then(|results| {
+        let result = match live.runs {
+            Runs::Packed(func) => call_packed(&mut live, func, messages, &mut self.packed)
+                .and_then(|results| {
                     results.into_iter().next().ok_or_else(|| {
                         wasmtime::format_err!("handle-packed returned no result for the message")
                     })
-                })
-            }
-            None => live
+                }),
+            Runs::Batch(_) | Runs::Singly => live
                 .handler
                 .sluice_handler_handler()
                 .call_handle(&mut live.store, message),
@@ -415,21 +423,20 @@ impl Invoker {
             return self.invoke_batch_singly(messages, ids, invocation);
         }
         let mut live = self.prepare(messages, ids.iter().map(String::as_str), invocation)?;
-        let packed = live.packed.filter(|_| self.entry == EntryPoint::Packed);
-        let result = match (packed, live.batch) {
-            (Some(func), _) => call_packed(&mut live, func, messages, &mut self.packed),
-            (None, Some(func)) => {
+        let result = match live.runs {
+            Runs::Packed(func) => call_packed(&mut live, func, messages, &mut self.packed),
+            Runs::Batch(func) => {
                 // SAFETY: `func` is the instance's `handle-batch`, whose type
                 // was checked against exactly this signature when the
-                // instance was made (`Invoker::instantiate`).
+                // instance was made (`Invoker::typed_batch`).
                 let batch =
                     unsafe { TypedFunc::<(&[Message],), (BatchResults,)>::new_unchecked(func) };
                 batch
                     .call(&mut live.store, (messages,))
                     .map(|(results,)| results)
             }
-            (None, None) => {
-                // No batch export after all: one call per message.
+            Runs::Singly => {
+                // No usable batch export after all: one call per message.
                 self.live = Some(live);
                 return self.invoke_batch_singly(messages, ids, invocation);
             }
@@ -510,7 +517,7 @@ impl Invoker {
     }
 
     /// The instance's `handle-batch`, if it has the contract's type.
-    fn batch_export(
+    fn typed_batch(
         &self,
         store: &mut Store<StoreState>,
         instance: &wasmtime::component::Instance,
@@ -573,16 +580,18 @@ impl Invoker {
                     .then(|| self.plugin.packed_export())
                     .flatten()
                     .and_then(|index| instance.get_func(&mut store, index));
-                let batch = (self.entry == EntryPoint::Batch
-                    || (self.entry == EntryPoint::Packed && packed.is_none()))
-                .then(|| self.plugin.batch_export())
-                .flatten()
-                .and_then(|index| self.batch_export(&mut store, &instance, index));
+                let runs = match packed {
+                    Some(func) => Runs::Packed(func),
+                    None => (self.entry >= EntryPoint::Batch)
+                        .then(|| self.plugin.batch_export())
+                        .flatten()
+                        .and_then(|index| self.typed_batch(&mut store, &instance, index))
+                        .map_or(Runs::Singly, Runs::Batch),
+                };
                 Ok(Live {
                     store,
                     handler,
-                    batch,
-                    packed,
+                    runs,
                 })
             }
             Err(error) => {

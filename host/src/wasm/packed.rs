@@ -54,7 +54,8 @@ fn text(reader: &mut Reader<'_>) -> Result<String, Malformed> {
 fn output(reader: &mut Reader<'_>) -> Result<Output, Malformed> {
     let topic = text(reader)?;
     let body = reader.body(wire::KEY | wire::VALUE)?;
-    let mut headers = Vec::with_capacity((body.headers as usize).min(reader.rest().len() / 8));
+    // A header is at least 8 bytes: two empty lengths.
+    let mut headers = Vec::with_capacity(reader.capacity(body.headers, 8));
     for _ in 0..body.headers {
         headers.push(Header {
             key: text(reader)?,
