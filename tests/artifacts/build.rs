@@ -79,6 +79,12 @@ const GUESTS: &[Guest] = &[
               export); emits the value reversed to `<topic>.out`, `fail` is a permanent error.",
     },
     Guest {
+        constant: "MISTYPED",
+        package: "mistyped",
+        doc: "`tests/fixtures/mistyped`: `handle` as the contract has it (the value passed on \
+              to `<topic>.out`), `handle-batch` and `handle-packed` with other types.",
+    },
+    Guest {
         constant: "MIRROR",
         package: "mirror",
         doc: "`tests/fixtures/mirror`: one output to `<topic>.out` with the message's key, value \

@@ -248,6 +248,65 @@ fn misbehave_loop_and_slow_time_out_within_the_limit() {
     }
 }
 
+/// Waits until the runtime's deadline clock has gone to sleep, as it does
+/// when no guest code has run for a while.
+fn until_the_deadline_clock_sleeps(rt: &Runtime) {
+    let started = Instant::now();
+    while rt.deadline_clock_running() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the deadline clock still runs after 10 s without a call"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_handler_that_loops_after_an_idle_spell_still_times_out() {
+    let rt = runtime();
+    let plugin = load(&rt, artifacts::MISBEHAVE);
+    let inv = invocation(200, 64, &[]);
+    let looping = [message("mis", b"ok:first"), message("mis", b"loop")];
+    let ids = ["first".to_owned(), "loop".to_owned()];
+    for isolation in BOTH {
+        for batch in [false, true] {
+            let mut invoker = rt.invoker(plugin.clone(), isolation);
+            until_the_deadline_clock_sleeps(&rt);
+            let started = Instant::now();
+            // On a thread of its own, so that a call never interrupted fails
+            // the test instead of hanging it.
+            let (done, outcome) = std::sync::mpsc::channel();
+            let (looping, ids, inv) = (looping.clone(), ids.clone(), inv.clone());
+            std::thread::spawn(move || {
+                let outcome = if batch {
+                    // A reused instance takes both in one call, which times
+                    // out as a whole; a fresh one gets a call for each.
+                    match invoker.invoke_batch(&looping, &ids, &inv) {
+                        Ok(mut outcomes) => outcomes.pop().expect("an outcome").map(|_| ()),
+                        Err(failure) => Err(failure),
+                    }
+                } else {
+                    invoker.invoke(&looping[1], &inv).map(|_| ())
+                };
+                let _ = done.send(outcome);
+            });
+            let outcome = outcome
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the looping handler is interrupted");
+            let took = started.elapsed();
+            assert_eq!(
+                outcome,
+                Err(Failure::Timeout(Duration::from_millis(200))),
+                "{isolation:?}, batch: {batch}"
+            );
+            assert!(
+                took < Duration::from_millis(1200),
+                "interrupted too late: {took:?} ({isolation:?}, batch: {batch})"
+            );
+        }
+    }
+}
+
 #[test]
 fn misbehave_oom_hits_the_memory_limit() {
     for isolation in BOTH {
@@ -668,6 +727,35 @@ fn a_handler_without_the_batch_export_is_called_once_per_message() {
             ..
         })
     ));
+}
+
+#[test]
+fn batch_and_packed_exports_of_another_type_are_never_called() {
+    let rt = runtime();
+    let plugin = load(&rt, artifacts::MISTYPED);
+    assert_ne!(
+        plugin.entry_point(),
+        EntryPoint::Packed,
+        "a handle-packed of another type is refused when the module is loaded"
+    );
+    let inv = invocation(1000, 64, &[]);
+    let (messages, ids) = run_of(4, |i| format!("ab{i}"));
+    let expected: Vec<Vec<(String, String)>> = (0..4)
+        .map(|i| vec![("run.out".to_owned(), format!("ab{i}"))])
+        .collect();
+    for isolation in BOTH {
+        let mut invoker = rt.invoker(plugin.clone(), isolation);
+        let outcomes = invoker
+            .invoke_batch(&messages, &ids, &inv)
+            .expect("no call traps");
+        let got: Vec<_> = outcomes
+            .iter()
+            .map(|o| values(o.as_ref().expect("handled by `handle`")))
+            .collect();
+        assert_eq!(got, expected, "a run of messages ({isolation:?})");
+        let one = invoker.invoke(&messages[1], &inv).expect("handled");
+        assert_eq!(values(&one), expected[1], "one message ({isolation:?})");
+    }
 }
 
 /// A runtime that keeps compiled modules in `dir`.

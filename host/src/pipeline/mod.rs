@@ -288,8 +288,7 @@ pub async fn run_with_bootstrap(
     // The routes in force; their modules are watched for new versions.
     let mut live = reload::Routes::new(config.clone(), routes, runtime, status.clone(), &stop_all);
 
-    let producer: delivery::Producer = kafka::producer_config(&config, bootstrap)
-        .create_with_context(delivery::Deliveries)
+    let producer = delivery::Producer::new(&kafka::producer_config(&config, bootstrap))
         .context("creating the Kafka producer")?;
     let context = RebalanceContext {
         gates: Mutex::new(HashMap::new()),

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -187,6 +187,26 @@ impl Runtime {
         &self.inner.linker
     }
 
+    /// Notes that guest code is about to run (an instantiation or a call),
+    /// waking the deadline clock if it sleeps. Every call must be followed
+    /// by [`Runtime::guest_returned`].
+    pub(crate) fn guest_entered(&self) {
+        self.inner._ticker.entered();
+    }
+
+    /// Notes that guest code started with [`Runtime::guest_entered`] is no
+    /// longer running.
+    pub(crate) fn guest_returned(&self) {
+        self.inner._ticker.returned();
+    }
+
+    /// Whether the deadline clock is advancing: it sleeps once no guest code
+    /// has run for 100 ticks in a row (a tenth of a second at the default
+    /// tick), and wakes when guest code runs.
+    pub fn deadline_clock_running(&self) -> bool {
+        !self.inner._ticker.state.asleep.load(Ordering::SeqCst)
+    }
+
     /// The directory compiled modules are kept in, if the cache is in use.
     pub fn compile_cache_dir(&self) -> Option<&Path> {
         self.inner.cache.as_ref().map(CompileCache::dir)
@@ -230,37 +250,88 @@ impl Runtime {
     }
 }
 
-/// A thread that advances the engine's epoch every tick, so a store's epoch
-/// deadline becomes a wall-clock deadline.
+/// How many ticks in a row with no guest code running before the deadline
+/// clock sleeps: an idle daemon then wakes for nothing.
+const IDLE_TICKS: u32 = 100;
+
+/// A thread that advances the engine's epoch every tick while guest code
+/// runs, so a store's epoch deadline becomes a wall-clock deadline.
+///
+/// A deadline is set relative to the epoch when a call starts, so the epoch
+/// standing still while nothing runs changes no deadline.
 struct EpochTicker {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    state: Arc<TickerState>,
+    thread: Thread,
+    handle: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct TickerState {
+    stop: AtomicBool,
+    /// Instantiations and calls running now.
+    running: AtomicUsize,
+    /// Set by the ticker before it checks `running` one last time and
+    /// sleeps; whoever then makes `running` non-zero sees it and wakes it.
+    asleep: AtomicBool,
 }
 
 impl EpochTicker {
     fn start(engine: Engine, tick: Duration) -> std::io::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
+        let state = Arc::new(TickerState::default());
+        let shared = state.clone();
+        let handle = std::thread::Builder::new()
             .name("sluice-epoch".into())
             .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
+                let mut idle = 0;
+                while !shared.stop.load(Ordering::Acquire) {
                     std::thread::sleep(tick);
                     engine.increment_epoch();
+                    if shared.running.load(Ordering::SeqCst) > 0 {
+                        idle = 0;
+                        continue;
+                    }
+                    idle += 1;
+                    if idle < IDLE_TICKS {
+                        continue;
+                    }
+                    // Both sides write their flag before reading the
+                    // other's (all sequentially consistent), so either this
+                    // thread sees the call, or the call sees it asleep.
+                    shared.asleep.store(true, Ordering::SeqCst);
+                    while shared.running.load(Ordering::SeqCst) == 0
+                        && !shared.stop.load(Ordering::SeqCst)
+                    {
+                        std::thread::park();
+                    }
+                    shared.asleep.store(false, Ordering::SeqCst);
+                    idle = 0;
                 }
             })?;
         Ok(EpochTicker {
-            stop,
-            thread: Some(thread),
+            state,
+            thread: handle.thread().clone(),
+            handle: Some(handle),
         })
+    }
+
+    fn entered(&self) {
+        self.state.running.fetch_add(1, Ordering::SeqCst);
+        if self.state.asleep.load(Ordering::SeqCst) {
+            self.thread.unpark();
+        }
+    }
+
+    fn returned(&self) {
+        self.state.running.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 impl Drop for EpochTicker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        self.state.stop.store(true, Ordering::SeqCst);
+        self.thread.unpark();
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
         }
     }
 }

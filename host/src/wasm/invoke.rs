@@ -381,6 +381,13 @@ impl Invoker {
         id: &str,
         invocation: &Invocation,
     ) -> Outcome {
+        self.runtime.guest_entered();
+        let outcome = self.invoke_one(message, id, invocation);
+        self.runtime.guest_returned();
+        outcome
+    }
+
+    fn invoke_one(&mut self, message: &Message, id: &str, invocation: &Invocation) -> Outcome {
         let messages = std::slice::from_ref(message);
         let mut live = self.prepare(messages, [id].into_iter(), invocation)?;
         let result = match live.runs {
@@ -422,6 +429,19 @@ impl Invoker {
         if !self.batches() {
             return self.invoke_batch_singly(messages, ids, invocation);
         }
+        self.runtime.guest_entered();
+        let outcomes = self.invoke_run(messages, ids, invocation);
+        self.runtime.guest_returned();
+        outcomes
+    }
+
+    /// One `handle-packed` or `handle-batch` call for `messages`.
+    fn invoke_run(
+        &mut self,
+        messages: &[Message],
+        ids: &[String],
+        invocation: &Invocation,
+    ) -> Result<Vec<Outcome>, Failure> {
         let mut live = self.prepare(messages, ids.iter().map(String::as_str), invocation)?;
         let result = match live.runs {
             Runs::Packed(func) => call_packed(&mut live, func, messages, &mut self.packed),
