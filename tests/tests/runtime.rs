@@ -729,32 +729,69 @@ fn a_handler_without_the_batch_export_is_called_once_per_message() {
     ));
 }
 
+/// Runs `f` and returns what it logged on this thread at warning level and
+/// above, one line per event.
+fn warnings_during<R>(f: impl FnOnce() -> R) -> (R, Vec<String>) {
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let result = tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8(lines.0.lock().expect("log buffer").clone()).expect("UTF-8");
+    (result, text.lines().map(str::to_owned).collect())
+}
+
 #[test]
 fn batch_and_packed_exports_of_another_type_are_never_called() {
     let rt = runtime();
-    let plugin = load(&rt, artifacts::MISTYPED);
-    assert_ne!(
-        plugin.entry_point(),
-        EntryPoint::Packed,
-        "a handle-packed of another type is refused when the module is loaded"
-    );
-    let inv = invocation(1000, 64, &[]);
     let (messages, ids) = run_of(4, |i| format!("ab{i}"));
     let expected: Vec<Vec<(String, String)>> = (0..4)
         .map(|i| vec![("run.out".to_owned(), format!("ab{i}"))])
         .collect();
-    for isolation in BOTH {
-        let mut invoker = rt.invoker(plugin.clone(), isolation);
-        let outcomes = invoker
-            .invoke_batch(&messages, &ids, &inv)
-            .expect("no call traps");
-        let got: Vec<_> = outcomes
+    let inv = invocation(1000, 64, &[]);
+    let ((), warnings) = warnings_during(|| {
+        let plugin = load(&rt, artifacts::MISTYPED);
+        assert_ne!(
+            plugin.entry_point(),
+            EntryPoint::Packed,
+            "a handle-packed of another type is refused when the module is loaded"
+        );
+        for isolation in BOTH {
+            let mut invoker = rt.invoker(plugin.clone(), isolation);
+            let outcomes = invoker
+                .invoke_batch(&messages, &ids, &inv)
+                .expect("no call traps");
+            let got: Vec<_> = outcomes
+                .iter()
+                .map(|o| values(o.as_ref().expect("handled by `handle`")))
+                .collect();
+            assert_eq!(got, expected, "a run of messages ({isolation:?})");
+            let one = invoker.invoke(&messages[1], &inv).expect("handled");
+            assert_eq!(values(&one), expected[1], "one message ({isolation:?})");
+        }
+    });
+    // Five fresh instances and a reused one were made; each export is
+    // reported once, with the module's file.
+    for export in ["handle-packed", "handle-batch"] {
+        let about: Vec<&String> = warnings
             .iter()
-            .map(|o| values(o.as_ref().expect("handled by `handle`")))
+            .filter(|line| line.contains(&format!("{export} ")) && line.contains("mistyped"))
             .collect();
-        assert_eq!(got, expected, "a run of messages ({isolation:?})");
-        let one = invoker.invoke(&messages[1], &inv).expect("handled");
-        assert_eq!(values(&one), expected[1], "one message ({isolation:?})");
+        assert_eq!(about.len(), 1, "one warning about {export}: {warnings:#?}");
     }
 }
 

@@ -447,8 +447,9 @@ impl Invoker {
             Runs::Packed(func) => call_packed(&mut live, func, messages, &mut self.packed),
             Runs::Batch(func) => {
                 // SAFETY: `func` is the instance's `handle-batch`, whose type
-                // was checked against exactly this signature when the
-                // instance was made (`Invoker::typed_batch`).
+                // was checked against exactly this signature on the plugin's
+                // first instance (`Invoker::typed_batch`); every instance of
+                // a component has the same types.
                 let batch =
                     unsafe { TypedFunc::<(&[Message],), (BatchResults,)>::new_unchecked(func) };
                 batch
@@ -536,7 +537,10 @@ impl Invoker {
         }
     }
 
-    /// The instance's `handle-batch`, if it has the contract's type.
+    /// The instance's `handle-batch`, if it has the contract's type. The
+    /// type is checked on the plugin's first instance and remembered: every
+    /// instance of a component has the same types, and a module whose
+    /// export has another type is warned about once, not at every instance.
     fn typed_batch(
         &self,
         store: &mut Store<StoreState>,
@@ -544,16 +548,18 @@ impl Invoker {
         index: &wasmtime::component::ComponentExportIndex,
     ) -> Option<Func> {
         let func = instance.get_func(&mut *store, index)?;
-        func.typed::<(&[Message],), (BatchResults,)>(&*store)
-            .map(|_| func)
-            .inspect_err(|e| {
-                tracing::warn!(
-                    module = self.plugin.name(),
-                    "handle-batch has another signature than the contract's; \
-                     calling handle for each message: {e:#}"
-                );
-            })
-            .ok()
+        let fits = *self.plugin.batch_fits().get_or_init(|| {
+            func.typed::<(&[Message],), (BatchResults,)>(&*store)
+                .inspect_err(|e| {
+                    tracing::warn!(
+                        module = self.plugin.name(),
+                        "handle-batch has another signature than the contract's; \
+                         calling handle for each message: {e:#}"
+                    );
+                })
+                .is_ok()
+        });
+        fits.then_some(func)
     }
 
     fn instantiate(&self, invocation: &Invocation, ticks: u64) -> Result<Live, Failure> {

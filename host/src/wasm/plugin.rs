@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::types::{ComponentItem, Type};
@@ -150,6 +151,9 @@ pub struct Plugin {
     indices: PluginIndices,
     /// Where `handle-batch` is, if the component exports it.
     batch: Option<ComponentExportIndex>,
+    /// Whether `handle-batch` has the contract's type: checked on the first
+    /// instance (the check needs one), then the same for every instance.
+    batch_fits: OnceLock<bool>,
     /// Where `handle-packed` is, if the component exports it with the
     /// contract's type.
     packed: Option<ComponentExportIndex>,
@@ -215,6 +219,10 @@ impl Plugin {
 
     pub(crate) fn batch_export(&self) -> Option<&ComponentExportIndex> {
         self.batch.as_ref()
+    }
+
+    pub(crate) fn batch_fits(&self) -> &OnceLock<bool> {
+        &self.batch_fits
     }
 
     pub(crate) fn packed_export(&self) -> Option<&ComponentExportIndex> {
@@ -292,6 +300,7 @@ impl Plugin {
             pre,
             indices,
             batch,
+            batch_fits: OnceLock::new(),
             packed,
             log_budget: LogBudget::new(),
         })
