@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::thread::{JoinHandle, Thread};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -112,7 +112,7 @@ struct Inner {
     config: RuntimeConfig,
     cache: Option<CompileCache>,
     /// Advances the engine's epoch; stopped when the runtime is dropped.
-    _ticker: EpochTicker,
+    ticker: EpochTicker,
 }
 
 impl Runtime {
@@ -169,7 +169,7 @@ impl Runtime {
                 linker,
                 config,
                 cache,
-                _ticker: ticker,
+                ticker,
             }),
         })
     }
@@ -191,20 +191,20 @@ impl Runtime {
     /// waking the deadline clock if it sleeps. Every call must be followed
     /// by [`Runtime::guest_returned`].
     pub(crate) fn guest_entered(&self) {
-        self.inner._ticker.entered();
+        self.inner.ticker.entered();
     }
 
     /// Notes that guest code started with [`Runtime::guest_entered`] is no
     /// longer running.
     pub(crate) fn guest_returned(&self) {
-        self.inner._ticker.returned();
+        self.inner.ticker.returned();
     }
 
     /// Whether the deadline clock is advancing: it sleeps once no guest code
     /// has run for 100 ticks in a row (a tenth of a second at the default
     /// tick), and wakes when guest code runs.
     pub fn deadline_clock_running(&self) -> bool {
-        !self.inner._ticker.state.asleep.load(Ordering::SeqCst)
+        !self.inner.ticker.state.asleep.load(Ordering::SeqCst)
     }
 
     /// The directory compiled modules are kept in, if the cache is in use.
@@ -261,8 +261,8 @@ const IDLE_TICKS: u32 = 100;
 /// standing still while nothing runs changes no deadline.
 struct EpochTicker {
     state: Arc<TickerState>,
-    thread: Thread,
-    handle: Option<JoinHandle<()>>,
+    /// Taken when the ticker is stopped.
+    thread: Option<JoinHandle<()>>,
 }
 
 #[derive(Default)]
@@ -279,7 +279,7 @@ impl EpochTicker {
     fn start(engine: Engine, tick: Duration) -> std::io::Result<Self> {
         let state = Arc::new(TickerState::default());
         let shared = state.clone();
-        let handle = std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("sluice-epoch".into())
             .spawn(move || {
                 let mut idle = 0;
@@ -309,15 +309,16 @@ impl EpochTicker {
             })?;
         Ok(EpochTicker {
             state,
-            thread: handle.thread().clone(),
-            handle: Some(handle),
+            thread: Some(thread),
         })
     }
 
     fn entered(&self) {
         self.state.running.fetch_add(1, Ordering::SeqCst);
-        if self.state.asleep.load(Ordering::SeqCst) {
-            self.thread.unpark();
+        if self.state.asleep.load(Ordering::SeqCst)
+            && let Some(thread) = &self.thread
+        {
+            thread.thread().unpark();
         }
     }
 
@@ -329,9 +330,9 @@ impl EpochTicker {
 impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.state.stop.store(true, Ordering::SeqCst);
-        self.thread.unpark();
-        if let Some(handle) = self.handle.take() {
-            let _ = handle.join();
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
         }
     }
 }
