@@ -126,6 +126,86 @@ fn json_router_routes_by_content_and_refuses_invalid_json() {
     }
 }
 
+#[test]
+fn json_router_changes_nothing_but_its_tag_and_names_where_input_goes_wrong() {
+    let rt = runtime();
+    let plugin = load(&rt, artifacts::JSON_ROUTER);
+    let routed = |invoker: &mut sluice::wasm::Invoker, config: &[(&str, &str)], value: &[u8]| {
+        let outputs = invoker
+            .invoke(&message("events", value), &invocation(1000, 64, config))
+            .unwrap_or_else(|e| panic!("{} is routed: {e:?}", String::from_utf8_lossy(value)));
+        assert_eq!(outputs.len(), 1);
+        let value = String::from_utf8(outputs[0].value.clone().unwrap_or_default());
+        (outputs[0].topic.clone(), value.expect("UTF-8 out"))
+    };
+    for isolation in BOTH {
+        let mut invoker = rt.invoker(plugin.clone(), isolation);
+        // Member order, number text a float would change, nested values and
+        // escaped names are kept; a repeated name keeps its first place and
+        // its last value; an existing tag is replaced in place.
+        let input = r#" { "z": 12345678901234567890123, "priority": "low", "routed_by": 1,
+            "a\"b": [1.50, {"x" : null}], "priority": "high", "\u00e9": "caf\u00e9" } "#;
+        let (topic, out) = routed(&mut invoker, &[], input.as_bytes());
+        assert_eq!(
+            topic, "events.high",
+            "the last `priority` decides ({isolation:?})"
+        );
+        assert_eq!(
+            out,
+            r#"{"z":12345678901234567890123,"priority":"high","routed_by":"json-router","a\"b":[1.50, {"x" : null}],"é":"caf\u00e9"}"#
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&out).expect("the output is JSON");
+        assert_eq!(parsed["é"], "café");
+
+        // A large object (sorted to find repeated names, where a small one is
+        // compared pairwise) follows the same rules.
+        let member = |i: usize| format!(r#""k{i}":{i}"#);
+        let mut input: Vec<String> = (0..40).map(member).collect();
+        input.push(r#""k5":"last""#.to_owned());
+        let mut expected: Vec<String> = (0..40).map(member).collect();
+        expected[5] = r#""k5":"last""#.to_owned();
+        expected.push(r#""routed_by":"json-router""#.to_owned());
+        let (_, out) = routed(
+            &mut invoker,
+            &[],
+            format!("{{{}}}", input.join(",")).as_bytes(),
+        );
+        assert_eq!(out, format!("{{{}}}", expected.join(",")));
+
+        // A string matches its contents, anything else the same JSON value.
+        let config = [("route_field", "level"), ("route_value", "2")];
+        for (value, to) in [
+            (r#"{"level":2}"#, "high"),
+            (r#"{"level":"2"}"#, "high"),
+            (r#"{"level":3}"#, "default"),
+            (r#"{"level":[2]}"#, "default"),
+        ] {
+            let (topic, out) = routed(&mut invoker, &config, value.as_bytes());
+            assert_eq!(topic, format!("events.{to}"), "{value} ({isolation:?})");
+            assert!(out.ends_with(r#","routed_by":"json-router"}"#), "{out}");
+        }
+
+        for (value, position) in [
+            (&b"[1, 2]"[..], "expected a JSON object at line 1 column"),
+            (b"{\"a\": 1,\n \"b\": }", "expected value at line 2 column"),
+            (b"{\"a\": 1} x", "trailing characters at line 1 column"),
+            (b"{\"a\":\n \"\xff\"}", "invalid UTF-8 at line 2 column 3"),
+        ] {
+            match invoker.invoke(&message("events", value), &invocation(1000, 64, &[])) {
+                Err(Failure::Handler {
+                    retryable: false,
+                    message,
+                }) => assert!(
+                    message.starts_with("message value is not a JSON object: ")
+                        && message.contains(position),
+                    "{message} names {position}"
+                ),
+                other => panic!("{value:?} must be a permanent error, got {other:?}"),
+            }
+        }
+    }
+}
+
 /// Invokes `misbehave` with `value` and checks a healthy call still works on
 /// the same invoker afterwards.
 fn misbehave(
