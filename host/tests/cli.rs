@@ -49,6 +49,25 @@ fn check_describes_a_valid_plugin() {
 }
 
 #[test]
+fn check_reports_the_entry_point_that_is_called_when_batch_exports_have_another_type() {
+    // `mistyped` exports `handle-batch` and `handle-packed`, both with other
+    // types than the contract's: neither is ever called, so `check` must not
+    // say that the module batches, and it says why.
+    let out = sluice(&["check", artifacts::MISTYPED, "--value", "ab"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(text.contains("batches  no: one call per message"), "{text}");
+    assert!(text.contains("outcome  ok: 1 output"), "{text}");
+    let errors = String::from_utf8_lossy(&out.stderr);
+    for export in ["handle-batch", "handle-packed"] {
+        assert!(
+            errors.contains(&format!("{export} ")) && errors.contains("mistyped"),
+            "a warning names {export} and the file: {errors}"
+        );
+    }
+}
+
+#[test]
 fn check_with_a_value_invokes_the_handler_once() {
     let out = sluice(&[
         "check",

@@ -845,11 +845,13 @@ fn batch_and_packed_exports_of_another_type_are_never_called() {
     let inv = invocation(1000, 64, &[]);
     let ((), warnings) = warnings_during(|| {
         let plugin = load(&rt, artifacts::MISTYPED);
-        assert_ne!(
+        assert_eq!(
             plugin.entry_point(),
-            EntryPoint::Packed,
-            "a handle-packed of another type is refused when the module is loaded"
+            EntryPoint::Handle,
+            "a handle-packed and a handle-batch of another type are refused when the module \
+             is loaded, so what `sluice check` reports is what is called"
         );
+        assert!(!plugin.has_batch_export());
         for isolation in BOTH {
             let mut invoker = rt.invoker(plugin.clone(), isolation);
             let outcomes = invoker
@@ -865,7 +867,7 @@ fn batch_and_packed_exports_of_another_type_are_never_called() {
         }
     });
     // Five fresh instances and a reused one were made; each export is
-    // reported once, with the module's file.
+    // reported once, when the module was loaded, with the module's file.
     for export in ["handle-packed", "handle-batch"] {
         let about: Vec<&String> = warnings
             .iter()

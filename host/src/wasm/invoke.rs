@@ -446,10 +446,13 @@ impl Invoker {
         let result = match live.runs {
             Runs::Packed(func) => call_packed(&mut live, func, messages, &mut self.packed),
             Runs::Batch(func) => {
-                // SAFETY: `func` is the instance's `handle-batch`, whose type
-                // was checked against exactly this signature on the plugin's
-                // first instance (`Invoker::typed_batch`); every instance of
-                // a component has the same types.
+                // SAFETY: `func` is the instance's `handle-batch`. When the
+                // plugin was loaded, its type was checked to be a list of what
+                // the component's `handle` takes to a list of what `handle`
+                // returns (`plugin::batch_export`), and this instance's
+                // `handle` was checked against the contract, which is exactly
+                // this signature, before `func` was looked up
+                // (`Invoker::instantiate`).
                 let batch =
                     unsafe { TypedFunc::<(&[Message],), (BatchResults,)>::new_unchecked(func) };
                 batch
@@ -537,31 +540,6 @@ impl Invoker {
         }
     }
 
-    /// The instance's `handle-batch`, if it has the contract's type. The
-    /// type is checked on the plugin's first instance and remembered: every
-    /// instance of a component has the same types, and a module whose
-    /// export has another type is warned about once, not at every instance.
-    fn typed_batch(
-        &self,
-        store: &mut Store<StoreState>,
-        instance: &wasmtime::component::Instance,
-        index: &wasmtime::component::ComponentExportIndex,
-    ) -> Option<Func> {
-        let func = instance.get_func(&mut *store, index)?;
-        let fits = *self.plugin.batch_fits().get_or_init(|| {
-            func.typed::<(&[Message],), (BatchResults,)>(&*store)
-                .inspect_err(|e| {
-                    tracing::warn!(
-                        module = self.plugin.name(),
-                        "handle-batch has another signature than the contract's; \
-                         calling handle for each message: {e:#}"
-                    );
-                })
-                .is_ok()
-        });
-        fits.then_some(func)
-    }
-
     fn instantiate(&self, invocation: &Invocation, ticks: u64) -> Result<Live, Failure> {
         let limit = self.runtime.config().guest_output_limit;
         let stdout = CappedOutput::new(limit);
@@ -600,8 +578,7 @@ impl Invoker {
             Ok((instance, handler)) => {
                 // Only the export calls go through is looked up; without a
                 // usable `handle-packed`, `handle-batch` stands in for it.
-                // The packed export's type was checked when the plugin was
-                // loaded.
+                // The types of both were checked when the plugin was loaded.
                 let packed = (self.entry == EntryPoint::Packed)
                     .then(|| self.plugin.packed_export())
                     .flatten()
@@ -611,7 +588,7 @@ impl Invoker {
                     None => (self.entry >= EntryPoint::Batch)
                         .then(|| self.plugin.batch_export())
                         .flatten()
-                        .and_then(|index| self.typed_batch(&mut store, &instance, index))
+                        .and_then(|index| instance.get_func(&mut store, index))
                         .map_or(Runs::Singly, Runs::Batch),
                 };
                 Ok(Live {

@@ -4,10 +4,9 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::types::{ComponentItem, Type};
+use wasmtime::component::types::{ComponentFunc, ComponentItem, Type};
 use wasmtime::component::{Component, ComponentExportIndex};
 
 use super::bindings::{PluginIndices, PluginPre};
@@ -149,11 +148,9 @@ pub struct Plugin {
     info: PluginInfo,
     pre: PluginPre<StoreState>,
     indices: PluginIndices,
-    /// Where `handle-batch` is, if the component exports it.
+    /// Where `handle-batch` is, if the component exports it with the
+    /// contract's type.
     batch: Option<ComponentExportIndex>,
-    /// Whether `handle-batch` has the contract's type: checked on the first
-    /// instance (the check needs one), then the same for every instance.
-    batch_fits: OnceLock<bool>,
     /// Where `handle-packed` is, if the component exports it with the
     /// contract's type.
     packed: Option<ComponentExportIndex>,
@@ -221,10 +218,6 @@ impl Plugin {
         self.batch.as_ref()
     }
 
-    pub(crate) fn batch_fits(&self) -> &OnceLock<bool> {
-        &self.batch_fits
-    }
-
     pub(crate) fn packed_export(&self) -> Option<&ComponentExportIndex> {
         self.packed.as_ref()
     }
@@ -241,7 +234,8 @@ impl Plugin {
     }
 
     /// Whether the component exports `handle-batch` (the `batched-plugin`
-    /// world), so that several messages can be handed to one call.
+    /// world) with the contract's type, so that several messages can be
+    /// handed to one call.
     pub fn has_batch_export(&self) -> bool {
         self.batch.is_some()
     }
@@ -288,7 +282,7 @@ impl Plugin {
         };
         let indices = PluginIndices::new(&instance_pre).map_err(not_a_handler)?;
         let pre = PluginPre::new(instance_pre).map_err(not_a_handler)?;
-        let batch = optional_export(&component, "batch", "handle-batch").map(|(index, _)| index);
+        let batch = batch_export(path, &component);
         let packed = packed_export(path, &component);
         Ok(Plugin {
             name,
@@ -300,7 +294,6 @@ impl Plugin {
             pre,
             indices,
             batch,
-            batch_fits: OnceLock::new(),
             packed,
             log_budget: LogBudget::new(),
         })
@@ -354,6 +347,39 @@ fn packed_export(path: &Path, component: &Component) -> Option<ComponentExportIn
         return None;
     }
     Some(index)
+}
+
+/// `handle-batch`, if the component exports it with the contract's type: a
+/// list of what `handle` takes in, a list of what `handle` returns out.
+/// Checked here, once, against the component's own `handle`, whose type every
+/// instance checks against the contract before any call (`Invoker`), so
+/// that instances need not check `handle-batch` again.
+fn batch_export(path: &Path, component: &Component) -> Option<ComponentExportIndex> {
+    let (index, item) = optional_export(component, "batch", "handle-batch")?;
+    let (_, handle) = optional_export(component, "handler", "handle")?;
+    let fits = match (&item, &handle) {
+        (ComponentItem::ComponentFunc(batch), ComponentItem::ComponentFunc(handle)) => {
+            let params = |f: &ComponentFunc| f.params().map(|(_, ty)| ty).collect::<Vec<_>>();
+            let results = |f: &ComponentFunc| f.results().collect::<Vec<_>>();
+            list_of(&params(batch), &params(handle)) && list_of(&results(batch), &results(handle))
+        }
+        _ => false,
+    };
+    if !fits {
+        tracing::warn!(
+            module = %path.display(),
+            "handle-batch has another signature than the contract's \
+             (`func(msgs: list<message>) -> list<result<list<output>, handler-error>>`), \
+             so it is not called; rebuild the module with the current SDK"
+        );
+        return None;
+    }
+    Some(index)
+}
+
+/// Whether `list` is one list type whose elements are `element`, one type.
+fn list_of(list: &[Type], element: &[Type]) -> bool {
+    matches!((list, element), ([Type::List(list)], [element]) if list.ty() == *element)
 }
 
 /// Tells apart the common ways a file is not a component before the
