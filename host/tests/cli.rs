@@ -125,6 +125,15 @@ fn check_refuses_an_invalid_plugin_with_its_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not export `handle`"), "{err}");
     assert!(err.contains("wrong_world.wasm"), "{err}");
+
+    // Valid, but too large for any memory slot at the default limits.
+    let out = sluice(&["check", artifacts::OVERSIZED]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("oversized.wasm cannot be instantiated"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -97,6 +97,18 @@ const GUESTS: &[Guest] = &[
         doc: "`tests/fixtures/chatty`: per message, 1000 host `log` calls and 100 KiB to \
               stdout; no outputs.",
     },
+    Guest {
+        constant: "MISTYPED_HANDLE",
+        package: "mistyped-handle",
+        doc: "`tests/fixtures/mistyped-handle`: `handle` takes and returns a string (not the \
+              contract's types), next to a `handle-packed` of the contract's type.",
+    },
+    Guest {
+        constant: "OVERSIZED",
+        package: "oversized",
+        doc: "`tests/fixtures/oversized`: passes values on to `<topic>.out`, but its linear \
+              memory starts at 320 MiB, more than any pool slot: it cannot be instantiated.",
+    },
 ];
 
 /// Set by the outer cargo for this build script, or configuring the outer

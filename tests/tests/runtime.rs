@@ -512,6 +512,24 @@ fn bad_files_are_refused_with_their_reason() {
     assert!(matches!(e, LoadError::UnknownImport { .. }), "{e}");
     assert!(text.contains("acme:vault/secrets"), "{text}");
 
+    // No instance of it fits in a memory slot: every message would fail the
+    // same way, so the module is refused when it is loaded.
+    let (e, text) = load_error(&std::fs::read(artifacts::OVERSIZED).expect("built"));
+    assert!(matches!(e, LoadError::Instantiate { .. }), "{e}");
+    assert!(
+        text.contains("cannot be instantiated") && text.contains("processing.max_memory_mb"),
+        "says what is wrong and which setting bounds it: {text}"
+    );
+
+    // Every call through `handle` would fail its type check, so the module is
+    // refused when it is loaded, although its `handle-packed` is well typed.
+    let (e, text) = load_error(&std::fs::read(artifacts::MISTYPED_HANDLE).expect("built"));
+    assert!(matches!(e, LoadError::Instantiate { .. }), "{e}");
+    assert!(
+        text.contains("`handle` does not have the contract's type"),
+        "{text}"
+    );
+
     let missing = runtime().load_file(Path::new("/nonexistent/plugin.wasm"));
     assert!(matches!(missing, Err(LoadError::Read { .. })));
 }

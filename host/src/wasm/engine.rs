@@ -15,7 +15,7 @@ use wasmtime::{
 
 use super::bindings;
 use super::cache::CompileCache;
-use super::invoke::{Invoker, StoreState};
+use super::invoke::{self, Invoker, StoreState};
 use super::plugin::{LoadError, Plugin};
 
 /// How handler instances are reused between messages.
@@ -236,12 +236,24 @@ impl Runtime {
     /// Reads, compiles and validates a plugin file. Compiling is CPU-heavy:
     /// call it from a blocking thread, not from an async task.
     pub fn load_file(&self, path: &Path) -> Result<Plugin, LoadError> {
-        Plugin::from_file(self, path)
+        self.ready(path, Plugin::from_file(self, path)?)
     }
 
     /// Compiles and validates a plugin from bytes; `origin` names it in errors.
     pub fn load_bytes(&self, origin: &Path, bytes: &[u8]) -> Result<Plugin, LoadError> {
-        Plugin::from_bytes(self, origin, bytes)
+        self.ready(origin, Plugin::from_bytes(self, origin, bytes)?)
+    }
+
+    /// Makes a first instance of a loaded plugin, so that a module every
+    /// message would fail on is refused now, and hands the plugin back.
+    fn ready(&self, path: &Path, plugin: Plugin) -> Result<Plugin, LoadError> {
+        let plugin = Arc::new(plugin);
+        invoke::try_instantiate(self, &plugin).map_err(|reason| LoadError::Instantiate {
+            path: path.to_owned(),
+            reason,
+        })?;
+        // The first instance, the only other holder, is gone.
+        Ok(Arc::into_inner(plugin).expect("no instance outlives `try_instantiate`"))
     }
 
     /// A worker that invokes `plugin` with the given isolation mode.

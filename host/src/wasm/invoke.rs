@@ -307,9 +307,27 @@ impl ResourceLimiter for MemoryLimiter {
 /// A live instance and the store that owns it.
 struct Live {
     store: Store<StoreState>,
-    handler: bindings::Plugin,
+    instance: wasmtime::component::Instance,
+    /// The typed `handle`, looked up on first use: an instance called
+    /// through `handle-packed` never needs it, and looking it up type-checks
+    /// it again, a few per cent of a fresh instance's cost.
+    handler: Option<bindings::Plugin>,
     /// The export a run of messages goes through.
     runs: Runs,
+}
+
+impl Live {
+    /// The typed `handle`, and the store to call it with.
+    fn handler(
+        &mut self,
+        plugin: &Plugin,
+    ) -> wasmtime::Result<(&bindings::Plugin, &mut Store<StoreState>)> {
+        let handler = match self.handler.take() {
+            Some(handler) => handler,
+            None => plugin.indices().load(&mut self.store, &self.instance)?,
+        };
+        Ok((self.handler.insert(handler), &mut self.store))
+    }
 }
 
 /// How an instance is handed a run of messages.
@@ -397,10 +415,11 @@ impl Invoker {
                         wasmtime::format_err!("handle-packed returned no result for the message")
                     })
                 }),
-            Runs::Batch(_) | Runs::Singly => live
-                .handler
-                .sluice_handler_handler()
-                .call_handle(&mut live.store, message),
+            Runs::Batch(_) | Runs::Singly => {
+                live.handler(&self.plugin).and_then(|(handler, store)| {
+                    handler.sluice_handler_handler().call_handle(store, message)
+                })
+            }
         };
         let returned = self.finish(live, result, invocation)?;
         returned.map_err(Failure::from)
@@ -449,10 +468,10 @@ impl Invoker {
                 // SAFETY: `func` is the instance's `handle-batch`. When the
                 // plugin was loaded, its type was checked to be a list of what
                 // the component's `handle` takes to a list of what `handle`
-                // returns (`plugin::batch_export`), and this instance's
-                // `handle` was checked against the contract, which is exactly
-                // this signature, before `func` was looked up
-                // (`Invoker::instantiate`).
+                // returns (`plugin::batch_export`), and `handle` was checked
+                // against the contract, which makes exactly this signature,
+                // on a first instance (`try_instantiate`); every instance of
+                // a component has the same types.
                 let batch =
                     unsafe { TypedFunc::<(&[Message],), (BatchResults,)>::new_unchecked(func) };
                 batch
@@ -569,13 +588,8 @@ impl Invoker {
         let mut store = Store::new(self.runtime.engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(ticks);
-        let instantiated = self.plugin.pre().instance_pre().instantiate(&mut store);
-        let loaded = instantiated.and_then(|instance| {
-            let handler = self.plugin.indices().load(&mut store, &instance)?;
-            Ok((instance, handler))
-        });
-        match loaded {
-            Ok((instance, handler)) => {
+        match self.plugin.pre().instance_pre().instantiate(&mut store) {
+            Ok(instance) => {
                 // Only the export calls go through is looked up; without a
                 // usable `handle-packed`, `handle-batch` stands in for it.
                 // The types of both were checked when the plugin was loaded.
@@ -593,7 +607,8 @@ impl Invoker {
                 };
                 Ok(Live {
                     store,
-                    handler,
+                    instance,
+                    handler: None,
                     runs,
                 })
             }
@@ -610,6 +625,46 @@ impl Invoker {
         }
     }
 }
+
+/// Makes one instance of `plugin` and drops it, as a module's load does
+/// before the module serves: a module that cannot be instantiated within the
+/// runtime's limits (its memory or tables do not fit, its start code traps
+/// or does not finish in time) is refused then, with the reason, instead of
+/// failing every message; and `handle` is type-checked against the contract,
+/// once for all instances.
+pub(crate) fn try_instantiate(runtime: &Runtime, plugin: &Arc<Plugin>) -> Result<(), String> {
+    let invoker = Invoker::new(runtime.clone(), plugin.clone(), Isolation::Fresh);
+    let invocation = Invocation {
+        limits: Limits {
+            timeout: TRIAL_TIMEOUT,
+            memory_bytes: runtime.config().max_memory_bytes,
+        },
+        config: Arc::default(),
+    };
+    let ticks = deadline_ticks(TRIAL_TIMEOUT, runtime.config().epoch_tick);
+    runtime.guest_entered();
+    let made = invoker.instantiate(&invocation, ticks);
+    runtime.guest_returned();
+    let mut live = made.map_err(|failure| match failure {
+        Failure::Instantiate(detail) => detail,
+        Failure::MemoryLimitExceeded { .. } => {
+            format!("{failure}; its initial memory must fit in processing.max_memory_mb")
+        }
+        other => format!(
+            "{other}; making an instance must neither trap nor take {} s",
+            TRIAL_TIMEOUT.as_secs()
+        ),
+    })?;
+    live.handler(plugin).map(drop).map_err(|e| {
+        format!(
+            "`handle` does not have the contract's type ({e:#}); rebuild the module with the \
+             current sluice-guest SDK"
+        )
+    })
+}
+
+/// How long a module's first instance may take to be made when it is loaded.
+const TRIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Calls `handle-packed` with `messages`, encoded in `buffer` (kept from
 /// call to call), and decodes the results.

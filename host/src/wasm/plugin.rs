@@ -124,6 +124,15 @@ pub enum LoadError {
         /// What the linker said.
         reason: String,
     },
+    /// A first instance could not be made, or its `handle` is not the
+    /// contract's: every message would fail the same way.
+    #[error("plugin {path} cannot be instantiated: {reason}")]
+    Instantiate {
+        /// The plugin file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// What a plugin declares, for `sluice check` and the admin API.
@@ -260,13 +269,26 @@ impl Plugin {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         let hash = hex::encode(Sha256::digest(bytes));
-        let (component, from_cache) =
-            runtime
-                .compile(&name, &hash, bytes)
-                .map_err(|e| LoadError::Invalid {
+        let (component, from_cache) = runtime.compile(&name, &hash, bytes).map_err(|e| {
+            let reason = format!("{e:#}");
+            // With the pooling allocator, wasmtime checks when compiling that
+            // the memories and tables fit in its slots: such a file is whole
+            // and valid, but no instance of it can be made.
+            if reason.contains("pooling allocator") {
+                LoadError::Instantiate {
                     path: path_buf(),
-                    reason: format!("{e:#}"),
-                })?;
+                    reason: format!(
+                        "{reason}; its memories and tables must fit in a slot of the instance \
+                         pool, whose memory is processing.max_memory_mb"
+                    ),
+                }
+            } else {
+                LoadError::Invalid {
+                    path: path_buf(),
+                    reason,
+                }
+            }
+        })?;
         let info = inspect(runtime, path, &component)?;
         let instance_pre =
             runtime
