@@ -59,6 +59,10 @@ fn check_reports_the_entry_point_that_is_called_when_batch_exports_have_another_
     assert!(text.contains("batches  no: one call per message"), "{text}");
     assert!(text.contains("outcome  ok: 1 output"), "{text}");
     let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !errors.contains('\x1b'),
+        "no colour codes when stderr is not a terminal: {errors:?}"
+    );
     for export in ["handle-batch", "handle-packed"] {
         assert!(
             errors.contains(&format!("{export} ")) && errors.contains("mistyped"),
