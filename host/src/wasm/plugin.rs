@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::types::{ComponentFunc, ComponentItem, Type};
+use wasmtime::component::types::{ComponentItem, Type};
 use wasmtime::component::{Component, ComponentExportIndex};
 
 use super::bindings::{PluginIndices, PluginPre};
@@ -350,16 +350,9 @@ fn optional_export(
 /// instances need not check it again.
 fn packed_export(path: &Path, component: &Component) -> Option<ComponentExportIndex> {
     let (index, item) = optional_export(component, "packed", "handle-packed")?;
-    let bytes = |ty: &Type| matches!(ty, Type::List(list) if list.ty() == Type::U8);
-    let fits = match &item {
-        ComponentItem::ComponentFunc(func) => {
-            let params: Vec<Type> = func.params().map(|(_, ty)| ty).collect();
-            let results: Vec<Type> = func.results().collect();
-            matches!(params.as_slice(), [p] if bytes(p))
-                && matches!(results.as_slice(), [r] if bytes(r))
-        }
-        _ => false,
-    };
+    let fits = signature(&item).is_some_and(|(params, results)| {
+        list_of(&params, &[Type::U8]) && list_of(&results, &[Type::U8])
+    });
     if !fits {
         tracing::warn!(
             module = %path.display(),
@@ -373,17 +366,16 @@ fn packed_export(path: &Path, component: &Component) -> Option<ComponentExportIn
 
 /// `handle-batch`, if the component exports it with the contract's type: a
 /// list of what `handle` takes in, a list of what `handle` returns out.
-/// Checked here, once, against the component's own `handle`, whose type every
-/// instance checks against the contract before any call (`Invoker`), so
-/// that instances need not check `handle-batch` again.
+/// Checked here, once, against the component's own `handle`, whose type is
+/// checked against the contract on the module's first instance
+/// (`Runtime::load_file`), so that instances need not check `handle-batch`
+/// again.
 fn batch_export(path: &Path, component: &Component) -> Option<ComponentExportIndex> {
     let (index, item) = optional_export(component, "batch", "handle-batch")?;
     let (_, handle) = optional_export(component, "handler", "handle")?;
-    let fits = match (&item, &handle) {
-        (ComponentItem::ComponentFunc(batch), ComponentItem::ComponentFunc(handle)) => {
-            let params = |f: &ComponentFunc| f.params().map(|(_, ty)| ty).collect::<Vec<_>>();
-            let results = |f: &ComponentFunc| f.results().collect::<Vec<_>>();
-            list_of(&params(batch), &params(handle)) && list_of(&results(batch), &results(handle))
+    let fits = match (signature(&item), signature(&handle)) {
+        (Some((params, results)), Some((handle_params, handle_results))) => {
+            list_of(&params, &handle_params) && list_of(&results, &handle_results)
         }
         _ => false,
     };
@@ -397,6 +389,17 @@ fn batch_export(path: &Path, component: &Component) -> Option<ComponentExportInd
         return None;
     }
     Some(index)
+}
+
+/// The parameter and result types of `item`, if it is a function.
+fn signature(item: &ComponentItem) -> Option<(Vec<Type>, Vec<Type>)> {
+    match item {
+        ComponentItem::ComponentFunc(func) => Some((
+            func.params().map(|(_, ty)| ty).collect(),
+            func.results().collect(),
+        )),
+        _ => None,
+    }
 }
 
 /// Whether `list` is one list type whose elements are `element`, one type.
