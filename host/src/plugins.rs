@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::RouteConfig;
 use crate::pipeline::Route;
 
 type RouteHandle = Arc<Route>;
@@ -150,20 +151,31 @@ async fn load(
         tracing::debug!(module, "module file touched, content unchanged");
         return;
     }
-    let plugin = match &t.last {
-        Some(last) if last.hash() == hash => Ok(last.clone()),
-        _ => {
-            let runtime = runtime.clone();
-            let origin = path.to_owned();
-            tokio::task::spawn_blocking(move || runtime.load_bytes(&origin, &bytes).map(Arc::new))
-                .await
-                .unwrap_or_else(|e| {
-                    Err(crate::wasm::LoadError::Read {
-                        path: path.to_owned(),
-                        source: std::io::Error::other(format!("compilation was interrupted: {e}")),
-                    })
-                })
-        }
+    // A version already loaded (a deleted file restored) is not compiled
+    // again; either way, every route must be able to make an instance of it
+    // within its memory limit.
+    let last = t.last.clone().filter(|last| last.hash() == hash);
+    let configs: Vec<RouteConfig> = routes.iter().map(|r| r.config.clone()).collect();
+    let plugin = {
+        let runtime = runtime.clone();
+        let origin = path.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let plugin = match last {
+                Some(plugin) => plugin,
+                None => Arc::new(runtime.load_bytes(&origin, &bytes)?),
+            };
+            for route in &configs {
+                crate::pipeline::admit(&runtime, &plugin, route)?;
+            }
+            Ok(plugin)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(crate::wasm::LoadError::Read {
+                path: path.to_owned(),
+                source: std::io::Error::other(format!("compilation was interrupted: {e}")),
+            })
+        })
     };
     match plugin {
         Ok(plugin) => {

@@ -1,7 +1,9 @@
 //! The `sluice` command as a user runs it: `check` describing and invoking a
-//! plugin, `run` refusing a bad config, and `demo` on the embedded broker.
+//! plugin, `run` refusing a bad config or a module a route cannot use, and
+//! `demo` on the embedded broker.
 
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use sluice_test_artifacts as artifacts;
 
@@ -130,14 +132,19 @@ fn check_refuses_an_invalid_plugin_with_its_reason() {
     assert!(err.contains("does not export `handle`"), "{err}");
     assert!(err.contains("wrong_world.wasm"), "{err}");
 
-    // Valid, but too large for any memory slot at the default limits.
+    // Valid, but its 320 MiB of initial memory do not fit in the memory
+    // limit checked against (a route's, 64 MiB by default) ...
     let out = sluice(&["check", artifacts::OVERSIZED]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("oversized.wasm cannot be instantiated"),
+        err.contains("oversized.wasm cannot be instantiated")
+            && err.contains("its initial memory must fit in --memory-limit-mb 64"),
         "{err}"
     );
+    // ... and do fit in a larger one.
+    let out = sluice(&["check", artifacts::OVERSIZED, "--memory-limit-mb", "400"]);
+    assert!(out.status.success(), "{out:?}");
 }
 
 #[test]
@@ -189,6 +196,52 @@ fn run_fails_fast_on_a_bad_config_naming_the_field() {
         "a missing module is named: {err}"
     );
     assert!(err.contains("enrich.wasm does not exist"), "{err}");
+}
+
+#[test]
+fn run_refuses_a_route_whose_memory_limit_its_module_does_not_fit_in() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).expect("plugins dir");
+    std::fs::copy(artifacts::UPPERCASE, plugins.join("uppercase.wasm")).expect("copy plugin");
+    let config = dir.path().join("sluice.toml");
+    // The module's memory starts above 1 MiB (its stack alone is 1 MiB):
+    // every message of the route would fail.
+    std::fs::write(
+        &config,
+        "[plugins]\ndir = \"plugins\"\n\n[http]\nenabled = false\n\n\
+         [[routes]]\ntopic = \"orders\"\nmodule = \"uppercase\"\nmemory_limit_mb = 1\n",
+    )
+    .expect("write config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--config", config.to_str().expect("utf-8 path")])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the sluice binary runs");
+    // Were the route accepted, the daemon would go on to look for a broker:
+    // stop it after a minute rather than wait for ever.
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let mut stderr = child.stderr.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut text).expect("read stderr");
+        let _ = done_tx.send(());
+        text
+    });
+    if done_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    }
+    let status = child.wait().expect("wait for sluice");
+    let err = reader.join().expect("stderr reader");
+    assert_eq!(status.code(), Some(1), "exits at startup: {err}");
+    assert!(
+        err.contains("uppercase.wasm cannot be instantiated")
+            && err.contains("memory_limit_mb = 1 of the route for topic `orders`"),
+        "names the module, the route and its setting: {err}"
+    );
 }
 
 #[test]

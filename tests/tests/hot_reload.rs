@@ -167,6 +167,8 @@ fn start_with_dead_letters(group: &str) -> (Broker, tempfile::TempDir, Daemon) {
         "dead_letter_topic = \"dlq\"",
         &route(""),
     );
+    // Room for modules larger than a route's limit (64 MiB by default).
+    let config = config.replace("[processing]\n", "[processing]\nmax_memory_mb = 512\n");
     let daemon = Daemon::start(parse(&config));
     (broker, plugins, daemon)
 }
@@ -198,10 +200,22 @@ async fn bad_files_leave_the_serving_version_until_fixed() {
     assert_eq!(daemon.status.serving_hash("in"), Some(v0.clone()));
     produce_sequence(&bootstrap, "in", 1, 200, "c").await;
 
+    // A valid module that fits in the instance pool's memory slots, but
+    // whose initial memory (320 MiB) is more than the route's limit: every
+    // message would fail.
+    let oversized = std::fs::read(artifacts::OVERSIZED).expect("oversized guest");
+    deploy(plugins.path(), &oversized);
+    until_plugins(&daemon.status, "the oversized module is refused", |s| {
+        s.plugin_loads("handler") == (1, 3)
+    })
+    .await;
+    assert_eq!(daemon.status.serving_hash("in"), Some(v0.clone()));
+    produce_sequence(&bootstrap, "in", 1, 200, "e").await;
+
     // Fixed: the complete file loads.
     deploy(plugins.path(), &v1);
     until_plugins(&daemon.status, "the fixed file loads", |s| {
-        s.plugin_loads("handler") == (2, 2)
+        s.plugin_loads("handler") == (2, 3)
     })
     .await;
     assert_eq!(
@@ -210,9 +224,9 @@ async fn bad_files_leave_the_serving_version_until_fixed() {
     );
     produce_sequence(&bootstrap, "in", 1, 200, "d").await;
 
-    let outputs = read_until(&bootstrap, "out", 1, LONG, |r| r.len() >= 800);
+    let outputs = read_until(&bootstrap, "out", 1, LONG, |r| r.len() >= 1000);
     let handled: Vec<(u32, String)> = outputs.iter().map(version_of).collect();
-    assert_eq!(handled.len(), 800, "every message handled once, none lost");
+    assert_eq!(handled.len(), 1000, "every message handled once, none lost");
     let versions: BTreeSet<u32> = handled.iter().map(|(v, _)| *v).collect();
     assert!(versions.is_subset(&BTreeSet::from([0, 1])));
     assert!(
@@ -411,15 +425,23 @@ async fn routes_follow_edits_of_the_config_file() {
     send("a", "x3").await;
     assert_eq!(texts("a.alt", 2), ["X2", "X3"]);
 
+    // An edit that gives route b less memory than its module starts with
+    // (1 MiB: a Rust guest's stack alone is that) would fail every message
+    // of the route: refused, route b keeps serving as it was.
+    write(&(route_a("a.alt") + &route_b(1000) + "memory_limit_mb = 1\n"));
+    until_reloads((1, 2)).await;
+    send("b", "y2").await;
+    assert_eq!(texts("b.out", 2), ["Y1", "Y2"]);
+
     // Route b removed.
     write(&route_a("a.alt"));
-    until_reloads((2, 1)).await;
+    until_reloads((2, 2)).await;
     assert!(daemon.status.route("b").is_none());
-    send("b", "y2").await;
+    send("b", "y3").await;
     send("a", "x4").await;
     assert_eq!(texts("a.alt", 3), ["X2", "X3", "X4"]);
-    let b_out = read_topic(&bootstrap, "b.out", 1, 1, LONG, Duration::from_secs(2));
-    assert_eq!(b_out.len(), 1, "a removed route handles nothing more");
+    let b_out = read_topic(&bootstrap, "b.out", 1, 2, LONG, Duration::from_secs(2));
+    assert_eq!(b_out.len(), 2, "a removed route handles nothing more");
     assert_eq!(
         wait_committed(&bootstrap, "test.edits", "a", &[4], LONG),
         [Some(4)]

@@ -535,6 +535,34 @@ fn bad_files_are_refused_with_their_reason() {
 }
 
 #[test]
+fn a_module_is_refused_for_a_memory_limit_its_initial_memory_does_not_fit() {
+    let rt = runtime();
+    let plugin = load(&rt, artifacts::UPPERCASE);
+    // A Rust guest's memory starts with its 1 MiB stack and its data.
+    let error = rt
+        .fits_within(&plugin, 1 << 20, "the test's limit")
+        .expect_err("1 MiB is less than the module's initial memory");
+    assert!(matches!(error, LoadError::Instantiate { .. }), "{error}");
+    let text = error.to_string();
+    assert!(
+        text.contains("uppercase.wasm cannot be instantiated")
+            && text.contains("memory limit of 1048576 bytes")
+            && text.contains("its initial memory must fit in the test's limit"),
+        "names the module, the limit and the setting: {text}"
+    );
+    rt.fits_within(&plugin, 2 << 20, "the test's limit")
+        .expect("2 MiB is enough for it");
+    // Instances within the limit it fits in still work.
+    let outcome = rt
+        .invoker(plugin, Isolation::Fresh)
+        .invoke(&message("t", b"ok"), &invocation(5000, 2, &[]));
+    assert_eq!(
+        values(&outcome.expect("handled")),
+        [("t.out".to_owned(), "OK".to_owned())]
+    );
+}
+
+#[test]
 fn plugins_are_identified_by_name_and_content_hash() {
     let rt = runtime();
     let plugin = load(&rt, artifacts::JSON_ROUTER);

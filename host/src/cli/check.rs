@@ -48,10 +48,16 @@ pub(super) struct CheckArgs {
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=300_000))]
     timeout_ms: u64,
 
-    /// The handler's memory limit, in MiB.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    /// The handler's memory limit, in MiB, as a route's `memory_limit_mb`:
+    /// the module's memory must start within it.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=MAX_MEMORY_MB))]
     memory_limit_mb: u64,
 }
+
+/// The largest memory limit a route can have (`processing.max_memory_mb`'s
+/// ceiling), in MiB: a module is first loaded within it, then tried within
+/// `--memory-limit-mb`, so that what does not fit is named.
+const MAX_MEMORY_MB: u64 = 4096;
 
 fn parse_pair(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
@@ -62,12 +68,20 @@ fn parse_pair(s: &str) -> Result<(String, String), String> {
 pub(super) fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let memory_bytes = usize::try_from(args.memory_limit_mb << 20)?;
     let runtime = Runtime::new(RuntimeConfig {
-        max_memory_bytes: memory_bytes,
+        max_memory_bytes: usize::try_from(MAX_MEMORY_MB << 20)?,
         pooling: false,
         ..RuntimeConfig::default()
     })
     .context("starting the WebAssembly runtime")?;
     let plugin = Arc::new(runtime.load_file(&args.file)?);
+    runtime.fits_within(
+        &plugin,
+        memory_bytes,
+        &format!(
+            "--memory-limit-mb {}, as a route's memory_limit_mb would",
+            args.memory_limit_mb
+        ),
+    )?;
 
     let info = plugin.info();
     println!("{}: a valid Sluice handler", args.file.display());

@@ -40,7 +40,7 @@ use crate::status::{ModuleInfo, TopicPartition};
 pub use breaker::{Admission, Backoff, Breaker, CircuitState};
 pub use partition::CORRELATION_HEADER;
 use partition::Gate;
-pub(crate) use route::Route;
+pub(crate) use route::{Route, admit};
 
 /// The most messages the main loop takes from the consumer in one turn.
 const BURST: usize = 256;
@@ -178,6 +178,7 @@ fn load_routes(
                 (p, info)
             }
         };
+        admit(runtime, &plugin, route)?;
         let route_status = status.upsert_route(config, route);
         route_status.set_module(Some(info));
         routes.push(Arc::new(Route::new(

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::RebalanceContext;
 use super::route::{Route, RouteSlot};
-use crate::config::Config;
+use crate::config::{Config, RouteConfig};
 use crate::status::{ModuleInfo, Status};
 use crate::wasm::{Plugin, Runtime};
 
@@ -148,16 +148,39 @@ impl Routes {
             }
         }
 
+        // The routes added or changed.
+        let fresh: Vec<&RouteConfig> = new
+            .routes
+            .iter()
+            .filter(|rc| {
+                !self
+                    .slots
+                    .get(&rc.topic)
+                    .is_some_and(|slot| slot.borrow().config == **rc)
+            })
+            .collect();
+        // Each takes its module only if an instance of it fits in the
+        // route's memory limit.
+        let to_admit: Vec<(Arc<Plugin>, RouteConfig)> = fresh
+            .iter()
+            .filter_map(|rc| Some((plugins.get(&rc.module)?.clone(), (*rc).clone())))
+            .collect();
+        let runtime = self.runtime.clone();
+        let admitted = tokio::task::spawn_blocking(move || {
+            to_admit
+                .iter()
+                .try_for_each(|(plugin, rc)| super::admit(&runtime, plugin, rc))
+        })
+        .await;
+        if let Err(e) = admitted.map_err(anyhow::Error::from).and_then(|r| Ok(r?)) {
+            self.status.count_config_reload(false);
+            tracing::error!("config reload refused, the running routes stay: {e:#}");
+            return;
+        }
+
         let mut added = Vec::new();
         let mut changed = Vec::new();
-        for rc in &new.routes {
-            let unchanged = self
-                .slots
-                .get(&rc.topic)
-                .is_some_and(|slot| slot.borrow().config == *rc);
-            if unchanged {
-                continue;
-            }
+        for rc in fresh {
             let Some(plugin) = plugins.get(&rc.module).cloned() else {
                 continue;
             };

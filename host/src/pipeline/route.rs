@@ -12,7 +12,27 @@ use tokio::sync::watch;
 use super::breaker::Backoff;
 use crate::config::{Config, RetryOn, RouteConfig};
 use crate::status::RouteStatus;
-use crate::wasm::{Invocation, Invoker, Isolation, Limits, Plugin, Runtime};
+use crate::wasm::{Invocation, Invoker, Isolation, Limits, LoadError, Plugin, Runtime};
+
+/// Refuses `plugin` for `route` when no instance of it can be made within
+/// the route's `memory_limit_mb`: every message of the route would fail.
+/// Makes an instance when the limit is below the runtime's, so call it
+/// off the async threads.
+pub(crate) fn admit(
+    runtime: &Runtime,
+    plugin: &Arc<Plugin>,
+    route: &RouteConfig,
+) -> Result<(), LoadError> {
+    runtime.fits_within(
+        plugin,
+        route.memory_limit_bytes(),
+        &format!(
+            "memory_limit_mb = {} of the route for topic `{}`: raise that limit (up to \
+             processing.max_memory_mb) or make the module's memory smaller",
+            route.memory_limit_mb, route.topic
+        ),
+    )
+}
 
 /// A route as its partitions see it: replaced as a whole when a config
 /// reload changes the route, read again by each partition at every batch.

@@ -248,12 +248,42 @@ impl Runtime {
     /// message would fail on is refused now, and hands the plugin back.
     fn ready(&self, path: &Path, plugin: Plugin) -> Result<Plugin, LoadError> {
         let plugin = Arc::new(plugin);
-        invoke::try_instantiate(self, &plugin).map_err(|reason| LoadError::Instantiate {
+        invoke::try_instantiate(
+            self,
+            &plugin,
+            self.inner.config.max_memory_bytes,
+            "its initial memory must fit in processing.max_memory_mb",
+        )
+        .map_err(|reason| LoadError::Instantiate {
             path: path.to_owned(),
             reason,
         })?;
         // The first instance, the only other holder, is gone.
         Ok(Arc::into_inner(plugin).expect("no instance outlives `try_instantiate`"))
+    }
+
+    /// Refuses a loaded plugin for a memory limit below the runtime's (a
+    /// route's `memory_limit_mb`) when no instance of it can be made within
+    /// that limit, as its load does for the runtime's: every message would
+    /// fail. `setting` names the limit in the reason, what the module's
+    /// initial memory must fit in.
+    pub fn fits_within(
+        &self,
+        plugin: &Arc<Plugin>,
+        memory_bytes: usize,
+        setting: &str,
+    ) -> Result<(), LoadError> {
+        if memory_bytes >= self.inner.config.max_memory_bytes {
+            // Its load made an instance within the runtime's limit.
+            return Ok(());
+        }
+        let advice = format!("its initial memory must fit in {setting}");
+        invoke::try_instantiate(self, plugin, memory_bytes, &advice).map_err(|reason| {
+            LoadError::Instantiate {
+                path: plugin.path().to_owned(),
+                reason,
+            }
+        })
     }
 
     /// A worker that invokes `plugin` with the given isolation mode.

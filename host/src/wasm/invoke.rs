@@ -626,18 +626,24 @@ impl Invoker {
     }
 }
 
-/// Makes one instance of `plugin` and drops it, as a module's load does
-/// before the module serves: a module that cannot be instantiated within the
-/// runtime's limits (its memory or tables do not fit, its start code traps
-/// or does not finish in time) is refused then, with the reason, instead of
-/// failing every message; and `handle` is type-checked against the contract,
-/// once for all instances.
-pub(crate) fn try_instantiate(runtime: &Runtime, plugin: &Arc<Plugin>) -> Result<(), String> {
+/// Makes one instance of `plugin` within `memory_bytes` and drops it, as a
+/// module's load does before the module serves, and as a route does before
+/// it takes a module: a module that cannot be instantiated within the limits
+/// (its memory or tables do not fit, its start code traps or does not finish
+/// in time) is refused then, with the reason, instead of failing every
+/// message; and `handle` is type-checked against the contract. `memory_advice`
+/// ends the reason when the memory does not fit: which setting it must fit in.
+pub(crate) fn try_instantiate(
+    runtime: &Runtime,
+    plugin: &Arc<Plugin>,
+    memory_bytes: usize,
+    memory_advice: &str,
+) -> Result<(), String> {
     let invoker = Invoker::new(runtime.clone(), plugin.clone(), Isolation::Fresh);
     let invocation = Invocation {
         limits: Limits {
             timeout: TRIAL_TIMEOUT,
-            memory_bytes: runtime.config().max_memory_bytes,
+            memory_bytes,
         },
         config: Arc::default(),
     };
@@ -647,9 +653,7 @@ pub(crate) fn try_instantiate(runtime: &Runtime, plugin: &Arc<Plugin>) -> Result
     runtime.guest_returned();
     let mut live = made.map_err(|failure| match failure {
         Failure::Instantiate(detail) => detail,
-        Failure::MemoryLimitExceeded { .. } => {
-            format!("{failure}; its initial memory must fit in processing.max_memory_mb")
-        }
+        Failure::MemoryLimitExceeded { .. } => format!("{failure}; {memory_advice}"),
         other => format!(
             "{other}; making an instance must neither trap nor take {} s",
             TRIAL_TIMEOUT.as_secs()
