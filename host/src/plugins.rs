@@ -20,7 +20,7 @@ use crate::pipeline::Route;
 
 type RouteHandle = Arc<Route>;
 use crate::status::{ModuleInfo, Status};
-use crate::wasm::{Plugin, Runtime};
+use crate::wasm::{LoadError, Plugin, Runtime};
 
 /// How often the directory is looked at. A file is loaded once it was the
 /// same at two looks in a row, so a copy in progress is not read half-way
@@ -171,7 +171,7 @@ async fn load(
         })
         .await
         .unwrap_or_else(|e| {
-            Err(crate::wasm::LoadError::Read {
+            Err(LoadError::Read {
                 path: path.to_owned(),
                 source: std::io::Error::other(format!("compilation was interrupted: {e}")),
             })
@@ -199,12 +199,21 @@ async fn load(
         }
         Err(e) => {
             status.count_plugin_load(module, false);
+            // A file seen half-written is the usual cause of these.
+            let partial = matches!(
+                e,
+                LoadError::Read { .. } | LoadError::Empty { .. } | LoadError::Invalid { .. }
+            );
             tracing::error!(
                 module,
                 path = %path.display(),
                 serving = serving.as_ref().map_or("none", |p| p.short_hash()),
-                "module file refused; the version serving keeps serving (write the new file \
-                 elsewhere and rename it into the directory): {e}"
+                "module file refused; the version serving keeps serving{}: {e}",
+                if partial {
+                    " (write the new file elsewhere and rename it into the directory)"
+                } else {
+                    ""
+                }
             );
         }
     }
