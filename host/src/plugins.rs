@@ -15,7 +15,6 @@ use std::time::{Duration, Instant, SystemTime};
 use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::RouteConfig;
 use crate::pipeline::Route;
 
 type RouteHandle = Arc<Route>;
@@ -155,7 +154,7 @@ async fn load(
     // again; either way, every route must be able to make an instance of it
     // within its memory limit.
     let last = t.last.clone().filter(|last| last.hash() == hash);
-    let configs: Vec<RouteConfig> = routes.iter().map(|r| r.config.clone()).collect();
+    let routes_to_check = routes.to_vec();
     let plugin = {
         let runtime = runtime.clone();
         let origin = path.to_owned();
@@ -164,8 +163,8 @@ async fn load(
                 Some(plugin) => plugin,
                 None => Arc::new(runtime.load_bytes(&origin, &bytes)?),
             };
-            for route in &configs {
-                crate::pipeline::admit(&runtime, &plugin, route)?;
+            for route in &routes_to_check {
+                crate::pipeline::admit(&runtime, &plugin, &route.config)?;
             }
             Ok(plugin)
         })

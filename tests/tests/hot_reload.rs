@@ -190,27 +190,22 @@ async fn bad_files_leave_the_serving_version_until_fixed() {
     assert_eq!(daemon.status.serving_hash("in"), Some(v0.clone()));
     produce_sequence(&bootstrap, "in", 1, 200, "b").await;
 
-    // A component for another world.
-    let wrong = std::fs::read(artifacts::WRONG_WORLD).expect("wrong-world guest");
-    deploy(plugins.path(), &wrong);
-    until_plugins(&daemon.status, "the wrong world is refused", |s| {
-        s.plugin_loads("handler") == (1, 2)
-    })
-    .await;
-    assert_eq!(daemon.status.serving_hash("in"), Some(v0.clone()));
-    produce_sequence(&bootstrap, "in", 1, 200, "c").await;
-
-    // A valid module that fits in the instance pool's memory slots, but
-    // whose initial memory (320 MiB) is more than the route's limit: every
-    // message would fail.
-    let oversized = std::fs::read(artifacts::OVERSIZED).expect("oversized guest");
-    deploy(plugins.path(), &oversized);
-    until_plugins(&daemon.status, "the oversized module is refused", |s| {
-        s.plugin_loads("handler") == (1, 3)
-    })
-    .await;
-    assert_eq!(daemon.status.serving_hash("in"), Some(v0.clone()));
-    produce_sequence(&bootstrap, "in", 1, 200, "e").await;
+    // Complete files the route cannot use: a component for another world,
+    // and a valid module that fits in the instance pool's memory slots but
+    // whose initial memory (320 MiB) is more than the route's limit, so
+    // that every message would fail.
+    for (refused, (guest, what, prefix)) in (2..).zip([
+        (artifacts::WRONG_WORLD, "the wrong world is refused", "c"),
+        (artifacts::OVERSIZED, "the oversized module is refused", "e"),
+    ]) {
+        deploy(plugins.path(), &std::fs::read(guest).expect("guest built"));
+        until_plugins(&daemon.status, what, |s| {
+            s.plugin_loads("handler") == (1, refused)
+        })
+        .await;
+        assert_eq!(daemon.status.serving_hash("in"), Some(v0.clone()));
+        produce_sequence(&bootstrap, "in", 1, 200, prefix).await;
+    }
 
     // Fixed: the complete file loads.
     deploy(plugins.path(), &v1);

@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use clap::Args;
 
+use crate::config::MAX_MEMORY_MB;
 use crate::wasm::{
     self, EntryPoint, Header, Invocation, Isolation, Limits, Message, Runtime, RuntimeConfig,
 };
@@ -54,11 +55,6 @@ pub(super) struct CheckArgs {
     memory_limit_mb: u64,
 }
 
-/// The largest memory limit a route can have (`processing.max_memory_mb`'s
-/// ceiling), in MiB: a module is first loaded within it, then tried within
-/// `--memory-limit-mb`, so that what does not fit is named.
-const MAX_MEMORY_MB: u64 = 4096;
-
 fn parse_pair(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -67,6 +63,8 @@ fn parse_pair(s: &str) -> Result<(String, String), String> {
 
 pub(super) fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let memory_bytes = usize::try_from(args.memory_limit_mb << 20)?;
+    // Loaded within the largest limit a route can have, then tried within
+    // `--memory-limit-mb`, so that what does not fit is named.
     let runtime = Runtime::new(RuntimeConfig {
         max_memory_bytes: usize::try_from(MAX_MEMORY_MB << 20)?,
         pooling: false,

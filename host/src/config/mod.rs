@@ -96,6 +96,10 @@ pub struct Config {
 /// The bootstrap value that starts the in-process development broker.
 pub const EMBEDDED_BROKER: &str = "embedded";
 
+/// The largest `processing.max_memory_mb`, and so the largest memory limit
+/// any route can have, in MiB.
+pub const MAX_MEMORY_MB: u64 = 4096;
+
 /// Kafka settings. Every field can be overridden by its `KAFKA_*` variable.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::{Debug, Display};
 use std::ops::RangeInclusive;
 
-use super::{Acks, Config, ConfigError, RetryOn};
+use super::{Acks, Config, ConfigError, MAX_MEMORY_MB, RetryOn};
 
 /// librdkafka properties Sluice sets itself; overriding them would break
 /// at-least-once delivery or the group id contract.
@@ -148,7 +148,11 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         p.commit_interval_seconds,
         0.1..=3600.0,
     )?;
-    in_range("processing.max_memory_mb", p.max_memory_mb, 1..=4096)?;
+    in_range(
+        "processing.max_memory_mb",
+        p.max_memory_mb,
+        1..=MAX_MEMORY_MB,
+    )?;
     let session_timeout = session_timeout_seconds(&k.librdkafka);
     if !(0.0..session_timeout).contains(&p.drain_timeout_seconds) {
         return Err(invalid(

@@ -148,8 +148,9 @@ impl Routes {
             }
         }
 
-        // The routes added or changed.
-        let fresh: Vec<&RouteConfig> = new
+        // The routes added or changed, with their modules; each takes its
+        // module only if an instance of it fits in the route's memory limit.
+        let fresh: Vec<(RouteConfig, Arc<Plugin>)> = new
             .routes
             .iter()
             .filter(|rc| {
@@ -158,39 +159,38 @@ impl Routes {
                     .get(&rc.topic)
                     .is_some_and(|slot| slot.borrow().config == **rc)
             })
-            .collect();
-        // Each takes its module only if an instance of it fits in the
-        // route's memory limit.
-        let to_admit: Vec<(Arc<Plugin>, RouteConfig)> = fresh
-            .iter()
-            .filter_map(|rc| Some((plugins.get(&rc.module)?.clone(), (*rc).clone())))
+            .filter_map(|rc| Some((rc.clone(), plugins.get(&rc.module)?.clone())))
             .collect();
         let runtime = self.runtime.clone();
+        // The check hands the routes back for the swap below.
         let admitted = tokio::task::spawn_blocking(move || {
-            to_admit
-                .iter()
-                .try_for_each(|(plugin, rc)| super::admit(&runtime, plugin, rc))
+            for (rc, plugin) in &fresh {
+                super::admit(&runtime, plugin, rc)?;
+            }
+            Ok(fresh)
         })
-        .await;
-        if let Err(e) = admitted.map_err(anyhow::Error::from).and_then(|r| Ok(r?)) {
-            self.status.count_config_reload(false);
-            tracing::error!("config reload refused, the running routes stay: {e:#}");
-            return;
-        }
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|checked| checked);
+        let fresh = match admitted {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                self.status.count_config_reload(false);
+                tracing::error!("config reload refused, the running routes stay: {e:#}");
+                return;
+            }
+        };
 
         let mut added = Vec::new();
         let mut changed = Vec::new();
-        for rc in fresh {
-            let Some(plugin) = plugins.get(&rc.module).cloned() else {
-                continue;
-            };
-            let route_status = self.status.upsert_route(&new, rc);
+        for (rc, plugin) in fresh {
+            let route_status = self.status.upsert_route(&new, &rc);
             if let Some(info) = loaded.get(&rc.module) {
                 route_status.set_module(Some(info.clone()));
             }
             let route = Arc::new(Route::new(
                 &new,
-                rc,
+                &rc,
                 plugin,
                 self.runtime.clone(),
                 route_status,

@@ -236,28 +236,23 @@ impl Runtime {
     /// Reads, compiles and validates a plugin file. Compiling is CPU-heavy:
     /// call it from a blocking thread, not from an async task.
     pub fn load_file(&self, path: &Path) -> Result<Plugin, LoadError> {
-        self.ready(path, Plugin::from_file(self, path)?)
+        self.ready(Plugin::from_file(self, path)?)
     }
 
     /// Compiles and validates a plugin from bytes; `origin` names it in errors.
     pub fn load_bytes(&self, origin: &Path, bytes: &[u8]) -> Result<Plugin, LoadError> {
-        self.ready(origin, Plugin::from_bytes(self, origin, bytes)?)
+        self.ready(Plugin::from_bytes(self, origin, bytes)?)
     }
 
     /// Makes a first instance of a loaded plugin, so that a module every
     /// message would fail on is refused now, and hands the plugin back.
-    fn ready(&self, path: &Path, plugin: Plugin) -> Result<Plugin, LoadError> {
+    fn ready(&self, plugin: Plugin) -> Result<Plugin, LoadError> {
         let plugin = Arc::new(plugin);
-        invoke::try_instantiate(
-            self,
+        self.trial(
             &plugin,
             self.inner.config.max_memory_bytes,
-            "its initial memory must fit in processing.max_memory_mb",
-        )
-        .map_err(|reason| LoadError::Instantiate {
-            path: path.to_owned(),
-            reason,
-        })?;
+            "processing.max_memory_mb",
+        )?;
         // The first instance, the only other holder, is gone.
         Ok(Arc::into_inner(plugin).expect("no instance outlives `try_instantiate`"))
     }
@@ -277,8 +272,18 @@ impl Runtime {
             // Its load made an instance within the runtime's limit.
             return Ok(());
         }
-        let advice = format!("its initial memory must fit in {setting}");
-        invoke::try_instantiate(self, plugin, memory_bytes, &advice).map_err(|reason| {
+        self.trial(plugin, memory_bytes, setting)
+    }
+
+    /// Makes one instance of `plugin` within `memory_bytes` (`setting`) and
+    /// drops it; a failure refuses the plugin.
+    fn trial(
+        &self,
+        plugin: &Arc<Plugin>,
+        memory_bytes: usize,
+        setting: &str,
+    ) -> Result<(), LoadError> {
+        invoke::try_instantiate(self, plugin, memory_bytes, setting).map_err(|reason| {
             LoadError::Instantiate {
                 path: plugin.path().to_owned(),
                 reason,

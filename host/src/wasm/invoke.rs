@@ -631,13 +631,13 @@ impl Invoker {
 /// it takes a module: a module that cannot be instantiated within the limits
 /// (its memory or tables do not fit, its start code traps or does not finish
 /// in time) is refused then, with the reason, instead of failing every
-/// message; and `handle` is type-checked against the contract. `memory_advice`
-/// ends the reason when the memory does not fit: which setting it must fit in.
+/// message; and `handle` is type-checked against the contract. When the
+/// memory does not fit, the reason names `setting`, the limit it must fit in.
 pub(crate) fn try_instantiate(
     runtime: &Runtime,
     plugin: &Arc<Plugin>,
     memory_bytes: usize,
-    memory_advice: &str,
+    setting: &str,
 ) -> Result<(), String> {
     let invoker = Invoker::new(runtime.clone(), plugin.clone(), Isolation::Fresh);
     let invocation = Invocation {
@@ -653,7 +653,9 @@ pub(crate) fn try_instantiate(
     runtime.guest_returned();
     let mut live = made.map_err(|failure| match failure {
         Failure::Instantiate(detail) => detail,
-        Failure::MemoryLimitExceeded { .. } => format!("{failure}; {memory_advice}"),
+        Failure::MemoryLimitExceeded { .. } => {
+            format!("{failure}; its initial memory must fit in {setting}")
+        }
         other => format!(
             "{other}; making an instance must neither trap nor take {} s",
             TRIAL_TIMEOUT.as_secs()
