@@ -28,6 +28,9 @@
 //! for example `sluice` while profiling), and `SLUICE_BENCH_PROCESSING` adds
 //! lines to sluice's `[processing]` table, separated by `;` (for example
 //! `batch_size = 16`), to measure a setting against its default.
+//! `SLUICE_BENCH_LIBRDKAFKA` gives librdkafka properties, `key=value` pairs
+//! separated by `;` (for example `linger.ms=20`), to both clients of the
+//! bare loop and to sluice's `[kafka.librdkafka]`.
 //! `SLUICE_BENCH_REPEAT` runs every contender that many times (default 1),
 //! taking turns on the same input, each time with a fresh consumer group
 //! and output topic, and reports the median of each figure: CPU per message
@@ -79,18 +82,29 @@ fn children_cpu() -> Duration {
 }
 
 /// Waits until `topic` holds `count` records; returns when the first and
-/// the last arrived.
+/// the last arrived. Gives up at `deadline`, or once `child` has exited
+/// without writing them all: with a failure, or at all unless it
+/// `exits_by_itself` once done (a contender that failed to start, for
+/// example, is reported at once).
 fn watch(
     bootstrap: &str,
     topic: &str,
     count: usize,
     deadline: Instant,
+    child: &mut Child,
+    exits_by_itself: bool,
 ) -> Option<(Instant, Instant)> {
     let mut counter = Counter::new(bootstrap, topic, PARTITIONS);
     let mut seen: Option<(Instant, Instant)> = None;
     while counter.count < count {
-        if Instant::now() > deadline {
-            eprintln!("  {topic}: only {} of {count} records", counter.count);
+        let failed = child
+            .try_wait()
+            .ok()
+            .flatten()
+            .filter(|status| !exits_by_itself || !status.success());
+        if Instant::now() > deadline || failed.is_some() {
+            let why = failed.map_or_else(|| "in time".to_owned(), |s| format!("({s})"));
+            eprintln!("  {topic}: only {} of {count} records {why}", counter.count);
             return None;
         }
         if let Some((first, last)) = counter.poll(Duration::from_millis(100)) {
@@ -127,7 +141,14 @@ fn measure(
         .stdout(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-    let last = watch(bootstrap, output, count, started + Duration::from_secs(600));
+    let last = watch(
+        bootstrap,
+        output,
+        count,
+        started + Duration::from_secs(600),
+        &mut child,
+        exits_by_itself,
+    );
     if !exits_by_itself || last.is_none() {
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
@@ -190,8 +211,9 @@ fn python_peer() -> Option<String> {
 /// test harness's short timers), its partition queue as large as the input
 /// (the input shares record batches, and Tansu serves fetches only from
 /// batch boundaries, so a partition must never be paused and resumed
-/// mid-batch), plus any `SLUICE_BENCH_PROCESSING` lines. The directory holds
-/// the config file and must outlive the run.
+/// mid-batch), plus any `SLUICE_BENCH_PROCESSING` lines and
+/// `SLUICE_BENCH_LIBRDKAFKA` properties. The directory holds the config
+/// file and must outlive the run.
 fn sluice_command(
     program: &str,
     plugins: &Path,
@@ -200,8 +222,15 @@ fn sluice_command(
     routes: &str,
     count: usize,
 ) -> (Command, TempDir) {
+    let librdkafka: String = std::env::var("SLUICE_BENCH_LIBRDKAFKA")
+        .unwrap_or_default()
+        .split(';')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(key, value)| format!("{:?} = {:?}\n", key.trim(), value.trim()))
+        .collect();
     let text = format!(
         "[kafka]\nbootstrap_servers = {bootstrap:?}\ngroup = {group:?}\nauto_offset_reset = \"earliest\"\n\n\
+         [kafka.librdkafka]\n{librdkafka}\n\
          [plugins]\ndir = {dir:?}\n\n\
          [processing]\npartition_queue = {queue}\n{extra}\n\n\
          [http]\nlisten = \"127.0.0.1:0\"\n\n{routes}",

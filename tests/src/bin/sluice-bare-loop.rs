@@ -7,6 +7,7 @@
 //! SIGTERM or SIGINT. With `--correlation-id` every output carries a
 //! `correlation_id` header with a fresh UUID, as sluice's outputs do for
 //! inputs without one, so that the two produce the same records.
+//! `SLUICE_BENCH_LIBRDKAFKA` adds librdkafka properties to both clients.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,24 +28,31 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    let extra = std::env::var("SLUICE_BENCH_LIBRDKAFKA").unwrap_or_default();
     let consumer: Arc<StreamConsumer> = Arc::new(
+        tuned(
+            &extra,
+            ClientConfig::new()
+                .set("bootstrap.servers", bootstrap)
+                // One group per output topic, so that every run reads the input
+                // from its start.
+                .set("group.id", format!("bare-{output}"))
+                .set("auto.offset.reset", "earliest")
+                .set("enable.auto.offset.store", "false"),
+        )
+        .create()
+        .expect("bare consumer"),
+    );
+    let producer: FutureProducer = tuned(
+        &extra,
         ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
-            // One group per output topic, so that every run reads the input
-            // from its start.
-            .set("group.id", format!("bare-{output}"))
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.offset.store", "false")
-            .create()
-            .expect("bare consumer"),
-    );
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .create()
-        .expect("bare producer");
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5"),
+    )
+    .create()
+    .expect("bare producer");
     consumer.subscribe(&[input]).expect("subscribe");
     // Acknowledgements are awaited in consumption order; each offset is
     // stored once its output is acknowledged.
@@ -101,4 +109,14 @@ async fn main() {
     }
     drop(ack_tx);
     let _ = acks.await;
+}
+
+/// `config` with the extra librdkafka properties the throughput bench gives
+/// both clients, as it gives sluice's `[kafka.librdkafka]`: `key=value`
+/// pairs separated by `;`.
+fn tuned<'a>(extra: &str, config: &'a mut ClientConfig) -> &'a mut ClientConfig {
+    for (key, value) in extra.split(';').filter_map(|pair| pair.split_once('=')) {
+        config.set(key.trim(), value.trim());
+    }
+    config
 }
