@@ -57,7 +57,7 @@ use std::time::{Duration, Instant};
 
 use sluice_tests::broker::Broker;
 use sluice_tests::daemon::{module_route, plugins_dir};
-use sluice_tests::kafka::{Counter, Send, produce_with};
+use sluice_tests::kafka::{Counter, Send, bench_properties, produce_with};
 use tempfile::TempDir;
 
 const PARTITIONS: i32 = 3;
@@ -222,11 +222,9 @@ fn sluice_command(
     routes: &str,
     count: usize,
 ) -> (Command, TempDir) {
-    let librdkafka: String = std::env::var("SLUICE_BENCH_LIBRDKAFKA")
-        .unwrap_or_default()
-        .split(';')
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(key, value)| format!("{:?} = {:?}\n", key.trim(), value.trim()))
+    let librdkafka: String = bench_properties()
+        .iter()
+        .map(|(key, value)| format!("{key:?} = {value:?}\n"))
         .collect();
     let text = format!(
         "[kafka]\nbootstrap_servers = {bootstrap:?}\ngroup = {group:?}\nauto_offset_reset = \"earliest\"\n\n\

@@ -364,3 +364,14 @@ pub fn assert_empty(bootstrap: &str, topic: &str, why: &str) {
     );
     assert!(records.is_empty(), "{why}: {records:?}");
 }
+
+/// The librdkafka properties `SLUICE_BENCH_LIBRDKAFKA` gives the throughput
+/// bench's contenders: `key=value` pairs separated by `;`.
+pub fn bench_properties() -> Vec<(String, String)> {
+    std::env::var("SLUICE_BENCH_LIBRDKAFKA")
+        .unwrap_or_default()
+        .split(';')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))
+        .collect()
+}

@@ -28,7 +28,7 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let extra = std::env::var("SLUICE_BENCH_LIBRDKAFKA").unwrap_or_default();
+    let extra = sluice_tests::kafka::bench_properties();
     let consumer: Arc<StreamConsumer> = Arc::new(
         tuned(
             &extra,
@@ -112,11 +112,10 @@ async fn main() {
 }
 
 /// `config` with the extra librdkafka properties the throughput bench gives
-/// both clients, as it gives sluice's `[kafka.librdkafka]`: `key=value`
-/// pairs separated by `;`.
-fn tuned<'a>(extra: &str, config: &'a mut ClientConfig) -> &'a mut ClientConfig {
-    for (key, value) in extra.split(';').filter_map(|pair| pair.split_once('=')) {
-        config.set(key.trim(), value.trim());
+/// both clients, as it gives sluice's `[kafka.librdkafka]`.
+fn tuned<'a>(extra: &[(String, String)], config: &'a mut ClientConfig) -> &'a mut ClientConfig {
+    for (key, value) in extra {
+        config.set(key, value);
     }
     config
 }
