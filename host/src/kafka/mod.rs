@@ -5,6 +5,7 @@
 //! when offsets are stored, belongs to the pipeline.
 
 mod embedded;
+pub mod headers;
 
 use rdkafka::ClientConfig;
 
