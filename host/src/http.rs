@@ -109,6 +109,18 @@ async fn health(State(s): State<Shared>) -> Response {
             json!({"topic": topic, "partition": partition, "reason": reason})
         })
         .collect();
+    let stalled: Vec<Value> = status
+        .stalled()
+        .into_iter()
+        .map(|s| {
+            json!({
+                "topic": s.partition.0,
+                "partition": s.partition.1,
+                "lag": s.lag,
+                "stalled_for_seconds": s.for_.as_secs(),
+            })
+        })
+        .collect();
     let started = status.started();
     let topics = status.routes().len();
     let body = json!({
@@ -125,6 +137,7 @@ async fn health(State(s): State<Shared>) -> Response {
         "in_flight_messages": status.in_flight(),
         "routes": routes,
         "stopped_partitions": stopped,
+        "stalled_partitions": stalled,
     });
     (code(healthy), axum::Json(body)).into_response()
 }

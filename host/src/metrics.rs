@@ -28,6 +28,9 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
     ("sluice_dlq_published_total", "counter", "route"),
     ("sluice_dlq_publish_failures_total", "counter", "route"),
     ("sluice_produce_failures_total", "counter", ""),
+    ("sluice_produce_refusals_total", "counter", ""),
+    ("sluice_dlq_refusals_total", "counter", "route"),
+    ("sluice_partition_restarts_total", "counter", ""),
     (
         "kafka_event_bus_circuit_state",
         "gauge",
@@ -43,6 +46,7 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
     ("sluice_consumer_lag", "gauge", "topic, partition"),
     ("sluice_in_flight_messages", "gauge", ""),
     ("sluice_stopped_partitions", "gauge", ""),
+    ("sluice_stalled_partitions", "gauge", ""),
     ("sluice_plugin_loads_total", "counter", "module"),
     ("sluice_plugin_load_failures_total", "counter", "module"),
 ];
@@ -204,6 +208,36 @@ pub fn render(status: &Status) -> String {
         &[],
         load(&status.produce_failures),
     );
+    out.family(
+        "sluice_produce_refusals_total",
+        "Records (outputs and dead letters) refused for good: too large, invalid, for a topic \
+         that does not exist or may not be written. They are not produced again.",
+    );
+    out.sample(
+        "sluice_produce_refusals_total",
+        &[],
+        status.produce_refusals(),
+    );
+    out.family(
+        "sluice_dlq_refusals_total",
+        "Dead-letter records refused for good; the partition stops on the message.",
+    );
+    for r in &routes {
+        out.sample(
+            "sluice_dlq_refusals_total",
+            &[("route", &r.topic)],
+            load(&r.metrics.dlq_refusals),
+        );
+    }
+    out.family(
+        "sluice_partition_restarts_total",
+        "Partition workers that ended early and were restarted from their last stored offset.",
+    );
+    out.sample(
+        "sluice_partition_restarts_total",
+        &[],
+        status.worker_restarts(),
+    );
 
     out.family(
         "kafka_event_bus_circuit_state",
@@ -258,15 +292,13 @@ pub fn render(status: &Status) -> String {
         "Messages between the committed offset and the end of each assigned partition, from \
          librdkafka's statistics.",
     );
-    let lag = status.lag.lock().unwrap_or_else(PoisonError::into_inner);
-    for ((topic, partition), n) in lag.iter() {
+    for ((topic, partition), n) in status.lag() {
         out.sample(
             "sluice_consumer_lag",
-            &[("topic", topic), ("partition", &partition.to_string())],
-            u64::try_from(*n).unwrap_or(0),
+            &[("topic", &topic), ("partition", &partition.to_string())],
+            u64::try_from(n).unwrap_or(0),
         );
     }
-    drop(lag);
     out.family(
         "sluice_in_flight_messages",
         "Messages received and not yet finished (outputs or dead letter acknowledged).",
@@ -274,7 +306,8 @@ pub fn render(status: &Status) -> String {
     out.sample("sluice_in_flight_messages", &[], status.in_flight());
     out.family(
         "sluice_stopped_partitions",
-        "Partitions stopped on a failing message (no dead-letter topic).",
+        "Partitions stopped on a message: it failed and no dead-letter topic is configured, or \
+         a record of it was refused for good.",
     );
     let stopped = status
         .stopped
@@ -282,6 +315,16 @@ pub fn render(status: &Status) -> String {
         .unwrap_or_else(PoisonError::into_inner)
         .len();
     out.sample("sluice_stopped_partitions", &[], stopped as u64);
+    out.family(
+        "sluice_stalled_partitions",
+        "Partitions whose lag has not moved for processing.stall_timeout_seconds while they \
+         were neither paused, held nor stopped.",
+    );
+    out.sample(
+        "sluice_stalled_partitions",
+        &[],
+        status.stalled().len() as u64,
+    );
 
     let loads = status
         .plugin_loads

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
@@ -33,12 +33,19 @@ pub struct Status {
     routes: RwLock<BTreeMap<String, Arc<RouteStatus>>>,
     /// Partitions stopped on a failing message, with the reason.
     pub stopped: Mutex<BTreeMap<TopicPartition, String>>,
-    /// Messages of each assigned partition received and not yet finished.
-    pub(crate) in_flight: Mutex<BTreeMap<TopicPartition, Arc<AtomicU64>>>,
+    /// Each partition with a worker: its messages received and not yet
+    /// finished, and whether it is paused for a full queue.
+    pub(crate) in_flight: Mutex<BTreeMap<TopicPartition, PartitionFlags>>,
     /// Consumer lag per partition, from librdkafka's statistics.
-    pub(crate) lag: Mutex<BTreeMap<TopicPartition, i64>>,
+    pub(crate) lag: Mutex<BTreeMap<TopicPartition, Lag>>,
+    /// `processing.stall_timeout_seconds`.
+    stall_timeout: Option<Duration>,
     /// Records that could not be produced (each failed attempt).
     pub(crate) produce_failures: AtomicU64,
+    /// Records refused for good (too large, a missing topic, ...).
+    pub(crate) produce_refusals: AtomicU64,
+    /// Partition workers that ended early and were restarted.
+    pub(crate) worker_restarts: AtomicU64,
     /// Per module: successful loads and refused files.
     pub(crate) plugin_loads: Mutex<BTreeMap<String, (u64, u64)>>,
     started: AtomicBool,
@@ -50,6 +57,36 @@ pub struct Status {
     plugin_events: watch::Sender<u64>,
     /// Config reloads: `(applied, refused)`.
     config_reloads: watch::Sender<(u64, u64)>,
+}
+
+/// What health needs of a partition with a worker.
+#[derive(Debug, Clone, Default)]
+pub struct PartitionFlags {
+    /// Messages received and not yet finished.
+    pub in_flight: Arc<AtomicU64>,
+    /// Whether it is paused because its queue is full.
+    pub paused: Arc<AtomicBool>,
+}
+
+/// A partition's consumer lag, and since when it has stood still.
+#[derive(Debug, Clone, Copy)]
+pub struct Lag {
+    /// Messages between the committed offset and the end of the partition.
+    pub lag: i64,
+    /// When it last changed (or was last zero).
+    pub since: Instant,
+}
+
+/// A partition whose lag has not moved for `processing.stall_timeout_seconds`
+/// while nothing explains it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stalled {
+    /// The partition.
+    pub partition: TopicPartition,
+    /// Its lag.
+    pub lag: i64,
+    /// How long it has not moved.
+    pub for_: Duration,
 }
 
 /// One route: its breaker, its module and its counters.
@@ -143,6 +180,8 @@ pub struct RouteMetrics {
     pub dlq_published: AtomicU64,
     /// Dead-letter records the broker did not acknowledge (each attempt).
     pub dlq_failures: AtomicU64,
+    /// Dead-letter records refused for good.
+    pub dlq_refusals: AtomicU64,
     /// Handler calls per latency bucket (the last one is `+Inf`).
     pub latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     /// Total handler time, in nanoseconds.
@@ -197,7 +236,10 @@ impl Status {
             stopped: Mutex::new(BTreeMap::new()),
             in_flight: Mutex::new(BTreeMap::new()),
             lag: Mutex::new(BTreeMap::new()),
+            stall_timeout: config.processing.stall_timeout(),
             produce_failures: AtomicU64::new(0),
+            produce_refusals: AtomicU64::new(0),
+            worker_restarts: AtomicU64::new(0),
             plugin_loads: Mutex::new(BTreeMap::new()),
             started: AtomicBool::new(false),
             consumed: AtomicU64::new(0),
@@ -370,15 +412,224 @@ impl Status {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
-            .map(|n| n.load(Ordering::Relaxed))
+            .map(|f| f.in_flight.load(Ordering::Relaxed))
             .sum()
     }
 
+    /// Takes librdkafka's latest consumer lag per partition, seen at `now`.
+    pub(crate) fn set_lag(&self, latest: BTreeMap<TopicPartition, i64>, now: Instant) {
+        let mut lag = self.lag.lock().unwrap_or_else(PoisonError::into_inner);
+        let next = latest
+            .into_iter()
+            .map(|(tp, n)| {
+                let since = match lag.get(&tp) {
+                    Some(old) if old.lag == n && n > 0 => old.since,
+                    _ => now,
+                };
+                (tp, Lag { lag: n, since })
+            })
+            .collect();
+        *lag = next;
+    }
+
+    /// The consumer lag of each assigned partition.
+    pub fn lag(&self) -> BTreeMap<TopicPartition, i64> {
+        self.lag
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(tp, l)| (tp.clone(), l.lag))
+            .collect()
+    }
+
+    /// The partitions stalled now.
+    pub fn stalled(&self) -> Vec<Stalled> {
+        self.stalled_at(Instant::now())
+    }
+
+    /// The partitions whose lag has stood above zero for the stall timeout
+    /// at `now`, while they were neither paused (a full queue, the broker
+    /// circuit), held (their route's handler circuit) nor stopped on a
+    /// message: something that should move does not.
+    pub fn stalled_at(&self, now: Instant) -> Vec<Stalled> {
+        let Some(timeout) = self.stall_timeout else {
+            return Vec::new();
+        };
+        if self.broker.state() != crate::pipeline::CircuitState::Closed {
+            return Vec::new();
+        }
+        let stopped = self.stopped_partitions();
+        let flags = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let lag = self
+            .lag
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        lag.into_iter()
+            .filter(|(_, l)| l.lag > 0 && now.saturating_duration_since(l.since) >= timeout)
+            .filter(|(tp, _)| !stopped.contains_key(tp))
+            .filter(|(tp, _)| {
+                !flags
+                    .get(tp)
+                    .is_some_and(|f| f.paused.load(Ordering::Relaxed))
+            })
+            .filter(|(tp, _)| {
+                self.route(&tp.0)
+                    .is_none_or(|r| r.breaker.state() == crate::pipeline::CircuitState::Closed)
+            })
+            .map(|(partition, l)| Stalled {
+                partition,
+                lag: l.lag,
+                for_: now.saturating_duration_since(l.since),
+            })
+            .collect()
+    }
+
     /// Whether the daemon is healthy: started, a broker reachable, the
-    /// broker circuit closed.
+    /// broker circuit closed, no partition stopped.
     pub fn healthy(&self) -> bool {
         self.started()
             && self.is_reachable()
             && self.broker.state() == crate::pipeline::CircuitState::Closed
+            && self.stopped_partitions().is_empty()
+            && self.stalled().is_empty()
+    }
+
+    /// Records that `tp` is stopped on a message, and why.
+    pub(crate) fn stop(&self, tp: &TopicPartition, reason: String) {
+        self.stopped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(tp.clone(), reason);
+    }
+
+    /// Records that `tp` is no longer stopped.
+    pub(crate) fn resume(&self, tp: &TopicPartition) {
+        self.stopped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(tp);
+    }
+
+    /// The partitions stopped on a message, with the reason.
+    pub fn stopped_partitions(&self) -> BTreeMap<TopicPartition, String> {
+        self.stopped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records refused for good so far.
+    pub fn produce_refusals(&self) -> u64 {
+        self.produce_refusals.load(Ordering::Relaxed)
+    }
+
+    /// Partition workers restarted after ending early.
+    pub fn worker_restarts(&self) -> u64 {
+        self.worker_restarts.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(stall_timeout_seconds: f64) -> Arc<Status> {
+        let text = format!(
+            "[kafka]\n[processing]\nstall_timeout_seconds = {stall_timeout_seconds:?}\n\
+             [[routes]]\ntopic = \"in\"\nmodule = \"m\"\n"
+        );
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        std::fs::create_dir(dir.path().join("plugins")).expect("plugins directory");
+        std::fs::write(dir.path().join("plugins/m.wasm"), b"").expect("module file");
+        let config = Config::parse(&text, dir.path(), &|_| None).expect("config");
+        Status::new(&config)
+    }
+
+    fn lag(n: i64) -> BTreeMap<TopicPartition, i64> {
+        BTreeMap::from([(("in".to_owned(), 0), n)])
+    }
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_lag_that_stands_still_past_the_timeout_is_a_stall() {
+        let s = status(60.0);
+        let t0 = Instant::now();
+        s.set_lag(lag(5), t0);
+        s.set_lag(lag(5), t0 + MINUTE / 2);
+        assert!(s.stalled_at(t0 + MINUTE / 2).is_empty(), "not yet");
+        let stalled = s.stalled_at(t0 + MINUTE);
+        assert_eq!(
+            stalled,
+            [Stalled {
+                partition: ("in".to_owned(), 0),
+                lag: 5,
+                for_: MINUTE,
+            }]
+        );
+    }
+
+    #[test]
+    fn a_moving_or_empty_lag_is_no_stall() {
+        let s = status(60.0);
+        let t0 = Instant::now();
+        s.set_lag(lag(5), t0);
+        s.set_lag(lag(4), t0 + MINUTE);
+        assert!(
+            s.stalled_at(t0 + MINUTE + MINUTE / 2).is_empty(),
+            "it moved"
+        );
+        s.set_lag(lag(0), t0 + 3 * MINUTE);
+        s.set_lag(lag(0), t0 + 5 * MINUTE);
+        assert!(
+            s.stalled_at(t0 + 5 * MINUTE).is_empty(),
+            "nothing to consume"
+        );
+    }
+
+    #[test]
+    fn paused_held_or_stopped_partitions_are_not_stalled() {
+        let s = status(60.0);
+        let t0 = Instant::now();
+        let tp = ("in".to_owned(), 0);
+        s.set_lag(lag(5), t0);
+        let later = t0 + 2 * MINUTE;
+        assert_eq!(s.stalled_at(later).len(), 1);
+
+        let flags = PartitionFlags::default();
+        s.in_flight
+            .lock()
+            .expect("the lock is not poisoned")
+            .insert(tp.clone(), flags.clone());
+        flags.paused.store(true, Ordering::Relaxed);
+        assert!(s.stalled_at(later).is_empty(), "paused for a full queue");
+        flags.paused.store(false, Ordering::Relaxed);
+
+        s.stop(&tp, "offset 3: HandlerError: no".into());
+        assert!(s.stalled_at(later).is_empty(), "stopped, and said so");
+        s.resume(&tp);
+
+        let breaker = s.route_breaker("in").expect("the route's breaker");
+        breaker.set_limits(1, MINUTE);
+        breaker.admission().report(false);
+        assert!(
+            s.stalled_at(later).is_empty(),
+            "held by the open handler breaker"
+        );
+        breaker.reset();
+        assert_eq!(s.stalled_at(later).len(), 1);
+    }
+
+    #[test]
+    fn a_zero_timeout_never_reports_a_stall() {
+        let s = status(0.0);
+        let t0 = Instant::now();
+        s.set_lag(lag(5), t0);
+        assert!(s.stalled_at(t0 + 1000 * MINUTE).is_empty());
     }
 }

@@ -109,6 +109,13 @@ const GUESTS: &[Guest] = &[
         doc: "`tests/fixtures/oversized`: passes values on to `<topic>.out`, but its linear \
               memory starts at 320 MiB, more than any pool slot: it cannot be instantiated.",
     },
+    Guest {
+        constant: "REFUSALS",
+        package: "refusals",
+        doc: "`tests/fixtures/refusals`: `big:N` emits N bytes to route config `output_topic`, \
+              `to:TOPIC` emits to TOPIC, `error:N` is a permanent error with an N-byte reason; \
+              anything else passes on.",
+    },
 ];
 
 /// Set by the outer cargo for this build script, or configuring the outer

@@ -120,6 +120,11 @@ impl Daemon {
         self.task.is_finished()
     }
 
+    /// Waits for it to stop on its own, and returns how it ended.
+    pub async fn exited(self) -> anyhow::Result<()> {
+        self.task.await.expect("the daemon task does not panic")
+    }
+
     /// Asks it to stop (as SIGTERM does) and waits for the drain.
     pub async fn stop(self) {
         self.stop.cancel();

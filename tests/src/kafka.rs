@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::message::{Header as KafkaHeader, Headers as _, OwnedHeaders};
+use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 
@@ -239,12 +239,63 @@ fn to_record(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
         headers: m
             .headers()
             .map(|hs| {
-                hs.iter()
-                    .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                sluice::kafka::headers::read(hs)
+                    .into_iter()
+                    .map(|h| (h.key_text().0, h.value.unwrap_or_default()))
                     .collect()
             })
             .unwrap_or_default(),
     }
+}
+
+/// Headers built from raw bytes, as any client may write them: keys need
+/// not be UTF-8 (rdkafka's own builder takes only `&str` keys).
+pub fn raw_headers(pairs: &[(&[u8], &[u8])]) -> OwnedHeaders {
+    let headers = OwnedHeaders::new_with_capacity(pairs.len());
+    let list = std::ptr::from_ref(headers.as_borrowed())
+        .cast::<rdkafka::bindings::rd_kafka_headers_t>()
+        .cast_mut();
+    for (key, value) in pairs {
+        // SAFETY: `list` is the header list `headers` owns, alive here;
+        // librdkafka copies the key and value.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_header_add(
+                list,
+                key.as_ptr().cast(),
+                isize::try_from(key.len()).expect("a small key"),
+                value.as_ptr().cast(),
+                isize::try_from(value.len()).expect("a small value"),
+            )
+        };
+        assert_eq!(
+            err,
+            rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR,
+            "header added"
+        );
+    }
+    headers
+}
+
+/// Produces one record with `headers`, in a batch of its own, and waits for
+/// its acknowledgement.
+pub async fn produce_with_headers(
+    bootstrap: &str,
+    topic: &str,
+    value: &[u8],
+    headers: OwnedHeaders,
+) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "0")
+        .create()
+        .expect("test producer");
+    let record = FutureRecord::<[u8], [u8]>::to(topic)
+        .payload(value)
+        .headers(headers);
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .expect("test record acknowledged");
 }
 
 /// Counts the records of a topic from the beginning, reading until `timeout`

@@ -79,6 +79,11 @@ async fn twenty_swaps_under_a_stream_lose_nothing_and_only_move_forward() {
     deploy(plugins.path(), &tagged(0));
     let config = config_text_in(plugins.path(), &bootstrap, "swaps", "", &route(""));
     let daemon = Daemon::start(parse(&config));
+    // The swaps start once the first version is loaded and watched.
+    until_plugins(&daemon.status, "the first version loads", |s| {
+        s.plugin_loads("handler") == (1, 0)
+    })
+    .await;
 
     let total = 24_000;
     let stream = produce_sequence(&bootstrap, "in", 3, total, "m");
@@ -428,9 +433,19 @@ async fn routes_follow_edits_of_the_config_file() {
     send("b", "y2").await;
     assert_eq!(texts("b.out", 2), ["Y1", "Y2"]);
 
+    // A route whose output topic the brokers do not have would fail every
+    // message it handles: refused, naming the topic.
+    write(
+        &(route_a("a.alt")
+            + &route_b(1000)
+            + "[[routes]]\ntopic = \"c\"\nmodule = \"uppercase\"\noutput_topics = [\"nowhere\"]\n"),
+    );
+    until_reloads((1, 3)).await;
+    assert!(daemon.status.route("c").is_none(), "route c was not added");
+
     // Route b removed.
     write(&route_a("a.alt"));
-    until_reloads((2, 2)).await;
+    until_reloads((2, 3)).await;
     assert!(daemon.status.route("b").is_none());
     send("b", "y3").await;
     send("a", "x4").await;

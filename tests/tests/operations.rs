@@ -401,6 +401,7 @@ async fn a_restarted_daemon_takes_its_module_from_the_compile_cache() {
     let broker = Broker::start();
     let bootstrap = broker.bootstrap();
     broker.create_topic("cached", 1);
+    broker.create_topic("cached.out", 1);
     let cache = tempfile::tempdir().expect("temporary directory");
     let start = || {
         let mut config = parse(&config_text(

@@ -311,6 +311,11 @@ pub struct ProcessingConfig {
     /// returns. Dead letters always carry it.
     #[serde(default = "default_output_correlation_id")]
     pub output_correlation_id: bool,
+    /// How long, in seconds, a partition's lag may stay above zero without
+    /// moving, while it is neither paused, held nor stopped, before health
+    /// reports it stalled: 10 to 86400, or 0 to never report it.
+    #[serde(default = "default_stall_timeout_seconds")]
+    pub stall_timeout_seconds: f64,
 }
 
 impl Default for ProcessingConfig {
@@ -324,6 +329,7 @@ impl Default for ProcessingConfig {
             isolation: Isolation::default(),
             max_memory_mb: default_max_memory_mb(),
             output_correlation_id: default_output_correlation_id(),
+            stall_timeout_seconds: default_stall_timeout_seconds(),
         }
     }
 }
@@ -451,6 +457,11 @@ fn default_batch_size() -> usize {
 }
 fn default_output_correlation_id() -> bool {
     true
+}
+fn default_stall_timeout_seconds() -> f64 {
+    // Five minutes: far beyond a handler call's timeout and its retries'
+    // backoff, so a partition reported stalled is not merely slow.
+    300.0
 }
 fn default_drain_timeout_seconds() -> f64 {
     // Well inside librdkafka's default 45 s session timeout.
@@ -650,6 +661,13 @@ impl ProcessingConfig {
     /// How often stored offsets are committed.
     pub fn commit_interval(&self) -> Duration {
         Duration::from_secs_f64(self.commit_interval_seconds)
+    }
+
+    /// How long a partition's lag may stand still before it is reported
+    /// stalled; `None` never reports it.
+    pub fn stall_timeout(&self) -> Option<Duration> {
+        (self.stall_timeout_seconds > 0.0)
+            .then(|| Duration::from_secs_f64(self.stall_timeout_seconds))
     }
 }
 

@@ -148,6 +148,14 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         p.commit_interval_seconds,
         0.1..=3600.0,
     )?;
+    let stall = p.stall_timeout_seconds;
+    if stall != 0.0 && !(10.0..=86_400.0).contains(&stall) {
+        return Err(invalid(
+            "processing.stall_timeout_seconds",
+            format!("{stall:?}"),
+            "from 10.0 to 86400.0, or 0 to never report a partition stalled",
+        ));
+    }
     in_range(
         "processing.max_memory_mb",
         p.max_memory_mb,

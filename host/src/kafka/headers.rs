@@ -126,7 +126,7 @@ mod tests {
         );
         assert_eq!(read[1].key_text(), ("\u{fffd}\u{fffd}bad".to_owned(), true));
         assert_eq!(read[0].key_text(), ("trace".to_owned(), false));
-        assert_eq!(text(&read, "trace").as_deref(), Some("\u{fffd}\u{fffd}"));
+        assert_eq!(text(&read, "trace").as_deref(), Some("\u{fffd}\0"));
         assert_eq!(text(&read, "missing"), None);
     }
 }

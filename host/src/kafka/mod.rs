@@ -66,6 +66,51 @@ pub fn producer_config(config: &Config, bootstrap: &str) -> ClientConfig {
     c
 }
 
+/// Which of `topics` the brokers do not have, from their metadata. Fails
+/// when no broker answers within `timeout`.
+pub fn missing_topics(
+    config: &Config,
+    bootstrap: &str,
+    topics: &[&str],
+    timeout: std::time::Duration,
+) -> rdkafka::error::KafkaResult<Vec<String>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let mut c = common(config, bootstrap);
+    // A client of its own that joins no group: it only reads metadata.
+    c.set("group.id", format!("{}.topic-check", config.group_id()));
+    let client: BaseConsumer = c.create()?;
+    let metadata = client.fetch_metadata(None, timeout)?;
+    let present: std::collections::HashSet<&str> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.name())
+        .collect();
+    Ok(topics
+        .iter()
+        .filter(|t| !present.contains(**t))
+        .map(|t| (*t).to_owned())
+        .collect())
+}
+
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;
+
+/// The largest record the producer takes: `message.max.bytes` from the
+/// pass-through table, or librdkafka's default.
+pub fn max_record_bytes(config: &Config) -> usize {
+    config
+        .kafka
+        .librdkafka
+        .get("message.max.bytes")
+        .and_then(|v| match v {
+            toml::Value::Integer(n) => usize::try_from(*n).ok(),
+            toml::Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        })
+        .unwrap_or(DEFAULT_MAX_RECORD_BYTES)
+}
+
 trait SetDefault {
     fn set_default(&mut self, key: &str, value: impl Into<String>) -> &mut Self;
 }

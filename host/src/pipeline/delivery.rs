@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use super::breaker::Admission;
 use super::partition::{CORRELATION_HEADER, Gate};
+use super::refusal::{Refusal, Refused};
 use crate::status::RouteStatus;
 use crate::wasm::{Header, Output};
 
@@ -176,6 +177,13 @@ impl Receipt {
         self.outstanding.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Forgets a record counted by [`Receipt::expect`] that was never
+    /// enqueued.
+    fn unexpect(&self) {
+        self.enqueued.fetch_sub(1, Ordering::Relaxed);
+        self.answer(None);
+    }
+
     /// The broker's answer for one record: `None` when it was acknowledged,
     /// the error and the record when it was refused.
     fn answer(&self, refused: Option<(KafkaError, OwnedMessage)>) {
@@ -202,9 +210,16 @@ impl Receipt {
     }
 }
 
-/// Produced while cancelled: the message's records were not all enqueued, so
-/// it must not be acknowledged.
-pub struct Cancelled;
+/// Why a message's records were not all enqueued: it must not be
+/// acknowledged.
+pub enum NotProduced {
+    /// The partition was revoked or the daemon is stopping.
+    Cancelled,
+    /// The producer refused a record for good (too large, a topic that does
+    /// not exist, ...): the records before it are enqueued, those after it
+    /// are not.
+    Refused(Refused),
+}
 
 /// The headers the handler returned for an output; with `correlation`, that
 /// id in place of any `correlation_id` header of the handler's own.
@@ -228,17 +243,29 @@ fn kafka_headers(headers: &[Header], correlation: Option<&str>) -> OwnedHeaders 
     }
 }
 
+/// A message's records, handed to the producer.
+pub struct Produced {
+    /// The broker's answers to wait for; `None` when nothing was enqueued.
+    pub receipt: Option<Arc<Receipt>>,
+    /// A record the producer refused for good at once: the records after it
+    /// were not enqueued.
+    pub refused: Option<Refused>,
+}
+
 /// Enqueues a message's records with the producer, waiting while its queue
-/// is full. Returns the receipt to settle, or `None` when there are no
-/// records.
+/// is full, and stopping at a record refused for good. Fails only when
+/// cancelled.
 pub async fn produce_all(
     shared: &Shared,
     records: Vec<Output>,
     correlation: &str,
     cancel: &CancellationToken,
-) -> Result<Option<Arc<Receipt>>, Cancelled> {
+) -> Result<Produced, NotProduced> {
     if records.is_empty() {
-        return Ok(None);
+        return Ok(Produced {
+            receipt: None,
+            refused: None,
+        });
     }
     let correlation = shared.output_correlation_id.then_some(correlation);
     let receipt = Arc::new(Receipt::default());
@@ -253,19 +280,38 @@ pub async fn produce_all(
         if let Some(value) = &record.value {
             base = base.payload(value);
         }
-        enqueue(&shared.producer, base, cancel).await?;
+        match enqueue(&shared.producer, base, cancel).await {
+            Ok(()) => {}
+            Err(NotProduced::Refused(refused)) => {
+                shared
+                    .status
+                    .produce_refusals
+                    .fetch_add(1, Ordering::Relaxed);
+                let enqueued = receipt.enqueued.load(Ordering::Relaxed) > 0;
+                return Ok(Produced {
+                    receipt: enqueued.then_some(receipt),
+                    refused: Some(refused),
+                });
+            }
+            Err(cancelled) => return Err(cancelled),
+        }
     }
-    Ok(Some(receipt))
+    Ok(Produced {
+        receipt: Some(receipt),
+        refused: None,
+    })
 }
 
 /// Enqueues one record, counting it on its receipt, and retries while the
-/// producer refuses it locally (a full queue; any other local error is
-/// logged and retried more slowly).
+/// producer refuses it for now (a full queue; any other transient error is
+/// logged and retried more slowly). A record refused for good (too large, a
+/// topic librdkafka knows does not exist, ...) is not counted and returned
+/// as refused.
 async fn enqueue(
     producer: &Producer,
     mut record: Record<'_>,
     cancel: &CancellationToken,
-) -> Result<(), Cancelled> {
+) -> Result<(), NotProduced> {
     record.delivery_opaque.expect();
     loop {
         let delay = match producer.send(record) {
@@ -273,6 +319,13 @@ async fn enqueue(
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                 record = back;
                 Duration::from_millis(1)
+            }
+            Err((error, back)) if Refusal::of(&error) == Refusal::Permanent => {
+                back.delivery_opaque.unexpect();
+                return Err(NotProduced::Refused(Refused {
+                    topic: back.topic.to_owned(),
+                    error,
+                }));
             }
             Err((e, back)) => {
                 tracing::warn!(topic = back.topic, "cannot enqueue record: {e}");
@@ -282,18 +335,32 @@ async fn enqueue(
         };
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            () = cancel.cancelled() => return Err(Cancelled),
+            () = cancel.cancelled() => {
+                record.delivery_opaque.unexpect();
+                return Err(NotProduced::Cancelled);
+            }
         }
     }
 }
 
+/// How the records of a message ended.
+pub enum Settled {
+    /// Every record was acknowledged.
+    Acked,
+    /// A record was refused for good; the others were acknowledged.
+    Refused(Refused),
+    /// The partition was revoked or the daemon is stopping first.
+    Cancelled,
+}
+
 /// Waits for the broker's answers to a message's records and reports them
 /// to the broker breaker: the first with `admission` when given (the
-/// half-open probe), the others with plain admissions. A refused record is
-/// produced again once the breaker admits it (at once while closed; while
-/// open, as its half-open probe or after another record's probe closed it),
-/// until it is acknowledged. Returns false when it gave up because the
-/// partition was revoked or the daemon is shutting down.
+/// half-open probe), the others with plain admissions. A record refused for
+/// now is produced again once the breaker admits it (at once while closed;
+/// while open, as its half-open probe or after another record's probe
+/// closed it), until it is acknowledged or refused for good. A record
+/// refused for good is not produced again and does not count against the
+/// breaker: it says nothing about the broker's health.
 pub async fn settle(
     shared: &Shared,
     route: &RouteStatus,
@@ -301,7 +368,7 @@ pub async fn settle(
     receipt: &Arc<Receipt>,
     mut admission: Option<Admission>,
     dead_letter: bool,
-) -> bool {
+) -> Settled {
     let breaker = &shared.status.broker;
     let metrics = &route.metrics;
     let refused = receipt.answers().await;
@@ -309,10 +376,27 @@ pub async fn settle(
     if refused.len() < receipt.enqueued.load(Ordering::Relaxed) {
         next_admission().report(true);
     }
+    let mut refused_for_good = None;
     for (mut error, mut message) in refused {
         let mut admission = next_admission();
         let mut failures = 0u32;
         loop {
+            if Refusal::of(&error) == Refusal::Permanent {
+                shared
+                    .status
+                    .produce_refusals
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    topic = message.topic(),
+                    dead_letter,
+                    "record refused for good by the broker; it is not produced again: {error}"
+                );
+                refused_for_good.get_or_insert(Refused {
+                    topic: message.topic().to_owned(),
+                    error,
+                });
+                break;
+            }
             failures += 1;
             let state = admission.report(false);
             shared
@@ -335,13 +419,15 @@ pub async fn settle(
                     tokio::time::sleep(delay).await;
                     breaker.admit().await
                 } => admission,
-                () = gate.cancel.cancelled() => return false,
+                () = gate.cancel.cancelled() => return Settled::Cancelled,
             };
-            if produce_again(shared, &message, receipt, &gate.cancel)
-                .await
-                .is_err()
-            {
-                return false;
+            match produce_again(shared, &message, receipt, &gate.cancel).await {
+                Ok(()) => {}
+                Err(NotProduced::Cancelled) => return Settled::Cancelled,
+                Err(NotProduced::Refused(refused)) => {
+                    error = refused.error;
+                    continue;
+                }
             }
             match receipt.answers().await.pop() {
                 None => {
@@ -352,10 +438,13 @@ pub async fn settle(
             }
         }
     }
+    if let Some(refused) = refused_for_good {
+        return Settled::Refused(refused);
+    }
     if dead_letter {
         metrics.dlq_published.fetch_add(1, Ordering::Relaxed);
     }
-    true
+    Settled::Acked
 }
 
 /// Produces a refused record again, as it was, on the same receipt.
@@ -364,7 +453,7 @@ async fn produce_again(
     failed: &OwnedMessage,
     receipt: &Arc<Receipt>,
     cancel: &CancellationToken,
-) -> Result<(), Cancelled> {
+) -> Result<(), NotProduced> {
     let mut headers = OwnedHeaders::new();
     if let Some(h) = failed.headers() {
         for header in h.iter() {

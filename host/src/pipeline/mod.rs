@@ -9,7 +9,10 @@
 mod breaker;
 mod delivery;
 pub mod dlq;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
 mod partition;
+pub mod refusal;
 mod reload;
 mod route;
 
@@ -25,7 +28,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Headers as _};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::Producer as _;
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 use tokio::sync::{Semaphore, mpsc};
@@ -39,7 +42,7 @@ pub use crate::status::Status;
 use crate::status::{ModuleInfo, TopicPartition};
 pub use breaker::{Admission, Backoff, Breaker, CircuitState};
 pub use partition::CORRELATION_HEADER;
-use partition::Gate;
+use partition::{Gate, WorkerEnd};
 pub(crate) use route::{Route, admit};
 
 /// The most messages the main loop takes from the consumer in one turn.
@@ -59,6 +62,9 @@ pub(crate) struct Shared {
     /// `processing.output_correlation_id`: whether outputs carry the
     /// message's correlation id.
     output_correlation_id: bool,
+    /// The largest record the producer takes (`message.max.bytes`): dead
+    /// letters are cut to fit in it.
+    max_record_bytes: usize,
     status: Arc<Status>,
 }
 
@@ -86,11 +92,7 @@ impl ClientContext for RebalanceContext {
                 }
             }
         }
-        *self
-            .status
-            .lag
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = lag;
+        self.status.set_lag(lag, Instant::now());
         let up = statistics.brokers.values().any(|b| b.state == "UP");
         self.status.set_reachable(up);
     }
@@ -192,6 +194,76 @@ fn load_routes(
     Ok(routes)
 }
 
+/// Routes whose output or dead-letter topics the brokers do not have.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{}; create them (Sluice does not create topics) or change the routes",
+    .missing.iter().map(|(route, field, topic)| format!(
+        "the route for topic {route:?} names {field} {topic:?}, which does not exist on the brokers"
+    )).collect::<Vec<_>>().join("; ")
+)]
+pub struct MissingTopics {
+    /// Per missing topic: the route's input topic, the field, the topic.
+    pub missing: Vec<(String, &'static str, String)>,
+}
+
+/// How long the topic check waits for the brokers' metadata.
+const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Checks through the brokers' metadata that the topics of `routes` exist.
+/// A missing output or dead-letter topic is an error: every message that
+/// reached it would fail. A missing input topic is logged: the route
+/// consumes it once it is created. When no broker answers, nothing can be
+/// checked and nothing is refused. Blocks: call it off the async threads.
+pub(crate) fn check_topics(
+    config: &Config,
+    bootstrap: &str,
+    routes: &[crate::config::RouteConfig],
+) -> Result<(), MissingTopics> {
+    let mut wanted: Vec<(&str, &'static str, &str)> = Vec::new();
+    for r in routes {
+        wanted.push((&r.topic, "topic", &r.topic));
+        wanted.extend(
+            r.output_topics
+                .iter()
+                .map(|t| (r.topic.as_str(), "output_topics", t.as_str())),
+        );
+        if let Some(dlq) = r.dead_letter_topic(&config.kafka) {
+            wanted.push((&r.topic, "dead_letter_topic", dlq));
+        }
+    }
+    let mut names: Vec<&str> = wanted.iter().map(|(_, _, t)| *t).collect();
+    names.sort_unstable();
+    names.dedup();
+    let timeout = config.kafka.timeout().min(TOPIC_CHECK_TIMEOUT);
+    let missing = match kafka::missing_topics(config, bootstrap, &names, timeout) {
+        Ok(missing) => missing,
+        Err(e) => {
+            tracing::warn!("cannot check that the routes' topics exist, no broker answered: {e}");
+            return Ok(());
+        }
+    };
+    let mut refused = Vec::new();
+    for (route, field, topic) in wanted {
+        if !missing.iter().any(|m| m == topic) {
+            continue;
+        }
+        if field == "topic" {
+            tracing::warn!(
+                topic,
+                "input topic does not exist on the brokers: the route consumes it once it is created"
+            );
+        } else {
+            refused.push((route.to_owned(), field, topic.to_owned()));
+        }
+    }
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(MissingTopics { missing: refused })
+    }
+}
+
 /// Every topic the configuration names: inputs, outputs and dead letters.
 pub fn all_topics(config: &Config) -> Vec<String> {
     let mut topics: Vec<String> = config
@@ -278,7 +350,9 @@ pub async fn run_with_bootstrap(
     let (runtime, routes) = {
         let config = config.clone();
         let status = status.clone();
+        let bootstrap = bootstrap.to_owned();
         tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            check_topics(&config, &bootstrap, &config.routes)?;
             let runtime = Runtime::new(runtime_config)?;
             let routes = load_routes(&config, &runtime, &status)?;
             Ok((runtime, routes))
@@ -287,7 +361,14 @@ pub async fn run_with_bootstrap(
     };
     let stop_all = CancellationToken::new();
     // The routes in force; their modules are watched for new versions.
-    let mut live = reload::Routes::new(config.clone(), routes, runtime, status.clone(), &stop_all);
+    let mut live = reload::Routes::new(
+        config.clone(),
+        bootstrap,
+        routes,
+        runtime,
+        status.clone(),
+        &stop_all,
+    );
 
     let producer = delivery::Producer::new(&kafka::producer_config(&config, bootstrap))
         .context("creating the Kafka producer")?;
@@ -322,6 +403,7 @@ pub async fn run_with_bootstrap(
         slots: Semaphore::new(concurrency),
         batch_size: p.batch_size,
         output_correlation_id: p.output_correlation_id,
+        max_record_bytes: kafka::max_record_bytes(&config),
         status: status.clone(),
     });
     let mut broker_circuit = status.broker.subscribe();
@@ -338,6 +420,9 @@ pub async fn run_with_bootstrap(
     let (room_tx, mut room_rx) = mpsc::unbounded_channel::<TopicPartition>();
     let mut partitions = Partitions::default();
     let mut workers = tokio::task::JoinSet::new();
+    // The partition each worker task serves, to restart it should the
+    // worker end early.
+    let mut worker_partitions: HashMap<tokio::task::Id, TopicPartition> = HashMap::new();
     let mut commit_timer = tokio::time::interval(p.commit_interval());
     commit_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let manual_commit = !config.kafka.enable_auto_commit;
@@ -396,19 +481,23 @@ pub async fn run_with_bootstrap(
                         };
                         if !partitions.contains_key(tp) {
                             let (tx, rx) = mpsc::channel(p.partition_queue);
-                            let gate = Arc::new(Gate::new(stop_all.child_token()));
+                            let gate = Arc::new(Gate::new(stop_all.child_token(), m.offset()));
                             consumer.context().gates.lock().unwrap_or_else(PoisonError::into_inner)
                                 .insert(tp.clone(), gate.clone());
                             status.in_flight.lock().unwrap_or_else(PoisonError::into_inner)
-                                .insert(tp.clone(), gate.in_flight.clone());
-                            workers.spawn(partition::run_worker(
+                                .insert(tp.clone(), gate.flags());
+                            let task = workers.spawn(partition::run_worker(
                                 tp.clone(), slot.clone(), shared.clone(), gate.clone(), rx, room_tx.clone(),
                             ));
+                            worker_partitions.insert(task.id(), tp.clone());
                             partitions.insert(tp.clone(), PartitionHandle { tx, overflow: VecDeque::new(), gate });
                         }
                         let Some(handle) = partitions.get_mut(tp) else { break 'one };
-                        let message = to_message(&m, topic);
+                        let (message, raw_keys) = to_message(&m, topic);
                         drop(m);
+                        if !raw_keys.is_empty() {
+                            handle.gate.keep_raw_keys(message.offset, raw_keys);
+                        }
                         dispatch(&consumer, tp, handle, message);
                     }
                     taken += 1;
@@ -422,7 +511,19 @@ pub async fn run_with_bootstrap(
                 }
             }
             _ = commit_timer.tick(), if manual_commit => commit(consumer.as_ref(), CommitMode::Async),
-            Some(_) = workers.join_next(), if !workers.is_empty() => {}
+            Some(joined) = workers.join_next_with_id(), if !workers.is_empty() => {
+                let (id, failure) = match joined {
+                    Ok((id, WorkerEnd::Done)) => (id, None),
+                    Ok((id, WorkerEnd::Failed(reason))) => (id, Some(reason)),
+                    Err(e) if e.is_cancelled() => (e.id(), None),
+                    Err(e) => (e.id(), Some(format!("the partition worker panicked: {e}"))),
+                };
+                if let Some(tp) = worker_partitions.remove(&id)
+                    && let Some(reason) = failure
+                {
+                    restart(&consumer, &mut partitions, &tp, &reason, &status);
+                }
+            }
         }
     }
 
@@ -454,6 +555,52 @@ pub async fn run_with_bootstrap(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts a partition again after its worker ended early: its queued
+/// messages are dropped and it is consumed again from the offset after the
+/// last one stored, so nothing is skipped. The next message fetched makes a
+/// new worker.
+fn restart(
+    consumer: &StreamConsumer<RebalanceContext>,
+    partitions: &mut Partitions,
+    tp: &TopicPartition,
+    reason: &str,
+    status: &Status,
+) {
+    let Some(handle) = partitions.get(tp) else {
+        return;
+    };
+    // Revoked or shutting down: nothing to restart.
+    if handle.gate.cancel.is_cancelled() {
+        return;
+    }
+    let gate = handle.gate.clone();
+    partitions.remove(tp);
+    consumer
+        .context()
+        .gates
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(tp);
+    status
+        .in_flight
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(tp);
+    let offset = gate.resume_at();
+    status.worker_restarts.fetch_add(1, Ordering::Relaxed);
+    tracing::error!(
+        topic = %tp.0, partition = tp.1, offset,
+        "partition worker ended early; consuming the partition again from its last stored \
+         offset: {reason}"
+    );
+    if let Err(e) = consumer.seek(&tp.0, tp.1, Offset::Offset(offset), Duration::ZERO) {
+        tracing::error!(topic = %tp.0, partition = tp.1, offset, "cannot seek to restart the partition: {e}");
+    }
+    if gate.paused.load(Ordering::Relaxed) && status.broker.state() == CircuitState::Closed {
+        set_paused(consumer, tp, false);
+    }
 }
 
 /// Hands a message to its partition's worker, or keeps it in order in the
@@ -595,17 +742,32 @@ fn drop_revoked(
     }
 }
 
-/// Copies a consumed message into the handler's message type.
-fn to_message(m: &BorrowedMessage<'_>, topic: &str) -> Message {
+/// Copies a consumed message into the handler's message type. A header key
+/// that is not UTF-8 is handed over lossily decoded; its bytes are returned
+/// beside the message, by header index, for its dead letter.
+fn to_message(m: &BorrowedMessage<'_>, topic: &str) -> (Message, dlq::RawKeys) {
+    let mut raw_keys = dlq::RawKeys::new();
     let headers = m.headers().map_or_else(Vec::new, |hs| {
-        hs.iter()
-            .map(|h| Header {
-                key: h.key.to_owned(),
-                value: h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+        kafka::headers::read(hs)
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let key = match String::from_utf8(h.key) {
+                    Ok(key) => key,
+                    Err(e) => {
+                        let key = String::from_utf8_lossy(e.as_bytes()).into_owned();
+                        raw_keys.push((i, e.into_bytes()));
+                        key
+                    }
+                };
+                Header {
+                    key,
+                    value: h.value.unwrap_or_default(),
+                }
             })
             .collect()
     });
-    Message {
+    let message = Message {
         topic: topic.to_owned(),
         partition: m.partition(),
         offset: m.offset(),
@@ -614,7 +776,8 @@ fn to_message(m: &BorrowedMessage<'_>, topic: &str) -> Message {
         value: m.payload().map(<[u8]>::to_vec),
         headers,
         attempt: 1,
-    }
+    };
+    (message, raw_keys)
 }
 
 /// Logs consumer errors without flooding: each distinct error at most once

@@ -3,10 +3,10 @@
 //! acknowledger that stores each offset once everything produced for it (and
 //! for every message before it) is acknowledged by the broker.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rdkafka::consumer::Consumer as _;
 use tokio::sync::{mpsc, watch};
@@ -14,11 +14,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::breaker::{Admission, CircuitState};
-use super::delivery::{Receipt, produce_all, settle};
-use super::dlq::{DeadLetter, ErrorType};
+use super::delivery::{NotProduced, Produced, Receipt, Settled, produce_all, settle};
+use super::dlq::{DeadLetter, ErrorType, RawKeys};
+use super::refusal::Refused;
 use super::route::{Route, RouteSlot, TURN};
 use crate::config::RetryOn;
-use crate::status::{RouteStatus, TopicPartition};
+use crate::status::{PartitionFlags, TopicPartition};
 use crate::wasm::{Failure, Invoker, Message, Outcome, Output, Plugin};
 
 /// The header that carries a message's correlation id.
@@ -36,19 +37,68 @@ pub struct Gate {
     /// messages.
     pub cancel: CancellationToken,
     /// Set by the main loop while the partition is paused for a full queue.
-    pub paused: AtomicBool,
+    pub paused: Arc<AtomicBool>,
     /// Messages handed to the worker and not yet finished.
     pub in_flight: Arc<AtomicU64>,
+    /// The offset the partition resumes from should its worker stop
+    /// early: the first message handed to it, then the one after the last
+    /// offset stored.
+    resume_at: AtomicI64,
+    /// The header keys that were not UTF-8, by offset, for dead letters:
+    /// rare, so kept aside rather than with every message.
+    raw_keys: Mutex<BTreeMap<i64, RawKeys>>,
+    /// Whether `raw_keys` may hold anything.
+    has_raw_keys: AtomicBool,
 }
 
 impl Gate {
-    pub fn new(cancel: CancellationToken) -> Gate {
+    /// The gate of a partition whose first message is at `first_offset`.
+    pub fn new(cancel: CancellationToken, first_offset: i64) -> Gate {
         Gate {
             revoked: Mutex::new(false),
             cancel,
-            paused: AtomicBool::new(false),
+            paused: Arc::new(AtomicBool::new(false)),
             in_flight: Arc::new(AtomicU64::new(0)),
+            resume_at: AtomicI64::new(first_offset),
+            raw_keys: Mutex::new(BTreeMap::new()),
+            has_raw_keys: AtomicBool::new(false),
         }
+    }
+
+    /// What health reads of the partition.
+    pub fn flags(&self) -> PartitionFlags {
+        PartitionFlags {
+            in_flight: self.in_flight.clone(),
+            paused: self.paused.clone(),
+        }
+    }
+
+    /// Where the partition resumes should its worker stop early: nothing
+    /// before it is lost, since every offset before it is stored.
+    pub fn resume_at(&self) -> i64 {
+        self.resume_at.load(Ordering::Acquire)
+    }
+
+    /// Keeps the bytes of a message's header keys that were not UTF-8.
+    pub fn keep_raw_keys(&self, offset: i64, keys: RawKeys) {
+        self.raw_keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(offset, keys);
+        self.has_raw_keys.store(true, Ordering::Release);
+    }
+
+    /// The bytes of the message's header keys that were not UTF-8.
+    fn raw_keys(&self, offset: i64) -> RawKeys {
+        if !self.has_raw_keys.load(Ordering::Acquire) {
+            return RawKeys::new();
+        }
+        self.raw_keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&offset)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Marks the partition revoked: results finishing later are discarded.
@@ -70,7 +120,24 @@ impl Gate {
         } else {
             tracing::trace!(topic = %tp.0, partition = tp.1, offset, "offset stored");
         }
+        self.resume_at.store(offset + 1, Ordering::Release);
+        if self.has_raw_keys.load(Ordering::Acquire) {
+            let mut keys = self.raw_keys.lock().unwrap_or_else(PoisonError::into_inner);
+            keys.retain(|&o, _| o > offset);
+            self.has_raw_keys.store(!keys.is_empty(), Ordering::Release);
+        }
     }
+}
+
+/// How a partition worker ended.
+#[derive(Debug)]
+pub enum WorkerEnd {
+    /// Revoked, shutting down, or its queue closed.
+    Done,
+    /// It could not go on: the partition restarts from
+    /// [`Gate::resume_at`], so nothing after its last stored offset is
+    /// lost.
+    Failed(String),
 }
 
 /// A message after a handler call.
@@ -83,12 +150,24 @@ struct Handled {
 
 /// What the worker hands the acknowledger for one message.
 struct Pending {
-    offset: i64,
     /// The broker's answers for its records; `None` when it has none left
     /// to wait for.
     receipt: Option<Arc<Receipt>>,
-    /// Whether the records are the message's dead letter.
-    dead_letter: bool,
+    /// A record the producer already refused for good.
+    refused: Option<Refused>,
+    /// What a dead letter of the message needs, should one of its records
+    /// be refused for good.
+    letter: Letter,
+}
+
+/// A handled message as its dead letter would describe it.
+struct Letter {
+    message: Message,
+    correlation: String,
+    route: Arc<Route>,
+    plugin: Arc<Plugin>,
+    /// The failure, when the records are the message's dead letter.
+    failed: Option<Failed>,
 }
 
 /// What a call's outcome means for the message.
@@ -98,6 +177,7 @@ enum Next {
 }
 
 /// A failed call, classified.
+#[derive(Clone)]
 struct Failed {
     kind: RetryOn,
     /// The dead-letter error type if it is not retried (again).
@@ -180,14 +260,17 @@ async fn invoke_batch(
     queue: VecDeque<Message>,
     limit: usize,
     cancel: &CancellationToken,
-) -> (Vec<Handled>, VecDeque<Message>) {
+) -> Result<(Vec<Handled>, VecDeque<Message>), String> {
     let Ok(_permit) = shared.slots.acquire().await else {
-        return (Vec::new(), queue);
+        return Ok((Vec::new(), queue));
     };
     let route = route.clone();
     let plugin = plugin.clone();
+    let plugin_name = plugin.name().to_owned();
     let cancel = cancel.clone();
     let task = tokio::task::spawn_blocking(move || {
+        #[cfg(feature = "fault-injection")]
+        super::faults::handler_thread(route.topic());
         let mut calls = Calls {
             invoker: route.take_invoker(&plugin),
             route: &route,
@@ -206,15 +289,10 @@ async fn invoke_batch(
         route.put_invoker(invoker);
         (done, queue)
     });
-    match task.await {
-        Ok(result) => result,
-        Err(e) => {
-            // The runtime is shutting down; nothing handled is lost because
-            // nothing was stored.
-            tracing::error!("handler thread failed: {e}");
-            (Vec::new(), VecDeque::new())
-        }
-    }
+    // A handler thread that panicked took the batch's messages with it:
+    // the worker cannot go on past them.
+    task.await
+        .map_err(|e| format!("the handler thread of module {} failed: {e}", plugin_name))
 }
 
 /// The handler calls for one batch of a partition's queue.
@@ -389,8 +467,13 @@ async fn admit(route: &Route, shared: &Shared) -> (Admission, Admission) {
     (handler, broker)
 }
 
+/// How long a partition stopped on a record the producer refused for good
+/// waits before trying again, if no config reload comes first.
+const REFUSED_RETRY: Duration = Duration::from_secs(30);
+
 /// The partition worker. Returns when the queue closes, or the partition is
-/// revoked or the daemon shuts down.
+/// revoked or the daemon shuts down ([`WorkerEnd::Done`]), or when it cannot
+/// go on ([`WorkerEnd::Failed`]).
 pub async fn run_worker(
     tp: TopicPartition,
     slot: RouteSlot,
@@ -398,15 +481,16 @@ pub async fn run_worker(
     gate: Arc<Gate>,
     mut rx: mpsc::Receiver<Message>,
     room: mpsc::UnboundedSender<TopicPartition>,
-) {
+) -> WorkerEnd {
     let (ack_tx, ack_rx) = mpsc::channel(ACK_QUEUE);
     let acker = tokio::spawn(run_acker(
         tp.clone(),
-        slot.borrow().status.clone(),
+        slot.clone(),
         shared.clone(),
         gate.clone(),
         ack_rx,
     ));
+    let mut end = WorkerEnd::Done;
     let mut batch = Vec::with_capacity(shared.batch_size);
     let mut reloads = slot.subscribe();
     'messages: loop {
@@ -446,10 +530,21 @@ pub async fn run_worker(
                 usize::MAX
             };
             let (done, rest) =
-                invoke_batch(&route, &plugin, &shared, queue, limit, &gate.cancel).await;
+                match invoke_batch(&route, &plugin, &shared, queue, limit, &gate.cancel).await {
+                    Ok(handled) => handled,
+                    Err(reason) => {
+                        end = WorkerEnd::Failed(reason);
+                        break 'messages;
+                    }
+                };
             queue = rest;
             if done.is_empty() {
-                break 'messages;
+                if gate.cancel.is_cancelled() {
+                    break 'messages;
+                }
+                // A new module version arrived before the first call: the
+                // batch starts again with it.
+                continue 'batches;
             }
             let mut broker = Some(broker);
             let metrics = &route.status.metrics;
@@ -460,12 +555,18 @@ pub async fn run_worker(
                 correlation,
             }) = done.next()
             {
-                let dead_letter_record = matches!(next, Next::Failed(_));
-                let records = match next {
+                let (records, letter) = match next {
                     Next::Produce(outputs) => {
                         handler.report(true);
                         metrics.ok.fetch_add(1, Ordering::Relaxed);
-                        outputs
+                        let letter = Letter {
+                            message,
+                            correlation,
+                            route: route.clone(),
+                            plugin: plugin.clone(),
+                            failed: None,
+                        };
+                        (outputs, letter)
                     }
                     Next::Failed(failed) => {
                         let retry = route.retries(&failed, message.attempt);
@@ -531,20 +632,22 @@ pub async fn run_worker(
                             break 'messages;
                         };
                         metrics.dead_letter(failed.error_type);
-                        vec![dead_letter(
-                            &tp,
-                            &route,
-                            &plugin,
-                            &message,
-                            failed,
-                            &correlation,
-                            dlq,
-                        )]
+                        let letter = Letter {
+                            message,
+                            correlation,
+                            route: route.clone(),
+                            plugin: plugin.clone(),
+                            failed: Some(failed),
+                        };
+                        let record = letter.record(&tp, &shared, &gate, dlq);
+                        (vec![record], letter)
                     }
                 };
                 // The message is done once every record is acknowledged.
-                let Ok(mut receipt) =
-                    produce_all(&shared, records, &correlation, &gate.cancel).await
+                let Ok(Produced {
+                    mut receipt,
+                    mut refused,
+                }) = produce_all(&shared, records, &letter.correlation, &gate.cancel).await
                 else {
                     break 'messages;
                 };
@@ -556,23 +659,26 @@ pub async fn run_worker(
                 {
                     // The broker's probe: its outcome is awaited here, before
                     // anything else is produced.
-                    if !settle(
+                    let dead_letter = letter.failed.is_some();
+                    match settle(
                         &shared,
                         &route.status,
                         &gate,
                         &receipt,
                         Some(admission),
-                        dead_letter_record,
+                        dead_letter,
                     )
                     .await
                     {
-                        break 'messages;
+                        Settled::Acked => {}
+                        Settled::Refused(r) => refused = refused.or(Some(r)),
+                        Settled::Cancelled => break 'messages,
                     }
                 }
                 let pending = Pending {
-                    offset: message.offset,
                     receipt,
-                    dead_letter: dead_letter_record,
+                    refused,
+                    letter,
                 };
                 if ack_tx.send(pending).await.is_err() {
                     break 'messages;
@@ -582,41 +688,48 @@ pub async fn run_worker(
     }
     drop(ack_tx);
     let _ = acker.await;
+    end
 }
 
-/// Builds the dead-letter record for a failed message, and logs it.
-fn dead_letter(
-    tp: &TopicPartition,
-    route: &Route,
-    plugin: &Plugin,
-    message: &Message,
-    failed: Failed,
-    correlation: &str,
-    dlq: &str,
-) -> Output {
-    let error_type = failed.error_type;
-    let letter = DeadLetter {
-        message,
-        error_type,
-        reason: failed.reason,
-        correlation_id: correlation,
-        retry_count: message.attempt - 1,
-        module: route.module_name(),
-        module_hash: plugin.hash(),
-        failed_at: SystemTime::now(),
-    };
-    tracing::warn!(
-        topic = %tp.0, partition = tp.1, offset = message.offset,
-        module = route.module_name(), module_hash = plugin.short_hash(),
-        correlation_id = %correlation, error_type = error_type.as_str(),
-        dead_letter_topic = dlq,
-        "dead-lettering message: {}", letter.reason
-    );
-    Output {
-        topic: dlq.to_owned(),
-        key: message.key.clone(),
-        value: serde_json::to_vec(&letter.envelope()).ok(),
-        headers: letter.headers(),
+impl Letter {
+    /// The dead-letter record of the message, cut to fit in a record, and
+    /// logged.
+    fn record(&self, tp: &TopicPartition, shared: &Shared, gate: &Gate, dlq: &str) -> Output {
+        let message = &self.message;
+        let route = &self.route;
+        let (error_type, reason) = self
+            .failed
+            .as_ref()
+            .map_or((ErrorType::InvalidOutput, ""), |f| {
+                (f.error_type, f.reason.as_str())
+            });
+        let raw_keys = gate.raw_keys(message.offset);
+        let letter = DeadLetter {
+            message,
+            raw_keys: &raw_keys,
+            error_type,
+            reason: reason.to_owned(),
+            correlation_id: &self.correlation,
+            retry_count: message.attempt - 1,
+            module: route.module_name(),
+            module_hash: self.plugin.hash(),
+            failed_at: SystemTime::now(),
+        };
+        let record = letter.record(shared.max_record_bytes);
+        let (shown, _) = super::dlq::cut_text(reason, super::dlq::MAX_REASON);
+        tracing::warn!(
+            topic = %tp.0, partition = tp.1, offset = message.offset,
+            module = route.module_name(), module_hash = self.plugin.short_hash(),
+            correlation_id = %self.correlation, error_type = error_type.as_str(),
+            dead_letter_topic = dlq,
+            "dead-lettering message: {shown}"
+        );
+        Output {
+            topic: dlq.to_owned(),
+            key: record.key,
+            value: Some(record.value),
+            headers: record.headers,
+        }
     }
 }
 
@@ -654,26 +767,14 @@ async fn stop_partition(
          nothing after it is committed until it is handled (a new version of the module \
          retries it): {reason}"
     );
-    let stopped = |insert: bool| {
-        let mut stopped = shared
-            .status
-            .stopped
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if insert {
-            stopped.insert(
-                tp.clone(),
-                format!(
-                    "offset {}: {}: {reason}",
-                    message.offset,
-                    error_type.as_str()
-                ),
-            );
-        } else {
-            stopped.remove(tp);
-        }
-    };
-    stopped(true);
+    shared.status.stop(
+        tp,
+        format!(
+            "offset {}: {}: {reason}",
+            message.offset,
+            error_type.as_str()
+        ),
+    );
     let mut changes = route.module_changes();
     let new_version = async {
         loop {
@@ -694,7 +795,7 @@ async fn stop_partition(
         () = new_version => true,
         _ = reloads.changed() => true,
     };
-    stopped(false);
+    shared.status.resume(tp);
     if retry {
         tracing::info!(
             topic = %tp.0, partition = tp.1, offset = message.offset,
@@ -726,10 +827,11 @@ fn new_correlation_id() -> String {
 
 /// Settles handled messages in order and stores each offset once its own
 /// and every earlier message's records are acknowledged. A record the broker
-/// refused is produced again; its offset waits.
+/// refused for now is produced again; its offset waits. A record refused for
+/// good fails its message (see [`refused_for_good`]).
 async fn run_acker(
     tp: TopicPartition,
-    route: Arc<RouteStatus>,
+    slot: RouteSlot,
     shared: Arc<Shared>,
     gate: Arc<Gate>,
     mut rx: mpsc::Receiver<Pending>,
@@ -739,20 +841,181 @@ async fn run_acker(
         // Store once per batch of handled messages: the last offset covers
         // every message before it.
         let mut last_acked = None;
-        for pending in ready.drain(..) {
-            if let Some(receipt) = &pending.receipt
-                && !settle(&shared, &route, &gate, receipt, None, pending.dead_letter).await
-            {
+        for mut pending in ready.drain(..) {
+            let offset = pending.letter.message.offset;
+            let settled = match (pending.refused.take(), &pending.receipt) {
+                (Some(refused), Some(receipt)) => {
+                    // The records enqueued before the refused one are
+                    // answered first.
+                    match settle_letter(&shared, &gate, receipt, &pending.letter).await {
+                        Settled::Cancelled => Settled::Cancelled,
+                        _ => Settled::Refused(refused),
+                    }
+                }
+                (Some(refused), None) => Settled::Refused(refused),
+                (None, Some(receipt)) => {
+                    settle_letter(&shared, &gate, receipt, &pending.letter).await
+                }
+                (None, None) => Settled::Acked,
+            };
+            let done = match settled {
+                Settled::Acked => true,
+                Settled::Cancelled => false,
+                Settled::Refused(refused) => {
+                    // What is done before it is stored first: the
+                    // partition may stop on this message for long.
+                    if let Some(offset) = last_acked.take() {
+                        gate.store(&shared, &tp, offset);
+                    }
+                    refused_for_good(&tp, &slot, &shared, &gate, pending.letter, refused).await
+                }
+            };
+            if !done {
                 if let Some(offset) = last_acked {
                     gate.store(&shared, &tp, offset);
                 }
                 return;
             }
-            last_acked = Some(pending.offset);
+            last_acked = Some(offset);
             gate.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
         if let Some(offset) = last_acked {
             gate.store(&shared, &tp, offset);
         }
+    }
+}
+
+/// Settles a message's records with plain admissions.
+async fn settle_letter(
+    shared: &Shared,
+    gate: &Gate,
+    receipt: &Arc<Receipt>,
+    letter: &Letter,
+) -> Settled {
+    let dead_letter = letter.failed.is_some();
+    settle(
+        shared,
+        &letter.route.status,
+        gate,
+        receipt,
+        None,
+        dead_letter,
+    )
+    .await
+}
+
+/// A record of a handled message was refused for good. An output refused
+/// fails the message as `InvalidOutput`, and it is dead-lettered. When the
+/// route has no dead-letter topic, or the dead letter itself is refused for
+/// good, the partition stops on the message: nothing after it is stored, it
+/// shows in health, and the dead letter is tried again after a config
+/// reload or [`REFUSED_RETRY`]. Returns whether the message is done (false:
+/// revoked or shutting down).
+async fn refused_for_good(
+    tp: &TopicPartition,
+    slot: &RouteSlot,
+    shared: &Shared,
+    gate: &Gate,
+    mut letter: Letter,
+    mut refused: Refused,
+) -> bool {
+    let offset = letter.message.offset;
+    let mut reloads = slot.subscribe();
+    // A dead letter refused for good is tried again only after the wait
+    // below; an output refused for good makes one now.
+    let mut produce_now = letter.failed.is_none();
+    if produce_now {
+        let failed = Failed {
+            kind: RetryOn::InvalidOutput,
+            error_type: ErrorType::InvalidOutput,
+            reason: format!("an output could not be produced: {refused}"),
+        };
+        tracing::warn!(
+            topic = %tp.0, partition = tp.1, offset,
+            module = letter.route.module_name(), correlation_id = %letter.correlation,
+            "{}", failed.reason
+        );
+        letter.route.status.metrics.dead_letter(failed.error_type);
+        letter.failed = Some(failed);
+    } else {
+        letter.count_dlq_refusal();
+    }
+    loop {
+        letter.route = reloads.borrow_and_update().clone();
+        let dlq = letter.route.dead_letter_topic.clone();
+        if produce_now && let Some(dlq) = &dlq {
+            match letter.produce_dead_letter(tp, shared, gate, dlq).await {
+                Settled::Acked => return true,
+                Settled::Cancelled => return false,
+                Settled::Refused(r) => {
+                    letter.count_dlq_refusal();
+                    refused = r;
+                }
+            }
+        }
+        produce_now = true;
+        let why = match dlq {
+            Some(_) => format!("its dead letter could not be produced: {refused}"),
+            None => {
+                format!("{refused}, and the route has no dead_letter_topic to take the message")
+            }
+        };
+        let metrics = &letter.route.status.metrics;
+        metrics.stopped.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            topic = %tp.0, partition = tp.1, offset,
+            module = letter.route.module_name(),
+            "partition stopped: {why}; nothing after it is committed; trying again after a \
+             config reload or in {} s",
+            REFUSED_RETRY.as_secs()
+        );
+        let error_type = letter
+            .failed
+            .as_ref()
+            .map_or(ErrorType::InvalidOutput, |f| f.error_type);
+        shared
+            .status
+            .stop(tp, format!("offset {offset}: {error_type}: {why}"));
+        let go_on = tokio::select! {
+            () = gate.cancel.cancelled() => false,
+            _ = reloads.changed() => true,
+            () = tokio::time::sleep(REFUSED_RETRY) => true,
+        };
+        shared.status.resume(tp);
+        if !go_on {
+            return false;
+        }
+    }
+}
+
+impl Letter {
+    /// Produces the message's dead letter to `dlq` and waits for the
+    /// broker's answer.
+    async fn produce_dead_letter(
+        &self,
+        tp: &TopicPartition,
+        shared: &Shared,
+        gate: &Gate,
+        dlq: &str,
+    ) -> Settled {
+        let record = self.record(tp, shared, gate, dlq);
+        match produce_all(shared, vec![record], &self.correlation, &gate.cancel).await {
+            Err(NotProduced::Cancelled) => Settled::Cancelled,
+            Err(NotProduced::Refused(r))
+            | Ok(Produced {
+                refused: Some(r), ..
+            }) => Settled::Refused(r),
+            Ok(Produced { receipt: None, .. }) => Settled::Acked,
+            Ok(Produced {
+                receipt: Some(receipt),
+                ..
+            }) => settle_letter(shared, gate, &receipt, self).await,
+        }
+    }
+
+    /// Counts a dead letter of the message refused for good.
+    fn count_dlq_refusal(&self) {
+        let metrics = &self.route.status.metrics;
+        metrics.dlq_refusals.fetch_add(1, Ordering::Relaxed);
     }
 }

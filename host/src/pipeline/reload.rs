@@ -25,6 +25,8 @@ const CONFIG_POLL: Duration = Duration::from_millis(250);
 pub(crate) struct Routes {
     /// The configuration in force.
     pub config: Config,
+    /// The brokers, to check that new routes' topics exist.
+    bootstrap: String,
     /// Looked up for every message; topic names come from the config, so
     /// a fast hash is safe.
     slots: HashMap<String, RouteSlot, rustc_hash::FxBuildHasher>,
@@ -39,6 +41,7 @@ impl Routes {
     /// The routes loaded at startup; starts watching their modules.
     pub fn new(
         config: Config,
+        bootstrap: &str,
         routes: Vec<Arc<Route>>,
         runtime: Runtime,
         status: Arc<Status>,
@@ -50,6 +53,7 @@ impl Routes {
             .collect();
         let mut routes = Routes {
             config,
+            bootstrap: bootstrap.to_owned(),
             slots,
             runtime,
             status,
@@ -162,8 +166,11 @@ impl Routes {
             .filter_map(|rc| Some((rc.clone(), plugins.get(&rc.module)?.clone())))
             .collect();
         let runtime = self.runtime.clone();
+        let (checked, bootstrap) = (new.clone(), self.bootstrap.clone());
         // The check hands the routes back for the swap below.
         let admitted = tokio::task::spawn_blocking(move || {
+            let routes: Vec<RouteConfig> = fresh.iter().map(|(rc, _)| rc.clone()).collect();
+            super::check_topics(&checked, &bootstrap, &routes)?;
             for (rc, plugin) in &fresh {
                 super::admit(&runtime, plugin, rc)?;
             }

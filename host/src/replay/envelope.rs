@@ -199,6 +199,7 @@ mod tests {
         };
         let letter = DeadLetter {
             message: &message,
+            raw_keys: &[],
             error_type: ErrorType::HandlerTrap,
             reason: "wasm trap: unreachable".into(),
             correlation_id: "corr-1",
