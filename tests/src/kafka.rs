@@ -375,3 +375,51 @@ pub fn bench_properties() -> Vec<(String, String)> {
         .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))
         .collect()
 }
+
+/// Produces one record (a batch of its own) to `partition` whose headers
+/// are raw bytes, as a client other than rdkafka may write them: keys that
+/// are not UTF-8 included, which rdkafka's own header type cannot express.
+/// Returns the record's offset.
+pub async fn produce_raw_headers(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+    value: &[u8],
+    headers: &[(&[u8], &[u8])],
+) -> i64 {
+    let owned = OwnedHeaders::new_with_capacity(headers.len());
+    let list = std::ptr::from_ref(owned.as_borrowed())
+        .cast::<rdkafka::bindings::rd_kafka_headers_t>()
+        .cast_mut();
+    for (key, value) in headers {
+        // SAFETY: `owned` is alive and owns the list; librdkafka copies the
+        // name and the value.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_header_add(
+                list,
+                key.as_ptr().cast(),
+                key.len() as isize,
+                value.as_ptr().cast(),
+                value.len() as isize,
+            )
+        };
+        assert_eq!(
+            err,
+            rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR,
+            "adding a raw header"
+        );
+    }
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "0")
+        .create()
+        .expect("test producer");
+    let record = FutureRecord::<[u8], [u8]>::to(topic)
+        .partition(partition)
+        .payload(value)
+        .headers(owned);
+    match producer.send(record, Duration::from_secs(30)).await {
+        Ok(delivery) => delivery.offset,
+        Err((e, _)) => panic!("test record not acknowledged: {e}"),
+    }
+}

@@ -1,7 +1,8 @@
 //! `sluice dlq` against a real broker (Tansu): dead letters listed, counted
 //! and filtered; replayed to their original topic once the module is fixed,
 //! with the replay headers and the original bytes; the replay limit holds;
-//! a dry run produces nothing; unreadable records are reported, not fatal.
+//! a dry run produces nothing; unreadable records are reported, not fatal,
+//! and so are header keys that are not UTF-8.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -11,7 +12,7 @@ use serde_json::Value;
 use sluice_tests::artifacts::{MISBEHAVE, UPPERCASE};
 use sluice_tests::broker::Broker;
 use sluice_tests::daemon::{Daemon, config_text, parse, plugins_dir};
-use sluice_tests::kafka::{Record, Send, produce, read_topic, wait_committed};
+use sluice_tests::kafka::{Record, Send, produce, produce_raw_headers, read_topic, wait_committed};
 
 const CLI: &str = env!("CARGO_BIN_EXE_sluice-test-daemon");
 const LONG: Duration = Duration::from_secs(60);
@@ -401,4 +402,84 @@ async fn the_embedded_broker_and_a_config_without_dead_letter_topic_are_refused(
     let no_dlq = write_config(dir.path(), &config_text("127.0.0.1:1", "g", "", route));
     let error = dlq_fails("stats", &no_dlq, &[]).await;
     assert!(error.contains("--dlq-topic"), "{error}");
+}
+
+/// A dead letter written by hand the way the daemon writes it: the
+/// original record `topic/partition@offset` with a text key and value.
+fn hand_envelope(topic: &str, partition: i32, offset: i64, key: &str, value: &str) -> Value {
+    serde_json::json!({
+        "original_topic": topic,
+        "original_message": {
+            "key": key, "value": value, "offset": offset.to_string(), "partition": partition,
+            "timestamp": null, "headers": [],
+        },
+        "failure_reason": "written by the test",
+        "failure_timestamp": "2026-01-01T00:00:00.000Z",
+        "correlation_id": format!("corr-{topic}-{offset}"),
+        "retry_count": 0,
+        "error_type": "HandlerError",
+        "module": "uppercase",
+        "module_hash": "h",
+    })
+}
+
+/// A config whose one route consumes `topic` (nothing runs it) and whose
+/// dead-letter topic is `dlq`.
+fn replay_config(dir: &Path, bootstrap: &str, group: &str, topic: &str) -> PathBuf {
+    let route = format!("[[routes]]\ntopic = {topic:?}\nmodule = \"uppercase\"\n");
+    write_config(
+        dir,
+        &config_text(bootstrap, group, "dead_letter_topic = \"dlq\"", &route),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_keys_that_are_not_utf8_do_not_stop_the_tool() {
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    for topic in ["in", "dlq"] {
+        broker.create_topic(topic, 1);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = replay_config(dir.path(), &bootstrap, "rawkeys", "in");
+    // Another client's records in the dead-letter topic: a valid dead letter
+    // and an unreadable one, both with a header key that is not UTF-8.
+    let letter = hand_envelope("in", 0, 0, "k", "v").to_string();
+    let bad_key: &[u8] = b"\xff\xfe";
+    produce_raw_headers(
+        &bootstrap,
+        "dlq",
+        0,
+        letter.as_bytes(),
+        &[(bad_key, b"x"), (b"error_type", b"HandlerError")],
+    )
+    .await;
+    produce_raw_headers(
+        &bootstrap,
+        "dlq",
+        0,
+        b"not an envelope",
+        &[(bad_key, b"y"), (b"original_topic", b"in")],
+    )
+    .await;
+
+    let list = dlq_json("list", &config, &[]).await;
+    assert_eq!(list["matched"], 2, "{list:#}");
+    assert_eq!(list["dead_letters"][0]["readable"], true, "{list:#}");
+    assert_eq!(list["dead_letters"][1]["readable"], false, "{list:#}");
+    let on_in = dlq_json("stats", &config, &["--topic", "in"]).await;
+    assert_eq!(
+        (on_in["total"].clone(), on_in["unreadable"].clone()),
+        (2.into(), 1.into()),
+        "the unreadable record is judged on its readable headers: {on_in:#}"
+    );
+    let replay = dlq_json("replay", &config, &[]).await;
+    assert_eq!(replay["summary"]["replayed"], 1, "{replay:#}");
+    assert_eq!(replay["summary"]["skipped_unreadable"], 1, "{replay:#}");
+    let input = read_topic(&bootstrap, "in", 1, 1, LONG, SETTLE);
+    assert_eq!(input.len(), 1, "{input:?}");
+    assert_eq!(
+        (input[0].key_text(), input[0].text()),
+        ("k".into(), "v".into())
+    );
 }
