@@ -1,13 +1,18 @@
 //! The dead-letter tool's work: reading the dead-letter topics named by the
 //! configuration, selecting records with a [`Filter`], counting them
-//! ([`Stats`]) and replaying them to their original topics ([`replay()`]).
+//! ([`Stats`]) and replaying them to their original topics ([`replay()`]),
+//! once: a replay's position is kept as the committed offsets of the tool's
+//! own consumer group (see `position`).
 //!
 //! Owns reading and writing dead-letter records outside the daemon; it
-//! never joins a consumer group nor commits an offset, and it does not
-//! print (see `cli::dlq`). The record format belongs to
+//! never joins a consumer group, commits only the replay position, and it
+//! does not print (see `cli::dlq`). The record format belongs to
 //! [`crate::pipeline::dlq`], which writes it.
 
 mod envelope;
+mod original;
+mod outcome;
+mod position;
 mod produce;
 mod time;
 
@@ -23,10 +28,12 @@ use crate::kafka::headers::{self, RawHeader};
 use crate::pipeline::dlq::ErrorType;
 
 pub use envelope::{
-    DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, Envelope, REPLAY_COUNT_HEADER, REPLAY_HEADERS,
-    REPLAYED_AT_HEADER,
+    Cut, DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, Envelope, REPLAY_COUNT_HEADER, REPLAY_HEADERS,
+    REPLAYED_AT_HEADER, Truncation,
 };
-pub use produce::{Outcome, ReplayOptions, ReplayResult, ReplaySummary, replay};
+pub use outcome::{Outcome, ReplayOptions, ReplayResult, ReplaySummary};
+pub use position::Positions;
+pub use produce::{ReplayRun, replay};
 pub use time::{parse_duration, parse_rfc3339, parse_time_bound};
 
 /// Why the dead-letter tool cannot do what it was asked.
