@@ -181,6 +181,16 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             "an IP address and port such as \"127.0.0.1:8083\" or \"0.0.0.0:8083\"",
         ));
     }
+    in_range(
+        "http.header_timeout_seconds",
+        config.http.header_timeout_seconds,
+        0.1..=300.0,
+    )?;
+    in_range(
+        "http.max_connections",
+        config.http.max_connections,
+        1..=10_000,
+    )?;
     if let Some(token) = &config.http.admin_token
         && token.trim().len() < 16
     {
