@@ -677,7 +677,11 @@ async fn a_cut_dead_letter_is_replayed_from_its_original_record_or_refused() {
                 partition: Some(0),
                 key: Some(b"big-key"),
                 value: big.as_bytes(),
-                headers: &[("trace", b"t"), ("bin", binary_header)],
+                headers: &[
+                    ("trace", b"t"),
+                    ("bin", binary_header),
+                    ("x-replay-count", b"1"),
+                ],
             },
             Send {
                 partition: Some(0),
@@ -698,7 +702,7 @@ async fn a_cut_dead_letter_is_replayed_from_its_original_record_or_refused() {
         original["value_truncated"] = true.into();
         original["original_value_size"] = 3000.into();
         original["headers_truncated"] = true.into();
-        original["original_header_count"] = 2.into();
+        original["original_header_count"] = 3.into();
         letter
     };
     put_letters(&bootstrap, &[cut(0), cut(1), cut(2)]).await;
@@ -710,7 +714,7 @@ async fn a_cut_dead_letter_is_replayed_from_its_original_record_or_refused() {
         first["truncation"]["value"],
         serde_json::json!({"truncated": true, "original_value_size": 3000})
     );
-    assert_eq!(first["truncation"]["headers"]["original_header_count"], 2);
+    assert_eq!(first["truncation"]["headers"]["original_header_count"], 3);
 
     let run = dlq_json("replay", &config, &[]).await;
     assert_eq!(
@@ -749,4 +753,7 @@ async fn a_cut_dead_letter_is_replayed_from_its_original_record_or_refused() {
         replayed.header("x-original-dlq-offset").as_deref(),
         Some("0")
     );
+    // The letter lost its headers; the replay count is the original's.
+    assert_eq!(run["results"][0]["previous_replay_count"], 1, "{run:#}");
+    assert_eq!(replayed.header("x-replay-count").as_deref(), Some("2"));
 }

@@ -196,26 +196,7 @@ impl Envelope {
     /// How many times the original message had already been replayed: its
     /// own last `x-replay-count` header, 0 without one.
     pub fn replay_count(&self) -> Result<u32, String> {
-        match self
-            .headers
-            .iter()
-            .rev()
-            .find(|h| h.key == REPLAY_COUNT_HEADER.as_bytes())
-        {
-            None => Ok(0),
-            Some(h) => {
-                let v = h.value.as_deref().unwrap_or_default();
-                std::str::from_utf8(v)
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok())
-                    .ok_or_else(|| {
-                        format!(
-                            "its {REPLAY_COUNT_HEADER} header {:?} is not a number",
-                            String::from_utf8_lossy(v)
-                        )
-                    })
-            }
-        }
+        replay_count(&self.headers)
     }
 
     /// What the dead letter holds of a cut message, in words ("its first
@@ -250,6 +231,28 @@ impl Envelope {
         }
         (!parts.is_empty()).then(|| parts.join(", "))
     }
+}
+
+/// How many times a message with these headers had already been replayed:
+/// its last `x-replay-count` header, 0 without one.
+pub fn replay_count(headers: &[RawHeader]) -> Result<u32, String> {
+    let Some(h) = headers
+        .iter()
+        .rev()
+        .find(|h| h.key == REPLAY_COUNT_HEADER.as_bytes())
+    else {
+        return Ok(0);
+    };
+    let v = h.value.as_deref().unwrap_or_default();
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "its {REPLAY_COUNT_HEADER} header {:?} is not a number",
+                String::from_utf8_lossy(v)
+            )
+        })
 }
 
 fn text(map: &Map<String, Value>, name: &str) -> Option<String> {

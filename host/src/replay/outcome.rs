@@ -6,6 +6,8 @@
 use std::collections::BTreeSet;
 
 use super::DlqRecord;
+use super::envelope::replay_count;
+use crate::kafka::headers::RawHeader;
 
 /// How a replay runs.
 #[derive(Debug, Clone, Default)]
@@ -207,9 +209,9 @@ pub fn judge(
             );
         }
     };
-    let count = match envelope.replay_count() {
-        Err(reason) => return (None, Some(Outcome::Unreadable { reason })),
-        Ok(count) => count,
+    let (count, over) = judge_count(&envelope.headers, max_replay_count);
+    let Some(count) = count else {
+        return (None, over);
     };
     let refusal = if let Some(position) = position.filter(|&p| record.dlq_offset < p) {
         Some(Outcome::AlreadyReplayed { position })
@@ -217,16 +219,30 @@ pub fn judge(
         Some(Outcome::TopicNotRouted {
             topic: envelope.original_topic.clone(),
         })
-    } else if count >= max_replay_count {
-        Some(Outcome::OverLimit {
-            reason: format!(
-                "already replayed {count} time(s), at or over --max-replay-count {max_replay_count}"
-            ),
-        })
     } else {
-        None
+        over
     };
     (Some(count), refusal)
+}
+
+/// Judges a message's own replay count (from `headers`) against the
+/// limit: the count when readable, and why the message is not replayed, if
+/// it is not. A cut dead letter may have lost the header, so its original
+/// record is judged again once fetched.
+pub fn judge_count(headers: &[RawHeader], max_replay_count: u32) -> (Option<u32>, Option<Outcome>) {
+    match replay_count(headers) {
+        Err(reason) => (None, Some(Outcome::Unreadable { reason })),
+        Ok(count) if count >= max_replay_count => (
+            Some(count),
+            Some(Outcome::OverLimit {
+                reason: format!(
+                    "already replayed {count} time(s), at or over --max-replay-count \
+                     {max_replay_count}"
+                ),
+            }),
+        ),
+        Ok(count) => (Some(count), None),
+    }
 }
 
 #[cfg(test)]
@@ -276,6 +292,24 @@ mod tests {
             (None, Some(Outcome::Unreadable { .. }))
         ));
         assert!(never_replayable(&junk));
+    }
+
+    #[test]
+    fn a_fetched_original_is_judged_on_its_own_replay_count() {
+        let header = |value: &str| RawHeader {
+            key: b"x-replay-count".to_vec(),
+            value: Some(value.as_bytes().to_vec()),
+        };
+        assert_eq!(judge_count(&[], 1), (Some(0), None));
+        assert_eq!(judge_count(&[header("1"), header("2")], 3), (Some(2), None));
+        let (count, over) = judge_count(&[header("3")], 3);
+        assert_eq!(count, Some(3));
+        assert_eq!(over.map(|o| o.name()), Some("skipped_over_limit"));
+        let (count, bad) = judge_count(&[header("x")], 3);
+        assert_eq!(
+            (count, bad.map(|o| o.name())),
+            (None, Some("skipped_unreadable"))
+        );
     }
 
     #[test]

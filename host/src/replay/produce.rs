@@ -19,7 +19,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer a
 use tokio::time::Instant;
 
 use super::original::{self, Fetched, Original};
-use super::outcome::{Outcome, ReplayOptions, ReplayResult, judge, never_replayable};
+use super::outcome::{Outcome, ReplayOptions, ReplayResult, judge, judge_count, never_replayable};
 use super::position::{self, Positions};
 use super::{
     DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DlqRecord, Envelope, Filter, REPLAY_COUNT_HEADER,
@@ -76,7 +76,7 @@ pub async fn replay<'a>(
         position_error: None,
     };
     let to_send = decide(config, letters, filter, options, &start, &mut run);
-    let originals = fetch_originals(config, bootstrap, &to_send, &mut run.results);
+    let originals = fetch_originals(config, bootstrap, options, &to_send, &mut run.results);
     if options.dry_run {
         return Ok(run);
     }
@@ -151,11 +151,13 @@ fn decide<'a>(
 
 /// The message each of `to_send` replays: the envelope's own bytes when
 /// it holds the whole message, else the original record fetched from its
-/// topic. A letter whose original cannot be had gets its outcome here and
-/// no message.
+/// topic and judged again on its own replay count (the cut letter may have
+/// lost that header). A letter whose original cannot be had, or is over
+/// the limit, gets its outcome here and no message.
 fn fetch_originals(
     config: &Config,
     bootstrap: &str,
+    options: &ReplayOptions,
     to_send: &[usize],
     results: &mut [ReplayResult<'_>],
 ) -> Vec<(usize, Original)> {
@@ -172,7 +174,14 @@ fn fetch_originals(
             original::fetch(config, bootstrap, envelope, config.kafka.timeout())
         });
         match fetched {
-            Fetched::Found(original) => originals.push((i, original)),
+            Fetched::Found(original) => {
+                let (previous, refusal) = judge_count(&original.headers, options.max_replay_count);
+                results[i].previous_replays = previous;
+                match refusal {
+                    Some(outcome) => results[i].outcome = outcome,
+                    None => originals.push((i, original)),
+                }
+            }
             Fetched::Gone(reason) => results[i].outcome = Outcome::OriginalGone { reason },
             Fetched::Failed(reason) => results[i].outcome = Outcome::Failed { reason },
         }
