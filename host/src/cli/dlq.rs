@@ -48,10 +48,11 @@ enum DlqCommand {
     /// already replayed. A partition's position moves only over a
     /// contiguous run of dead letters that were replayed or can never be
     /// (unreadable, or cut with their original gone): the first one a run
-    /// did not select, refused, left beyond --limit or failed to replay stops
-    /// it, so a run with another filter still finds every dead letter that
-    /// was never replayed. Letters a filtered run replayed after such a stop
-    /// are replayed again by a later run that reaches them. A dry run
+    /// did not select, refused, skipped over --max-replay-count, left beyond
+    /// --limit or failed to replay stops it, so a run with another filter
+    /// still finds every dead letter that was never replayed. Letters
+    /// replayed after such a stop are replayed again by a later run that
+    /// selects them: deal with what stops the position first. A dry run
     /// records nothing.
     ///
     /// Exits 1 if any produce failed or the position could not be recorded.
