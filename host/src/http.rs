@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError};
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use axum::Router;
@@ -18,6 +18,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use crate::config::HttpConfig;
 use crate::status::Status;
@@ -30,6 +32,12 @@ struct Shared {
 
 /// Binds the configured address (failing with a clear error when it cannot)
 /// and returns the server, which runs until `shutdown` completes.
+///
+/// Connections are served by [`Server`]: a client gets
+/// `http.header_timeout_seconds` to send a request's headers and as long
+/// between requests on a kept-alive connection; at most
+/// `http.max_connections` are served at once; on shutdown, open
+/// connections get [`SHUTDOWN_GRACE`] to finish and are then closed.
 pub async fn bind(
     config: &HttpConfig,
     status: Arc<Status>,
@@ -51,17 +59,128 @@ pub async fn bind(
         status,
         admin_token: config.admin_token.as_deref().map(Arc::from),
     });
-    Ok(async move {
-        let served = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await;
-        if let Err(e) = served {
-            tracing::error!("HTTP endpoint failed: {e}");
+    let server = Server {
+        listener,
+        app,
+        header_timeout: config.header_timeout(),
+        slots: Arc::new(Semaphore::new(config.max_connections)),
+        connections: JoinSet::new(),
+    };
+    Ok(server.run(shutdown))
+}
+
+/// On shutdown, how long open connections get to finish the request they
+/// are serving before they are closed.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// The answer to a connection over `http.max_connections`.
+const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\
+    Content-Length: 21\r\n\r\ntoo many connections\n";
+
+/// The HTTP/1.1 server: accepts connections and serves each on a task of
+/// its own, within the configured limits.
+struct Server {
+    listener: tokio::net::TcpListener,
+    app: Router,
+    /// The longest wait for a request's headers, and between requests.
+    header_timeout: Duration,
+    /// One permit per connection served (`http.max_connections`).
+    slots: Arc<Semaphore>,
+    /// The tasks serving connections, ended on shutdown.
+    connections: JoinSet<()>,
+}
+
+impl Server {
+    /// Serves until `shutdown` completes, then stops accepting, asks every
+    /// connection to close after its current request and closes those
+    /// still open after [`SHUTDOWN_GRACE`].
+    async fn run(mut self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => self.admit(stream, peer, stopped.clone()),
+                    Err(e) => {
+                        // Out of file descriptors, most likely: let some
+                        // close rather than spin.
+                        tracing::warn!("cannot accept an HTTP connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some(_) = self.connections.join_next(), if !self.connections.is_empty() => {}
+            }
         }
-    })
+        drop(self.listener);
+        let _ = stop.send(true);
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while self.connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::debug!(
+                open = self.connections.len(),
+                "closing HTTP connections still open after the shutdown grace"
+            );
+            self.connections.abort_all();
+        }
+    }
+
+    /// Serves `stream` on a task of its own, or answers 503 and closes it
+    /// when every slot is taken.
+    fn admit(
+        &mut self,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        stopped: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+            tracing::debug!(%peer, "HTTP connection refused: http.max_connections are open");
+            // Best effort and never blocking: the client may not read.
+            let _ = stream.try_write(TOO_MANY);
+            return;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(
+            self.app.clone().layer(axum::Extension(ConnectInfo(peer))),
+        );
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(self.header_timeout)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        self.connections
+            .spawn(serve_connection(connection, stopped, slot));
+    }
+}
+
+/// One connection, served until the client or the server closes it; asked
+/// to close after its current request when `stopped` turns true. The slot
+/// is given back when it ends.
+async fn serve_connection(
+    connection: hyper::server::conn::http1::Connection<
+        hyper_util::rt::TokioIo<tokio::net::TcpStream>,
+        hyper_util::service::TowerToHyperService<Router>,
+    >,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = stop_requested(&mut stopped) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        // A client that stalls or goes away; nothing the daemon can fix.
+        tracing::debug!("HTTP connection ended: {e}");
+    }
+}
+
+/// Completes when `stopped` turns true (or its sender is gone).
+async fn stop_requested(stopped: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
 }
 
 fn router(shared: Shared) -> Router {
@@ -277,4 +396,156 @@ fn refuse_unauthorized(s: &Shared, peer: SocketAddr, headers: &HeaderMap) -> Opt
 /// Compares without stopping at the first difference.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::config::Config;
+
+    /// A config whose one route's module is an empty file in `dir`, with
+    /// `http` as its `[http]` table.
+    fn config(dir: &std::path::Path, http: &str) -> Config {
+        std::fs::create_dir_all(dir.join("plugins")).expect("create plugins/");
+        std::fs::write(dir.join("plugins/m.wasm"), b"").expect("write a module");
+        let text = format!(
+            "[kafka]\n[http]\nlisten = \"127.0.0.1:0\"\n{http}\n\
+             [[routes]]\ntopic = \"t\"\nmodule = \"m\"\n"
+        );
+        Config::parse(&text, dir, &|_| None).expect("a valid config")
+    }
+
+    /// A server on a free port, its address, and what stops it.
+    async fn serve(
+        http: &str,
+    ) -> (
+        SocketAddr,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+        tempfile::TempDir,
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path(), http);
+        let status = Status::new(&config);
+        let stop = CancellationToken::new();
+        let server = bind(&config.http, status.clone(), stop.clone().cancelled_owned())
+            .await
+            .expect("bind");
+        let task = tokio::spawn(server);
+        let addr = status.http_addr().borrow().expect("bind sets the address");
+        (addr, stop, task, dir)
+    }
+
+    /// The status code of `GET path` on a connection of its own.
+    async fn get_status(addr: SocketAddr, path: &str) -> String {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut raw = Vec::new();
+        let _ = stream.read_to_end(&mut raw).await;
+        let raw = String::from_utf8_lossy(&raw);
+        raw.split_whitespace().nth(1).unwrap_or_default().to_owned()
+    }
+
+    /// Waits until the server closes `stream`; returns how long after
+    /// `since` it did.
+    async fn until_closed(stream: &mut TcpStream, since: Instant) -> Duration {
+        let mut buf = [0u8; 256];
+        let bound = Duration::from_secs(20);
+        loop {
+            match tokio::time::timeout(bound, stream.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => return since.elapsed(),
+                Ok(Ok(_)) => {}
+                Err(_) => panic!("the server kept a stalled connection open for {bound:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_or_idle_client_is_cut_off_after_the_header_timeout() {
+        let (addr, stop, task, _dir) = serve("header_timeout_seconds = 0.5").await;
+        let opened = Instant::now();
+        let mut half = TcpStream::connect(addr).await.expect("connect");
+        half.write_all(b"GET /heal")
+            .await
+            .expect("send half a line");
+        let mut silent = TcpStream::connect(addr).await.expect("connect");
+        let half_took = until_closed(&mut half, opened).await;
+        let silent_took = until_closed(&mut silent, opened).await;
+        for took in [half_took, silent_took] {
+            assert!(
+                took >= Duration::from_millis(400) && took < Duration::from_secs(5),
+                "cut off after {took:?}, not the 0.5 s header timeout"
+            );
+        }
+        // A kept-alive connection is cut off once idle for as long.
+        let mut kept = TcpStream::connect(addr).await.expect("connect");
+        kept.write_all(b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .expect("send");
+        let mut first = [0u8; 12];
+        kept.read_exact(&mut first).await.expect("a response");
+        assert_eq!(&first, b"HTTP/1.1 200");
+        let idle = until_closed(&mut kept, Instant::now()).await;
+        assert!(idle < Duration::from_secs(5), "idle for {idle:?}");
+        stop.cancel();
+        task.await.expect("the server ends");
+    }
+
+    #[tokio::test]
+    async fn shutdown_does_not_wait_for_stalled_clients() {
+        let (addr, stop, task, _dir) = serve("header_timeout_seconds = 300").await;
+        let mut stalled = Vec::new();
+        for _ in 0..3 {
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            stream.write_all(b"GET /health/li").await.expect("send");
+            stalled.push(stream);
+        }
+        // The server has them all once it answers a request after them.
+        assert_eq!(get_status(addr, "/health/live").await, "200");
+        let started = Instant::now();
+        stop.cancel();
+        task.await.expect("the server ends");
+        assert!(
+            started.elapsed() < SHUTDOWN_GRACE + Duration::from_secs(2),
+            "shutdown took {:?} with stalled clients connected",
+            started.elapsed()
+        );
+        for stream in &mut stalled {
+            until_closed(stream, started).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_limit_are_refused_and_served_again_once_closed() {
+        let (addr, stop, task, _dir) = serve("max_connections = 2").await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            stream.write_all(b"GET /health/li").await.expect("send");
+            held.push(stream);
+        }
+        // Accepted in order: the third connection finds both slots taken.
+        assert_eq!(get_status(addr, "/health/live").await, "503");
+        drop(held);
+        // The slots come back as the server sees the two connections close.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut answer = get_status(addr, "/health/live").await;
+        while answer != "200" && Instant::now() < deadline {
+            tokio::task::yield_now().await;
+            answer = get_status(addr, "/health/live").await;
+        }
+        assert_eq!(
+            answer, "200",
+            "/health/live answers once the slow clients close"
+        );
+        stop.cancel();
+        task.await.expect("the server ends");
+    }
 }

@@ -248,56 +248,6 @@ fn to_record(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
     }
 }
 
-/// Headers built from raw bytes, as any client may write them: keys need
-/// not be UTF-8 (rdkafka's own builder takes only `&str` keys).
-pub fn raw_headers(pairs: &[(&[u8], &[u8])]) -> OwnedHeaders {
-    let headers = OwnedHeaders::new_with_capacity(pairs.len());
-    let list = std::ptr::from_ref(headers.as_borrowed())
-        .cast::<rdkafka::bindings::rd_kafka_headers_t>()
-        .cast_mut();
-    for (key, value) in pairs {
-        // SAFETY: `list` is the header list `headers` owns, alive here;
-        // librdkafka copies the key and value.
-        let err = unsafe {
-            rdkafka::bindings::rd_kafka_header_add(
-                list,
-                key.as_ptr().cast(),
-                isize::try_from(key.len()).expect("a small key"),
-                value.as_ptr().cast(),
-                isize::try_from(value.len()).expect("a small value"),
-            )
-        };
-        assert_eq!(
-            err,
-            rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR,
-            "header added"
-        );
-    }
-    headers
-}
-
-/// Produces one record with `headers`, in a batch of its own, and waits for
-/// its acknowledgement.
-pub async fn produce_with_headers(
-    bootstrap: &str,
-    topic: &str,
-    value: &[u8],
-    headers: OwnedHeaders,
-) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "0")
-        .create()
-        .expect("test producer");
-    let record = FutureRecord::<[u8], [u8]>::to(topic)
-        .payload(value)
-        .headers(headers);
-    producer
-        .send(record, Duration::from_secs(30))
-        .await
-        .expect("test record acknowledged");
-}
-
 /// Counts the records of a topic from the beginning, reading until `timeout`
 /// has passed with no new record (or `at_least` were counted and the topic
 /// went quiet). Counting by consuming works on any broker, whatever its
@@ -425,4 +375,52 @@ pub fn bench_properties() -> Vec<(String, String)> {
         .filter_map(|pair| pair.split_once('='))
         .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))
         .collect()
+}
+
+/// Produces one record (a batch of its own) to `partition` whose headers
+/// are raw bytes, as a client other than rdkafka may write them: keys that
+/// are not UTF-8 included, which rdkafka's own header type cannot express.
+/// Returns the record's offset.
+pub async fn produce_raw_headers(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+    value: &[u8],
+    headers: &[(&[u8], &[u8])],
+) -> i64 {
+    let owned = OwnedHeaders::new_with_capacity(headers.len());
+    let list = std::ptr::from_ref(owned.as_borrowed())
+        .cast::<rdkafka::bindings::rd_kafka_headers_t>()
+        .cast_mut();
+    for (key, value) in headers {
+        // SAFETY: `owned` is alive and owns the list; librdkafka copies the
+        // name and the value.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_header_add(
+                list,
+                key.as_ptr().cast(),
+                key.len() as isize,
+                value.as_ptr().cast(),
+                value.len() as isize,
+            )
+        };
+        assert_eq!(
+            err,
+            rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR,
+            "adding a raw header"
+        );
+    }
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "0")
+        .create()
+        .expect("test producer");
+    let record = FutureRecord::<[u8], [u8]>::to(topic)
+        .partition(partition)
+        .payload(value)
+        .headers(owned);
+    match producer.send(record, Duration::from_secs(30)).await {
+        Ok(delivery) => delivery.offset,
+        Err((e, _)) => panic!("test record not acknowledged: {e}"),
+    }
 }

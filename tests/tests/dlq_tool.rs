@@ -1,57 +1,24 @@
 //! `sluice dlq` against a real broker (Tansu): dead letters listed, counted
 //! and filtered; replayed to their original topic once the module is fixed,
 //! with the replay headers and the original bytes; the replay limit holds;
-//! a dry run produces nothing; unreadable records are reported, not fatal.
+//! a dry run produces nothing; unreadable records are reported, not fatal,
+//! and so are header keys that are not UTF-8. Where, how much and how often
+//! a replay writes is `dlq_replay.rs`.
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+mod dlq_cli;
+
+use std::path::Path;
 use std::time::Duration;
 
+use dlq_cli::{dlq_json, hand_envelope, replay_config, sluice, write_config};
 use serde_json::Value;
 use sluice_tests::artifacts::{MISBEHAVE, UPPERCASE};
 use sluice_tests::broker::Broker;
 use sluice_tests::daemon::{Daemon, config_text, parse, plugins_dir};
-use sluice_tests::kafka::{Record, Send, produce, read_topic, wait_committed};
+use sluice_tests::kafka::{Record, Send, produce, produce_raw_headers, read_topic, wait_committed};
 
-const CLI: &str = env!("CARGO_BIN_EXE_sluice-test-daemon");
 const LONG: Duration = Duration::from_secs(60);
 const SETTLE: Duration = Duration::from_secs(2);
-
-/// Runs the `sluice` binary off the async threads.
-async fn sluice(args: Vec<String>) -> Output {
-    tokio::task::spawn_blocking(move || {
-        std::process::Command::new(CLI)
-            .args(&args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("run the sluice binary")
-    })
-    .await
-    .expect("the CLI runner does not panic")
-}
-
-/// `sluice dlq COMMAND --config FILE ARGS... --format json`, which must
-/// succeed; returns its parsed output.
-async fn dlq_json(command: &str, config: &Path, args: &[&str]) -> Value {
-    let mut all = vec![
-        "dlq".to_owned(),
-        command.to_owned(),
-        "--config".to_owned(),
-        config.display().to_string(),
-        "--format".to_owned(),
-        "json".to_owned(),
-    ];
-    all.extend(args.iter().map(|a| (*a).to_owned()));
-    let out = sluice(all.clone()).await;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "`sluice {}` failed: {}\n{stdout}",
-        all.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
-}
 
 /// `sluice dlq COMMAND --config FILE ARGS...`, which must fail; returns its
 /// stderr.
@@ -71,13 +38,6 @@ async fn dlq_fails(command: &str, config: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout)
     );
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Writes config text into `dir` as `sluice.toml`.
-fn write_config(dir: &Path, text: &str) -> PathBuf {
-    let path = dir.join("sluice.toml");
-    std::fs::write(&path, text).expect("write the config file");
-    path
 }
 
 fn envelope(record: &Record) -> Value {
@@ -185,7 +145,18 @@ output_topic = "out"
     // The fixed module: the upper-case guest under the same name.
     std::fs::copy(UPPERCASE, &handler).expect("copy the fixed module");
     let daemon = Daemon::start(parse(&text));
-    let fixed = dlq_json("replay", &config, &["--max-replay-count", "1"]).await;
+    // The first dead letter was replayed once already (its replay failed
+    // and is the fourth): a plain replay skips it.
+    let plain = dlq_json("replay", &config, &["--dry-run", "--max-replay-count", "1"]).await;
+    assert_eq!(plain["results"][0]["outcome"], "skipped_already_replayed");
+    assert_eq!(plain["summary"]["would_replay"], 2, "{plain:#}");
+    // Starting over replays it again, and the fourth stays over the limit.
+    let fixed = dlq_json(
+        "replay",
+        &config,
+        &["--max-replay-count", "1", "--from-beginning"],
+    )
+    .await;
     let summary = &fixed["summary"];
     assert_eq!(summary["replayed"], 3, "{fixed:#}");
     assert_eq!(summary["skipped_over_limit"], 1, "{fixed:#}");
@@ -401,4 +372,55 @@ async fn the_embedded_broker_and_a_config_without_dead_letter_topic_are_refused(
     let no_dlq = write_config(dir.path(), &config_text("127.0.0.1:1", "g", "", route));
     let error = dlq_fails("stats", &no_dlq, &[]).await;
     assert!(error.contains("--dlq-topic"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_keys_that_are_not_utf8_do_not_stop_the_tool() {
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    for topic in ["in", "dlq"] {
+        broker.create_topic(topic, 1);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = replay_config(dir.path(), &bootstrap, "rawkeys", "in");
+    // Another client's records in the dead-letter topic: a valid dead letter
+    // and an unreadable one, both with a header key that is not UTF-8.
+    let letter = hand_envelope("in", 0, 0, "k", "v").to_string();
+    let bad_key: &[u8] = b"\xff\xfe";
+    produce_raw_headers(
+        &bootstrap,
+        "dlq",
+        0,
+        letter.as_bytes(),
+        &[(bad_key, b"x"), (b"error_type", b"HandlerError")],
+    )
+    .await;
+    produce_raw_headers(
+        &bootstrap,
+        "dlq",
+        0,
+        b"not an envelope",
+        &[(bad_key, b"y"), (b"original_topic", b"in")],
+    )
+    .await;
+
+    let list = dlq_json("list", &config, &[]).await;
+    assert_eq!(list["matched"], 2, "{list:#}");
+    assert_eq!(list["dead_letters"][0]["readable"], true, "{list:#}");
+    assert_eq!(list["dead_letters"][1]["readable"], false, "{list:#}");
+    let on_in = dlq_json("stats", &config, &["--topic", "in"]).await;
+    assert_eq!(
+        (on_in["total"].clone(), on_in["unreadable"].clone()),
+        (2.into(), 1.into()),
+        "the unreadable record is judged on its readable headers: {on_in:#}"
+    );
+    let replay = dlq_json("replay", &config, &[]).await;
+    assert_eq!(replay["summary"]["replayed"], 1, "{replay:#}");
+    assert_eq!(replay["summary"]["skipped_unreadable"], 1, "{replay:#}");
+    let input = read_topic(&bootstrap, "in", 1, 1, LONG, SETTLE);
+    assert_eq!(input.len(), 1, "{input:?}");
+    assert_eq!(
+        (input[0].key_text(), input[0].text()),
+        ("k".into(), "v".into())
+    );
 }

@@ -13,9 +13,7 @@ use sluice::pipeline::CircuitState;
 use sluice_tests::broker::Broker;
 use sluice_tests::daemon::{Daemon, config_text, module_route, parse};
 use sluice_tests::http::get;
-use sluice_tests::kafka::{
-    Record, Send, produce, produce_with_headers, raw_headers, read_topic, wait_committed,
-};
+use sluice_tests::kafka::{Record, Send, produce, produce_raw_headers, read_topic, wait_committed};
 
 const LONG: Duration = Duration::from_secs(60);
 const SETTLE: Duration = Duration::from_secs(2);
@@ -50,8 +48,8 @@ async fn a_header_key_that_is_not_utf8_reaches_the_handler_and_its_dead_letter_k
         broker.create_topic(topic, 1);
     }
     let key: &[u8] = b"\xff\xfetrace";
-    produce_with_headers(&bootstrap, "in", b"first", raw_headers(&[(key, b"v1")])).await;
-    produce_with_headers(&bootstrap, "in", b"error:10", raw_headers(&[(key, b"v2")])).await;
+    produce_raw_headers(&bootstrap, "in", 0, b"first", &[(key, b"v1")]).await;
+    produce_raw_headers(&bootstrap, "in", 0, b"error:10", &[(key, b"v2")]).await;
     produce_texts(&bootstrap, "in", &[b"last"]).await;
     let daemon = Daemon::start(parse(&config_text(
         &bootstrap,

@@ -9,14 +9,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
-use rdkafka::message::{Header as KafkaHeader, Headers as _, OwnedHeaders};
+use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message as _};
 use tokio_util::sync::CancellationToken;
 
 use super::check::show_bytes;
 use crate::config::{Config, EMBEDDED_BROKER};
-use crate::kafka::EmbeddedBroker;
+use crate::kafka::{self, EmbeddedBroker};
 use crate::pipeline::{self, CORRELATION_HEADER};
 
 #[derive(Debug, Args)]
@@ -135,14 +135,10 @@ async fn run_demo(config: Config, exit_when_done: bool) -> anyhow::Result<ExitCo
             () = super::shutdown_signal() => break,
             received = viewer.recv() => {
                 let Ok(m) = received else { continue };
-                let header = |name: &str| {
-                    m.headers().and_then(|hs| {
-                        hs.iter()
-                            .find(|h| h.key == name)
-                            .and_then(|h| h.value)
-                            .map(|v| String::from_utf8_lossy(v).into_owned())
-                    })
-                };
+                // Read as bytes: a record on a watched topic may carry a
+                // header key that is not UTF-8.
+                let headers = m.headers().map(kafka::headers::read).unwrap_or_default();
+                let header = |name: &str| kafka::headers::text(&headers, name);
                 if let Some(error_type) = header("error_type") {
                     println!(
                         "✗ {} {error_type} from {}@{}/{}: {}",

@@ -13,7 +13,8 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 use crate::replay::{
-    self, DlqRecord, Filter, Outcome, ReplayOptions, ReplayResult, ReplaySummary, Stats,
+    self, DlqRecord, Filter, Outcome, ReplayOptions, ReplayResult, ReplayRun, ReplaySummary, Stats,
+    Truncation,
 };
 
 /// `sluice dlq`.
@@ -35,7 +36,26 @@ enum DlqCommand {
     /// with the original key, value and headers plus x-replay-count,
     /// x-replayed-at, x-original-dlq-offset and x-original-dlq-partition.
     ///
-    /// Exits 1 if any produce failed.
+    /// Only topics a route of the config consumes are written (more with
+    /// --allow-topic). A dead letter cut to fit in a record is replayed from
+    /// its original record, fetched from its topic, partition and offset;
+    /// when that record is gone the letter is refused, never replayed from
+    /// the prefix it holds.
+    ///
+    /// Each run records how far it got as the committed offsets of consumer
+    /// group {environment}.{group}.sluice-dlq-replay, one per dead-letter
+    /// partition, and a later run skips the dead letters below them as
+    /// already replayed. A partition's position moves only over a
+    /// contiguous run of dead letters that were replayed or can never be
+    /// (unreadable, or cut with their original gone): the first one a run
+    /// did not select, refused, skipped over --max-replay-count, left beyond
+    /// --limit or failed to replay stops it, so a run with another filter
+    /// still finds every dead letter that was never replayed. Letters
+    /// replayed after such a stop are replayed again by a later run that
+    /// selects them: deal with what stops the position first. A dry run
+    /// records nothing.
+    ///
+    /// Exits 1 if any produce failed or the position could not be recorded.
     Replay(ReplayArgs),
 }
 
@@ -100,6 +120,18 @@ struct ReplayArgs {
     /// x-replay-count header); it is reported instead.
     #[arg(long, value_name = "N", default_value_t = 5)]
     max_replay_count: u32,
+    /// Replay at most this many dead letters (the first, in topic,
+    /// partition and offset order); the rest are left for a later run.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Also replay to this original topic, which no route of the config
+    /// consumes (repeatable).
+    #[arg(long, value_name = "TOPIC")]
+    allow_topic: Vec<String>,
+    /// Ignore the replay position: dead letters replayed by earlier runs
+    /// are replayed again. The position never moves back.
+    #[arg(long)]
+    from_beginning: bool,
 }
 
 /// How results are printed.
@@ -126,11 +158,20 @@ pub fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The selected dead letters and how many were filtered out.
+/// Every dead letter read, and the ones the filters select.
 struct Selection {
     config: crate::config::Config,
-    records: Vec<DlqRecord>,
-    filtered_out: usize,
+    /// Every record of the dead-letter topics, in topic, partition and
+    /// offset order.
+    all: Vec<DlqRecord>,
+    filter: Filter,
+}
+
+impl Selection {
+    /// The selected dead letters, in order.
+    fn records(&self) -> Vec<&DlqRecord> {
+        self.all.iter().filter(|r| self.filter.matches(r)).collect()
+    }
 }
 
 /// Checks the filters, loads the config and reads the dead-letter topics.
@@ -162,27 +203,24 @@ fn select(common: &CommonArgs) -> anyhow::Result<Selection> {
     replay::bootstrap(&config)?;
     let topics = replay::dlq_topics(&config, common.dlq_topic.as_deref())?;
     let all = replay::read_dead_letters(&config, &topics, common.idle_timeout)?;
-    let before = all.len();
-    let records: Vec<DlqRecord> = all.into_iter().filter(|r| filter.matches(r)).collect();
     Ok(Selection {
         config,
-        filtered_out: before - records.len(),
-        records,
+        all,
+        filter,
     })
 }
 
 fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
     let selection = select(&args.common)?;
-    let shown = &selection.records[..args
-        .limit
-        .unwrap_or(usize::MAX)
-        .min(selection.records.len())];
+    let records = selection.records();
+    let filtered_out = selection.all.len() - records.len();
+    let shown = &records[..args.limit.unwrap_or(usize::MAX).min(records.len())];
     match args.common.format {
         Format::Json => print_json(&json!({
-            "dead_letters": shown.iter().map(letter_json).collect::<Vec<_>>(),
-            "matched": selection.records.len(),
+            "dead_letters": shown.iter().map(|r| letter_json(r)).collect::<Vec<_>>(),
+            "matched": records.len(),
             "shown": shown.len(),
-            "filtered_out": selection.filtered_out,
+            "filtered_out": filtered_out,
         })),
         Format::Table => {
             let rows = shown
@@ -203,7 +241,7 @@ fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
                             e.correlation_id.clone(),
                             e.replay_count()
                                 .map_or_else(|_| "?".to_owned(), |c| c.to_string()),
-                            shorten(&e.failure_reason, 60),
+                            shorten(&cut_mark(&e.truncation, &e.failure_reason), 60),
                         ]),
                         Err(reason) => row.extend([
                             "-".into(),
@@ -232,8 +270,8 @@ fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
             println!(
                 "{} shown of {} matching ({} filtered out)",
                 shown.len(),
-                selection.records.len(),
-                selection.filtered_out
+                records.len(),
+                filtered_out
             );
         }
     }
@@ -242,7 +280,9 @@ fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
 
 fn stats(args: CommonArgs) -> anyhow::Result<ExitCode> {
     let selection = select(&args)?;
-    let s = Stats::of(&selection.records);
+    let records = selection.records();
+    let filtered_out = selection.all.len() - records.len();
+    let s = Stats::of(records);
     match args.format {
         Format::Json => print_json(&json!({
             "total": s.total,
@@ -251,7 +291,7 @@ fn stats(args: CommonArgs) -> anyhow::Result<ExitCode> {
             "by_error_type": s.by_error_type,
             "oldest_failure": s.oldest,
             "newest_failure": s.newest,
-            "filtered_out": selection.filtered_out,
+            "filtered_out": filtered_out,
         })),
         Format::Table => {
             let counts = |title: &str, map: &std::collections::BTreeMap<String, usize>| {
@@ -269,7 +309,7 @@ fn stats(args: CommonArgs) -> anyhow::Result<ExitCode> {
             println!("unreadable:     {}", s.unreadable);
             println!("oldest failure: {}", s.oldest.as_deref().unwrap_or("-"));
             println!("newest failure: {}", s.newest.as_deref().unwrap_or("-"));
-            println!("filtered out:   {}", selection.filtered_out);
+            println!("filtered out:   {filtered_out}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -287,75 +327,124 @@ fn replay_command(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         dry_run: args.dry_run,
         rate_limit: args.rate_limit,
         max_replay_count: args.max_replay_count,
+        limit: args.limit,
+        allowed_topics: args.allow_topic.iter().cloned().collect(),
+        from_beginning: args.from_beginning,
     };
-    let results = super::tokio_runtime()?.block_on(replay::replay(
+    let run = super::tokio_runtime()?.block_on(replay::replay(
         &selection.config,
-        &selection.records,
-        options,
+        &selection.all,
+        &selection.filter,
+        &options,
     ))?;
-    let summary = ReplaySummary::of(&results);
+    let filtered_out = selection.all.len() - selection.records().len();
+    let summary = ReplaySummary::of(&run.results);
     match args.common.format {
-        Format::Json => print_json(&json!({
-            "dry_run": args.dry_run,
-            "results": results.iter().map(result_json).collect::<Vec<_>>(),
-            "summary": {
-                "replayed": summary.replayed,
-                "would_replay": summary.would_replay,
-                "skipped_over_limit": summary.skipped_over_limit,
-                "skipped_unreadable": summary.skipped_unreadable,
-                "failed": summary.failed,
-                "filtered_out": selection.filtered_out,
-            },
-        })),
-        Format::Table => {
-            let rows = results
-                .iter()
-                .map(|r| {
-                    let original = r.record.envelope.as_ref().map_or_else(
-                        |_| "-".to_owned(),
-                        |e| {
-                            format!(
-                                "{}/{}@{}",
-                                e.original_topic, e.original_partition, e.original_offset
-                            )
-                        },
-                    );
-                    vec![
-                        format!(
-                            "{}/{}@{}",
-                            r.record.dlq_topic, r.record.dlq_partition, r.record.dlq_offset
-                        ),
-                        original,
-                        r.outcome.name().to_owned(),
-                        outcome_detail(&r.outcome),
-                    ]
-                })
-                .collect();
-            print_table(&["DLQ RECORD", "ORIGINAL", "OUTCOME", "DETAIL"], rows);
-            let first = if args.dry_run {
-                format!("would replay {}", summary.would_replay)
-            } else {
-                format!("replayed {}", summary.replayed)
-            };
-            println!(
-                "{first}, skipped over the replay limit {}, skipped unreadable {}, failed {}, \
-                 filtered out {}",
-                summary.skipped_over_limit,
-                summary.skipped_unreadable,
-                summary.failed,
-                selection.filtered_out
-            );
-        }
+        Format::Json => print_json(&replay_json(&run, &summary, args.dry_run, filtered_out)),
+        Format::Table => print_replay_table(&run, &summary, args.dry_run, filtered_out),
+    }
+    if let Some(error) = &run.position_error {
+        eprintln!(
+            "error: the replay position could not be recorded ({error}); a later run would \
+             replay these dead letters again"
+        );
+        return Ok(ExitCode::FAILURE);
     }
     if summary.failed > 0 {
         eprintln!(
             "error: {} of {} replays failed (see the output above)",
             summary.failed,
-            results.len()
+            run.results.len()
         );
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn replay_json(
+    run: &ReplayRun<'_>,
+    s: &ReplaySummary,
+    dry_run: bool,
+    filtered_out: usize,
+) -> Value {
+    json!({
+        "dry_run": dry_run,
+        "results": run.results.iter().map(result_json).collect::<Vec<_>>(),
+        "summary": {
+            "replayed": s.replayed,
+            "would_replay": s.would_replay,
+            "skipped_over_limit": s.skipped_over_limit,
+            "skipped_unreadable": s.skipped_unreadable,
+            "skipped_already_replayed": s.skipped_already_replayed,
+            "refused_topic": s.refused_topic,
+            "refused_original_gone": s.refused_original_gone,
+            "failed": s.failed,
+            "beyond_limit": run.beyond_limit,
+            "filtered_out": filtered_out,
+        },
+        "position": {
+            "group": run.position_group,
+            "committed": run.committed.iter().map(|((topic, partition), offset)| json!({
+                "topic": topic, "partition": partition, "offset": offset,
+            })).collect::<Vec<_>>(),
+            "error": run.position_error,
+        },
+    })
+}
+
+fn print_replay_table(run: &ReplayRun<'_>, s: &ReplaySummary, dry_run: bool, filtered_out: usize) {
+    let rows = run
+        .results
+        .iter()
+        .map(|r| {
+            let original = r.record.envelope.as_ref().map_or_else(
+                |_| "-".to_owned(),
+                |e| {
+                    format!(
+                        "{}/{}@{}",
+                        e.original_topic, e.original_partition, e.original_offset
+                    )
+                },
+            );
+            vec![
+                format!(
+                    "{}/{}@{}",
+                    r.record.dlq_topic, r.record.dlq_partition, r.record.dlq_offset
+                ),
+                original,
+                r.outcome.name().to_owned(),
+                r.outcome.detail(),
+            ]
+        })
+        .collect();
+    print_table(&["DLQ RECORD", "ORIGINAL", "OUTCOME", "DETAIL"], rows);
+    let first = if dry_run {
+        format!("would replay {}", s.would_replay)
+    } else {
+        format!("replayed {}", s.replayed)
+    };
+    println!(
+        "{first}, skipped over the replay limit {}, skipped unreadable {}, already replayed {}, \
+         refused {}, failed {}, beyond --limit {}, filtered out {filtered_out}",
+        s.skipped_over_limit,
+        s.skipped_unreadable,
+        s.skipped_already_replayed,
+        s.refused_topic + s.refused_original_gone,
+        s.failed,
+        run.beyond_limit,
+    );
+    if !run.committed.is_empty() {
+        let at: Vec<String> = run
+            .committed
+            .iter()
+            .map(|((topic, partition), offset)| format!("{topic}/{partition}@{offset}"))
+            .collect();
+        println!(
+            "replay position of group {}: {}",
+            run.position_group,
+            at.join(", ")
+        );
+    }
 }
 
 /// One dead letter as JSON: stable field names, null where unknown.
@@ -376,6 +465,8 @@ fn letter_json(r: &DlqRecord) -> Value {
         "retry_count": null,
         "module": null,
         "failure_reason": null,
+        "message_complete": null,
+        "truncation": null,
     });
     if let Ok(e) = &r.envelope {
         for (field, value) in [
@@ -389,6 +480,8 @@ fn letter_json(r: &DlqRecord) -> Value {
             ("retry_count", json!(e.retry_count)),
             ("module", json!(e.module)),
             ("failure_reason", json!(e.failure_reason)),
+            ("message_complete", json!(e.truncation.message_complete())),
+            ("truncation", truncation_json(&e.truncation)),
         ] {
             v[field] = value;
         }
@@ -396,10 +489,41 @@ fn letter_json(r: &DlqRecord) -> Value {
     v
 }
 
+/// The envelope's truncation markers, as written (null when nothing was
+/// cut).
+fn truncation_json(t: &Truncation) -> Value {
+    if !t.any() {
+        return Value::Null;
+    }
+    let cut = |cut: &Option<replay::Cut>, size: &str| {
+        cut.as_ref()
+            .map(|c| json!({ "truncated": true, size: c.original }))
+    };
+    json!({
+        "key": cut(&t.key, "original_key_size"),
+        "value": cut(&t.value, "original_value_size"),
+        "headers": cut(&t.headers, "original_header_count"),
+        "header_values": t.header_values.iter().map(|(i, c)| json!({
+            "index": i, "truncated": true, "original_value_size": c.original,
+        })).collect::<Vec<_>>(),
+        "failure_reason_truncated": t.failure_reason,
+    })
+}
+
+/// The failure reason, marked when the dead letter holds only part of the
+/// message.
+fn cut_mark(t: &Truncation, reason: &str) -> String {
+    if t.message_complete() {
+        reason.to_owned()
+    } else {
+        format!("[cut] {reason}")
+    }
+}
+
 fn result_json(r: &ReplayResult<'_>) -> Value {
     let mut v = letter_json(r.record);
     v["outcome"] = json!(r.outcome.name());
-    v["detail"] = json!(outcome_detail(&r.outcome));
+    v["detail"] = json!(r.outcome.detail());
     v["previous_replay_count"] = json!(r.previous_replays);
     let (partition, offset) = match r.outcome {
         Outcome::Replayed { partition, offset } => (Some(partition), Some(offset)),
@@ -408,16 +532,6 @@ fn result_json(r: &ReplayResult<'_>) -> Value {
     v["replayed_partition"] = json!(partition);
     v["replayed_offset"] = json!(offset);
     v
-}
-
-fn outcome_detail(outcome: &Outcome) -> String {
-    match outcome {
-        Outcome::Replayed { partition, offset } => format!("written at {partition}@{offset}"),
-        Outcome::WouldReplay => "dry run: nothing produced".to_owned(),
-        Outcome::OverLimit { reason }
-        | Outcome::Unreadable { reason }
-        | Outcome::Failed { reason } => reason.clone(),
-    }
 }
 
 fn print_json(value: &Value) {

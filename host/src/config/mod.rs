@@ -253,6 +253,22 @@ pub struct HttpConfig {
     /// API answers only requests from loopback addresses.
     #[serde(default)]
     pub admin_token: Option<String>,
+    /// How long a client may take to send a request's headers, and how long
+    /// a kept-alive connection may stay idle before its next request, in
+    /// seconds, 0.1 to 300: a slow or silent client is cut off after it.
+    #[serde(default = "default_http_header_timeout_seconds")]
+    pub header_timeout_seconds: f64,
+    /// Most connections served at once, 1 to 10000; one more is answered
+    /// `503` and closed, so slow clients cannot use up the process's files.
+    #[serde(default = "default_http_max_connections")]
+    pub max_connections: usize,
+}
+
+impl HttpConfig {
+    /// [`HttpConfig::header_timeout_seconds`] as a duration.
+    pub fn header_timeout(&self) -> Duration {
+        Duration::try_from_secs_f64(self.header_timeout_seconds).unwrap_or(Duration::from_secs(10))
+    }
 }
 
 impl Default for HttpConfig {
@@ -261,6 +277,8 @@ impl Default for HttpConfig {
             enabled: true,
             listen: default_http_listen(),
             admin_token: None,
+            header_timeout_seconds: default_http_header_timeout_seconds(),
+            max_connections: default_http_max_connections(),
         }
     }
 }
@@ -435,6 +453,16 @@ fn default_true() -> bool {
 fn default_http_listen() -> String {
     // The event bus's health port, on loopback only.
     "127.0.0.1:8083".to_owned()
+}
+fn default_http_header_timeout_seconds() -> f64 {
+    // Ample for any client on a network that works, short enough that a
+    // client that stalls gives its connection back soon.
+    10.0
+}
+fn default_http_max_connections() -> usize {
+    // Probes and scrapers open a few connections at a time; far more than
+    // they need, far fewer than the process's file limit.
+    64
 }
 fn default_plugins_dir() -> PathBuf {
     PathBuf::from("plugins")

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::{Debug, Display};
 use std::ops::RangeInclusive;
 
-use super::{Acks, Config, ConfigError, MAX_MEMORY_MB, RetryOn};
+use super::{Acks, Config, ConfigError, MAX_MEMORY_MB, RetryOn, RouteConfig};
 
 /// librdkafka properties Sluice sets itself; overriding them would break
 /// at-least-once delivery or the group id contract.
@@ -130,6 +130,15 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
                 format!("nothing: Sluice manages this property ({instead})"),
             ));
         }
+        if key == "transactional.id" {
+            return Err(invalid(
+                format!("kafka.librdkafka.{key:?}"),
+                value,
+                "nothing: Sluice's producer is not transactional (outputs are made safe by the \
+                 idempotent producer and by committing an offset only after its outputs are \
+                 acknowledged); remove the property",
+            ));
+        }
         if matches!(value, toml::Value::Table(_) | toml::Value::Array(_)) {
             return Err(invalid(
                 format!("kafka.librdkafka.{key:?}"),
@@ -180,6 +189,16 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             "an IP address and port such as \"127.0.0.1:8083\" or \"0.0.0.0:8083\"",
         ));
     }
+    in_range(
+        "http.header_timeout_seconds",
+        config.http.header_timeout_seconds,
+        0.1..=300.0,
+    )?;
+    in_range(
+        "http.max_connections",
+        config.http.max_connections,
+        1..=10_000,
+    )?;
     if let Some(token) = &config.http.admin_token
         && token.trim().len() < 16
     {
@@ -259,6 +278,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         if let Some(topic) = &route.dead_letter_topic {
             check_topic(&at("dead_letter_topic"), topic)?;
         }
+        check_dead_letter_loop(config, i, route)?;
         if let Some(retries) = route.max_retry_attempts {
             in_range(&at("max_retry_attempts"), retries, 0..=10)?;
         }
@@ -281,6 +301,51 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         if let Some(reset) = route.circuit_breaker_reset_timeout {
             in_range(&at("circuit_breaker_reset_timeout"), reset, 1.0..=3600.0)?;
         }
+    }
+    Ok(())
+}
+
+/// Refuses a dead-letter topic (the route's own or the inherited
+/// `kafka.dead_letter_topic`) that the route reads or writes: dead letters
+/// written to its input topic would be consumed and fail again forever, and
+/// an output topic would mix the handler's outputs with dead letters.
+fn check_dead_letter_loop(
+    config: &Config,
+    i: usize,
+    route: &RouteConfig,
+) -> Result<(), ConfigError> {
+    let Some(topic) = route.dead_letter_topic(&config.kafka) else {
+        return Ok(());
+    };
+    let (field, whose) = if route.dead_letter_topic.is_some() {
+        (format!("routes[{i}].dead_letter_topic"), String::new())
+    } else {
+        (
+            "kafka.dead_letter_topic".to_owned(),
+            format!(" (routes[{i}] sets no dead_letter_topic of its own and inherits this one)"),
+        )
+    };
+    if topic == route.topic {
+        return Err(invalid(
+            field,
+            format!("{topic:?}"),
+            format!(
+                "a topic other than routes[{i}].topic{whose}: dead letters written to the \
+                 route's input topic would be consumed and fail again, forever; name another \
+                 topic"
+            ),
+        ));
+    }
+    if let Some(j) = route.output_topics.iter().position(|t| t == topic) {
+        return Err(invalid(
+            field,
+            format!("{topic:?}"),
+            format!(
+                "a topic not listed in routes[{i}].output_topics{whose}: it is \
+                 routes[{i}].output_topics[{j}], and the handler's outputs would be mixed with \
+                 dead letters; name another dead-letter topic or remove it from output_topics"
+            ),
+        ));
     }
     Ok(())
 }

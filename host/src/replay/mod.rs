@@ -1,13 +1,18 @@
 //! The dead-letter tool's work: reading the dead-letter topics named by the
 //! configuration, selecting records with a [`Filter`], counting them
-//! ([`Stats`]) and replaying them to their original topics ([`replay()`]).
+//! ([`Stats`]) and replaying them to their original topics ([`replay()`]),
+//! once: a replay's position is kept as the committed offsets of the tool's
+//! own consumer group (see `position`).
 //!
 //! Owns reading and writing dead-letter records outside the daemon; it
-//! never joins a consumer group nor commits an offset, and it does not
-//! print (see `cli::dlq`). The record format belongs to
+//! never joins a consumer group, commits only the replay position, and it
+//! does not print (see `cli::dlq`). The record format belongs to
 //! [`crate::pipeline::dlq`], which writes it.
 
 mod envelope;
+mod original;
+mod outcome;
+mod position;
 mod produce;
 mod time;
 
@@ -16,17 +21,19 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Headers as _;
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
 use crate::config::{Config, EMBEDDED_BROKER};
+use crate::kafka::headers::{self, RawHeader};
 use crate::pipeline::dlq::ErrorType;
 
 pub use envelope::{
-    DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, Envelope, REPLAY_COUNT_HEADER, REPLAY_HEADERS,
-    REPLAYED_AT_HEADER,
+    Cut, DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, Envelope, REPLAY_COUNT_HEADER, REPLAY_HEADERS,
+    REPLAYED_AT_HEADER, Truncation,
 };
-pub use produce::{Outcome, ReplayOptions, ReplayResult, ReplaySummary, replay};
+pub use outcome::{Outcome, ReplayOptions, ReplayResult, ReplaySummary};
+pub use position::Positions;
+pub use produce::{ReplayRun, replay};
 pub use time::{parse_duration, parse_rfc3339, parse_time_bound};
 
 /// Why the dead-letter tool cannot do what it was asked.
@@ -92,8 +99,10 @@ pub struct DlqRecord {
     /// Its offset.
     pub dlq_offset: i64,
     /// The dead-letter record's own headers (`original_topic`,
-    /// `error_type`, ...), used to describe records whose value is unreadable.
-    pub headers: Vec<(String, Vec<u8>)>,
+    /// `error_type`, ...), used to describe records whose value is
+    /// unreadable. Read as bytes: a record in the topic may come from any
+    /// client, with keys that are not UTF-8.
+    pub headers: Vec<RawHeader>,
     /// The decoded envelope, or why the value is not one.
     pub envelope: Result<Envelope, String>,
 }
@@ -104,7 +113,7 @@ impl DlqRecord {
         dlq_topic: &str,
         dlq_partition: i32,
         dlq_offset: i64,
-        headers: Vec<(String, Vec<u8>)>,
+        headers: Vec<RawHeader>,
         value: Option<&[u8]>,
     ) -> DlqRecord {
         DlqRecord {
@@ -121,8 +130,8 @@ impl DlqRecord {
         self.headers
             .iter()
             .rev()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
+            .find(|h| h.key == name.as_bytes())
+            .and_then(|h| String::from_utf8(h.value.clone()?).ok())
     }
 
     /// The original topic: from the envelope, or the record's header when
@@ -360,14 +369,7 @@ fn read_topic(
                 if at_end.get(&m.partition()) == Some(&true) {
                     continue;
                 }
-                let headers = m
-                    .headers()
-                    .map(|hs| {
-                        hs.iter()
-                            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let headers = m.headers().map(headers::read).unwrap_or_default();
                 out.push(DlqRecord::decode(
                     topic,
                     m.partition(),
@@ -442,7 +444,10 @@ mod tests {
     fn record(value: &str, headers: &[(&str, &str)]) -> DlqRecord {
         let headers = headers
             .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+            .map(|(k, v)| RawHeader {
+                key: k.as_bytes().to_vec(),
+                value: Some(v.as_bytes().to_vec()),
+            })
             .collect();
         DlqRecord::decode("dlq", 0, 7, headers, Some(value.as_bytes()))
     }

@@ -1,158 +1,214 @@
 //! Replaying dead letters: each original message produced back to its
 //! original topic with its exact key, value and headers, plus the replay
-//! headers, at a bounded rate, with every acknowledgement awaited.
+//! headers, at a bounded rate, with every acknowledgement awaited; then the
+//! replay position moved over what was dealt with.
 //!
-//! Owns the replay producer; it never reads nor commits anything.
+//! Owns the replay producer and the order of a run: decide
+//! ([`super::outcome`]), fetch the originals of cut letters
+//! ([`super::original`]), produce, record the position
+//! ([`super::position`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
+use rdkafka::bindings as rdsys;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use tokio::time::Instant;
 
+use super::original::{self, Fetched, Original};
+use super::outcome::{Outcome, ReplayOptions, ReplayResult, judge, judge_count, never_replayable};
+use super::position::{self, Positions};
 use super::{
-    DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DlqRecord, Envelope, REPLAY_COUNT_HEADER,
+    DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DlqRecord, Envelope, Filter, REPLAY_COUNT_HEADER,
     REPLAY_HEADERS, REPLAYED_AT_HEADER, ReplayError,
 };
 use crate::config::Config;
 use crate::pipeline::CORRELATION_HEADER;
 use crate::pipeline::dlq::iso8601_millis;
 
-/// How a replay runs.
-#[derive(Debug, Clone, Copy)]
-pub struct ReplayOptions {
-    /// Report what would be replayed; produce nothing.
-    pub dry_run: bool,
-    /// Most messages produced per second (0 or less: no limit).
-    pub rate_limit: f64,
-    /// A message already replayed this many times (or more) is not
-    /// replayed again.
-    pub max_replay_count: u32,
-}
-
-/// What happened to one selected dead letter.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Produced and acknowledged.
-    Replayed {
-        /// Where it was written.
-        partition: i32,
-        /// Its new offset.
-        offset: i64,
-    },
-    /// Would be replayed (dry run).
-    WouldReplay,
-    /// Not replayed: already replayed `--max-replay-count` times.
-    OverLimit {
-        /// Why, in words.
-        reason: String,
-    },
-    /// Not replayed: the record is not a valid envelope (or its replay
-    /// count is unreadable).
-    Unreadable {
-        /// Why, in words.
-        reason: String,
-    },
-    /// The produce failed.
-    Failed {
-        /// librdkafka's or the broker's error.
-        reason: String,
-    },
-}
-
-impl Outcome {
-    /// A stable name for output: `replayed`, `would_replay`,
-    /// `skipped_over_limit`, `skipped_unreadable` or `failed`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Outcome::Replayed { .. } => "replayed",
-            Outcome::WouldReplay => "would_replay",
-            Outcome::OverLimit { .. } => "skipped_over_limit",
-            Outcome::Unreadable { .. } => "skipped_unreadable",
-            Outcome::Failed { .. } => "failed",
-        }
-    }
-}
-
-/// One selected dead letter and what happened to it.
+/// What a replay run did.
 #[derive(Debug, Clone)]
-pub struct ReplayResult<'a> {
-    /// The dead letter.
-    pub record: &'a DlqRecord,
-    /// The original message's previous replay count, when readable.
-    pub previous_replays: Option<u32>,
-    /// What happened.
-    pub outcome: Outcome,
+pub struct ReplayRun<'a> {
+    /// One result per selected dead letter reached, in order.
+    pub results: Vec<ReplayResult<'a>>,
+    /// Selected dead letters left for a later run by `--limit`.
+    pub beyond_limit: usize,
+    /// The consumer group whose committed offsets are the replay position.
+    pub position_group: String,
+    /// The positions this run committed (none in a dry run).
+    pub committed: Positions,
+    /// Why the position could not be recorded, when it could not: a later
+    /// run would replay this run's letters again.
+    pub position_error: Option<String>,
 }
 
-/// How many dead letters ended each way.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReplaySummary {
-    /// Produced and acknowledged.
-    pub replayed: usize,
-    /// Would be replayed (dry run).
-    pub would_replay: usize,
-    /// Skipped: replay count at or over the limit.
-    pub skipped_over_limit: usize,
-    /// Skipped: not a valid envelope.
-    pub skipped_unreadable: usize,
-    /// Produce failed.
-    pub failed: usize,
-}
-
-impl ReplaySummary {
-    /// Counts `results`.
-    pub fn of(results: &[ReplayResult<'_>]) -> ReplaySummary {
-        let mut s = ReplaySummary::default();
-        for r in results {
-            *match r.outcome {
-                Outcome::Replayed { .. } => &mut s.replayed,
-                Outcome::WouldReplay => &mut s.would_replay,
-                Outcome::OverLimit { .. } => &mut s.skipped_over_limit,
-                Outcome::Unreadable { .. } => &mut s.skipped_unreadable,
-                Outcome::Failed { .. } => &mut s.failed,
-            } += 1;
-        }
-        s
-    }
-}
-
-/// Replays the `selected` dead letters in order. Returns one result per
-/// record; produce failures are results, not errors (the error is for a
-/// producer that cannot be created).
+/// Replays the dead letters of `letters` (every record read, sorted by
+/// topic, partition and offset) that `filter` selects, in order. Produce
+/// failures are results, not errors (the error is for a client that cannot
+/// be created or a replay position that cannot be read).
 pub async fn replay<'a>(
     config: &Config,
-    selected: &'a [DlqRecord],
-    options: ReplayOptions,
-) -> Result<Vec<ReplayResult<'a>>, ReplayError> {
-    let mut results = Vec::with_capacity(selected.len());
+    letters: &'a [DlqRecord],
+    filter: &Filter,
+    options: &ReplayOptions,
+) -> Result<ReplayRun<'a>, ReplayError> {
+    let bootstrap = super::bootstrap(config)?;
+    let group = position::group(config);
+    let partitions: BTreeSet<(String, i32)> = letters
+        .iter()
+        .map(|r| (r.dlq_topic.clone(), r.dlq_partition))
+        .collect();
+    let saved =
+        tokio::task::block_in_place(|| position::read(config, bootstrap, &group, &partitions))?;
+    let start = if options.from_beginning {
+        Positions::new()
+    } else {
+        saved.clone()
+    };
+    let mut run = ReplayRun {
+        results: Vec::new(),
+        beyond_limit: 0,
+        position_group: group,
+        committed: Positions::new(),
+        position_error: None,
+    };
+    let to_send = decide(config, letters, filter, options, &start, &mut run);
+    let originals = fetch_originals(config, bootstrap, options, &to_send, &mut run.results);
+    if options.dry_run {
+        return Ok(run);
+    }
+    produce_all(config, bootstrap, options, &originals, &mut run.results).await?;
+
+    let outcomes: HashMap<(&str, i32, i64), &Outcome> = run
+        .results
+        .iter()
+        .map(|r| {
+            let at = (
+                r.record.dlq_topic.as_str(),
+                r.record.dlq_partition,
+                r.record.dlq_offset,
+            );
+            (at, &r.outcome)
+        })
+        .collect();
+    let settled = |r: &DlqRecord| {
+        never_replayable(r)
+            || outcomes
+                .get(&(r.dlq_topic.as_str(), r.dlq_partition, r.dlq_offset))
+                .is_some_and(|o| o.settles())
+    };
+    let moved = position::advance(letters, &start, &saved, settled);
+    match tokio::task::block_in_place(|| {
+        position::commit(config, bootstrap, &run.position_group, &moved)
+    }) {
+        Ok(()) => run.committed = moved,
+        Err(e) => run.position_error = Some(chain(&e)),
+    }
+    Ok(run)
+}
+
+/// Judges every selected letter into `run.results`; returns the indexes
+/// of those to produce, at most `options.limit` of them.
+fn decide<'a>(
+    config: &Config,
+    letters: &'a [DlqRecord],
+    filter: &Filter,
+    options: &ReplayOptions,
+    start: &Positions,
+    run: &mut ReplayRun<'a>,
+) -> Vec<usize> {
+    let routed: BTreeSet<&str> = config
+        .routes
+        .iter()
+        .map(|r| r.topic.as_str())
+        .chain(options.allowed_topics.iter().map(String::as_str))
+        .collect();
     let mut to_send = Vec::new();
-    for record in selected {
-        let (previous_replays, outcome) = judge(record, options.max_replay_count);
+    for record in letters.iter().filter(|r| filter.matches(r)) {
+        let position = start
+            .get(&(record.dlq_topic.clone(), record.dlq_partition))
+            .copied();
+        let (previous_replays, outcome) =
+            judge(record, position, options.max_replay_count, &routed);
         if outcome.is_none() {
-            to_send.push(results.len());
+            if options.limit.is_some_and(|n| to_send.len() >= n) {
+                run.beyond_limit += 1;
+                continue;
+            }
+            to_send.push(run.results.len());
         }
-        results.push(ReplayResult {
+        run.results.push(ReplayResult {
             record,
             previous_replays,
             outcome: outcome.unwrap_or(Outcome::WouldReplay),
         });
     }
-    if options.dry_run || to_send.is_empty() {
-        return Ok(results);
-    }
+    to_send
+}
 
-    let bootstrap = super::bootstrap(config)?;
+/// The message each of `to_send` replays: the envelope's own bytes when
+/// it holds the whole message, else the original record fetched from its
+/// topic and judged again on its own replay count (the cut letter may have
+/// lost that header). A letter whose original cannot be had, or is over
+/// the limit, gets its outcome here and no message.
+fn fetch_originals(
+    config: &Config,
+    bootstrap: &str,
+    options: &ReplayOptions,
+    to_send: &[usize],
+    results: &mut [ReplayResult<'_>],
+) -> Vec<(usize, Original)> {
+    let mut originals = Vec::with_capacity(to_send.len());
+    for &i in to_send {
+        let Ok(envelope) = &results[i].record.envelope else {
+            continue;
+        };
+        if envelope.truncation.message_complete() {
+            originals.push((i, Original::from_envelope(envelope)));
+            continue;
+        }
+        let fetched = tokio::task::block_in_place(|| {
+            original::fetch(config, bootstrap, envelope, config.kafka.timeout())
+        });
+        match fetched {
+            Fetched::Found(original) => {
+                let (previous, refusal) = judge_count(&original.headers, options.max_replay_count);
+                results[i].previous_replays = previous;
+                match refusal {
+                    Some(outcome) => results[i].outcome = outcome,
+                    None => originals.push((i, original)),
+                }
+            }
+            Fetched::Gone(reason) => results[i].outcome = Outcome::OriginalGone { reason },
+            Fetched::Failed(reason) => results[i].outcome = Outcome::Failed { reason },
+        }
+    }
+    originals
+}
+
+/// Produces every message of `originals` at the rate limit and awaits
+/// every acknowledgement, writing each outcome into `results`.
+async fn produce_all(
+    config: &Config,
+    bootstrap: &str,
+    options: &ReplayOptions,
+    originals: &[(usize, Original)],
+    results: &mut [ReplayResult<'_>],
+) -> Result<(), ReplayError> {
+    if originals.is_empty() {
+        return Ok(());
+    }
     let producer = producer(config, bootstrap)?;
     let mut partitions: HashMap<String, Result<i32, String>> = HashMap::new();
     let interval =
         (options.rate_limit > 0.0).then(|| Duration::from_secs_f64(1.0 / options.rate_limit));
     let start = Instant::now();
     let mut pending: VecDeque<(usize, DeliveryFuture)> = VecDeque::new();
-    for (n, &i) in to_send.iter().enumerate() {
+    for (n, (i, message)) in originals.iter().enumerate() {
+        let i = *i;
         let record = results[i].record;
         let Ok(envelope) = &record.envelope else {
             continue;
@@ -173,12 +229,12 @@ pub async fn replay<'a>(
             tokio::time::sleep_until(start + interval.mul_f64(n as f64)).await;
         }
         let previous = results[i].previous_replays.unwrap_or(0);
-        let headers = replay_headers(record, envelope, previous, SystemTime::now());
+        let headers = replay_headers(record, envelope, message, previous, SystemTime::now());
         let mut out = FutureRecord::<[u8], [u8]>::to(&envelope.original_topic).headers(headers);
-        if let Some(key) = &envelope.key {
+        if let Some(key) = &message.key {
             out = out.key(key);
         }
-        if let Some(value) = &envelope.value {
+        if let Some(value) = &message.value {
             out = out.payload(value);
         }
         // The original partition keeps the message beside its key's
@@ -212,66 +268,37 @@ pub async fn replay<'a>(
     for (j, delivery) in pending {
         results[j].outcome = delivered(delivery.await);
     }
-    Ok(results)
+    Ok(())
 }
 
-/// Decides whether a record may be replayed: `None` if so, else why not;
-/// with the previous replay count when it is readable.
-fn judge(record: &DlqRecord, max_replay_count: u32) -> (Option<u32>, Option<Outcome>) {
-    let envelope = match &record.envelope {
-        Ok(e) => e,
-        Err(reason) => {
-            return (
-                None,
-                Some(Outcome::Unreadable {
-                    reason: format!("not a dead-letter envelope: {reason}"),
-                }),
-            );
-        }
-    };
-    match envelope.replay_count() {
-        Err(reason) => (None, Some(Outcome::Unreadable { reason })),
-        Ok(count) if count >= max_replay_count => (
-            Some(count),
-            Some(Outcome::OverLimit {
-                reason: format!(
-                    "already replayed {count} time(s), at or over --max-replay-count {max_replay_count}"
-                ),
-            }),
-        ),
-        Ok(count) => (Some(count), None),
-    }
-}
-
-/// The replayed record's headers: the original ones in order (without
-/// earlier replay headers), the correlation id of the failed handling if the
-/// original carried none (so the replay's outputs can be traced back to the
-/// dead letter), then the replay headers.
+/// The replayed record's headers: the original ones in order, keys and
+/// values byte for byte (without earlier replay headers), the correlation
+/// id of the failed handling if the original carried none (so the replay's
+/// outputs can be traced back to the dead letter), then the replay headers.
 fn replay_headers(
     record: &DlqRecord,
     envelope: &Envelope,
+    message: &Original,
     previous: u32,
     now: SystemTime,
 ) -> OwnedHeaders {
-    let mut headers = OwnedHeaders::new_with_capacity(envelope.headers.len() + 5);
-    for (key, value) in &envelope.headers {
-        if REPLAY_HEADERS.contains(&key.as_str()) {
+    let mut headers = OwnedHeaders::new_with_capacity(message.headers.len() + 5);
+    for h in &message.headers {
+        if REPLAY_HEADERS.iter().any(|r| h.key == r.as_bytes()) {
             continue;
         }
-        headers = headers.insert(KafkaHeader {
-            key,
-            value: Some(value),
-        });
+        add_header(&mut headers, &h.key, h.value.as_deref());
     }
-    let has_correlation = envelope
+    let has_correlation = message
         .headers
         .iter()
-        .any(|(k, _)| k == CORRELATION_HEADER);
+        .any(|h| h.key == CORRELATION_HEADER.as_bytes());
     if !has_correlation && !envelope.correlation_id.is_empty() {
-        headers = headers.insert(KafkaHeader {
-            key: CORRELATION_HEADER,
-            value: Some(&envelope.correlation_id),
-        });
+        add_header(
+            &mut headers,
+            CORRELATION_HEADER.as_bytes(),
+            Some(envelope.correlation_id.as_bytes()),
+        );
     }
     let count = previous.saturating_add(1).to_string();
     let at = iso8601_millis(now);
@@ -283,12 +310,33 @@ fn replay_headers(
         (DLQ_OFFSET_HEADER, &offset),
         (DLQ_PARTITION_HEADER, &partition),
     ] {
-        headers = headers.insert(KafkaHeader {
-            key,
-            value: Some(value),
-        });
+        add_header(&mut headers, key.as_bytes(), Some(value.as_bytes()));
     }
     headers
+}
+
+/// Appends a header with any key bytes: rdkafka's own header type takes
+/// the key as `&str`, and an original key need not be UTF-8.
+fn add_header(headers: &mut OwnedHeaders, key: &[u8], value: Option<&[u8]>) {
+    // `BorrowedHeaders` is rdkafka's stand-in for librdkafka's header list:
+    // a reference to it is the list's pointer, owned by `headers`.
+    let list = std::ptr::from_ref(headers.as_borrowed())
+        .cast::<rdsys::rd_kafka_headers_t>()
+        .cast_mut();
+    let (value, size) = value.map_or((std::ptr::null(), 0), |v| (v.as_ptr(), v.len()));
+    // SAFETY: `list` is alive and exclusively ours while `headers` is
+    // borrowed mutably; librdkafka copies the name and the value. Slice
+    // lengths never exceed isize::MAX. It fails only on a read-only list,
+    // which an `OwnedHeaders` never is.
+    let _ = unsafe {
+        rdsys::rd_kafka_header_add(
+            list,
+            key.as_ptr().cast(),
+            key.len() as isize,
+            value.cast(),
+            size as isize,
+        )
+    };
 }
 
 /// An idempotent producer that needs every in-sync replica's acknowledgement,
@@ -321,6 +369,17 @@ fn partition_count(producer: &FutureProducer, config: &Config, topic: &str) -> R
     Ok(i32::try_from(count).unwrap_or(i32::MAX))
 }
 
+/// An error and its sources, `: `-separated.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(&format!(": {e}"));
+        source = e.source();
+    }
+    text
+}
+
 /// The outcome of an awaited delivery (the error: the producer went away).
 fn delivered<E>(result: Result<OwnedDeliveryResult, E>) -> Outcome {
     match result {
@@ -339,9 +398,8 @@ fn delivered<E>(result: Result<OwnedDeliveryResult, E>) -> Outcome {
 
 #[cfg(test)]
 mod tests {
-    use rdkafka::message::Headers as _;
-
     use super::*;
+    use crate::kafka::headers::{self, RawHeader};
 
     fn record(headers: serde_json::Value) -> DlqRecord {
         let value = serde_json::json!({
@@ -359,14 +417,12 @@ mod tests {
         DlqRecord::decode("dlq", 2, 40, Vec::new(), Some(value.to_string().as_bytes()))
     }
 
-    fn names(headers: &OwnedHeaders) -> Vec<(String, String)> {
-        headers
-            .iter()
+    fn names(headers: &OwnedHeaders) -> Vec<(Vec<u8>, String)> {
+        headers::read(headers.as_borrowed())
+            .into_iter()
             .map(|h| {
-                (
-                    h.key.to_owned(),
-                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                )
+                let value = String::from_utf8_lossy(&h.value.unwrap_or_default()).into_owned();
+                (h.key, value)
             })
             .collect()
     }
@@ -375,6 +431,7 @@ mod tests {
     fn replay_headers_count_up_and_replace_earlier_ones() {
         let r = record(serde_json::json!([
             {"key": "trace", "value": "t"},
+            {"key": "//4=", "key_encoding": "base64", "value": "raw"},
             {"key": "x-replay-count", "value": "2"},
             {"key": "x-replayed-at", "value": "then"},
         ]));
@@ -382,38 +439,46 @@ mod tests {
             panic!("a valid envelope")
         };
         let now = SystemTime::UNIX_EPOCH + Duration::from_millis(1_736_937_000_123);
-        let h = names(&replay_headers(&r, e, 2, now));
-        let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let message = Original::from_envelope(e);
+        let h = names(&replay_headers(&r, e, &message, 2, now));
+        let h: Vec<(&[u8], &str)> = h.iter().map(|(k, v)| (k.as_slice(), v.as_str())).collect();
         assert_eq!(
             h,
             [
-                ("trace", "t"),
-                ("correlation_id", "corr-9"),
-                ("x-replay-count", "3"),
-                ("x-replayed-at", "2025-01-15T10:30:00.123Z"),
-                ("x-original-dlq-offset", "40"),
-                ("x-original-dlq-partition", "2"),
+                (&b"trace"[..], "t"),
+                (&b"\xff\xfe"[..], "raw"),
+                (b"correlation_id", "corr-9"),
+                (b"x-replay-count", "3"),
+                (b"x-replayed-at", "2025-01-15T10:30:00.123Z"),
+                (b"x-original-dlq-offset", "40"),
+                (b"x-original-dlq-partition", "2"),
             ]
         );
     }
 
     #[test]
-    fn the_replay_limit_and_unreadable_records_skip() {
-        let twice = record(serde_json::json!([{"key": "x-replay-count", "value": "2"}]));
-        assert_eq!(judge(&twice, 3), (Some(2), None));
-        assert!(matches!(
-            judge(&twice, 2),
-            (Some(2), Some(Outcome::OverLimit { .. }))
-        ));
-        let garbled = record(serde_json::json!([{"key": "x-replay-count", "value": "many"}]));
-        assert!(matches!(
-            judge(&garbled, 5),
-            (None, Some(Outcome::Unreadable { .. }))
-        ));
-        let junk = DlqRecord::decode("dlq", 0, 0, Vec::new(), Some(b"junk"));
-        assert!(matches!(
-            judge(&junk, 5),
-            (None, Some(Outcome::Unreadable { .. }))
-        ));
+    fn a_fetched_original_replays_its_own_headers() {
+        let r = record(serde_json::json!([]));
+        let Ok(e) = &r.envelope else {
+            panic!("a valid envelope")
+        };
+        let fetched = Original {
+            key: None,
+            value: Some(b"whole".to_vec()),
+            headers: vec![RawHeader {
+                key: b"correlation_id".to_vec(),
+                value: None,
+            }],
+        };
+        let h = headers::read(replay_headers(&r, e, &fetched, 0, SystemTime::now()).as_borrowed());
+        assert_eq!(
+            h[0],
+            RawHeader {
+                key: b"correlation_id".to_vec(),
+                value: None
+            },
+            "the original's own correlation id, null value and all, and no other"
+        );
+        assert_eq!(h.len(), 5);
     }
 }
