@@ -109,6 +109,13 @@ const GUESTS: &[Guest] = &[
         doc: "`tests/fixtures/oversized`: passes values on to `<topic>.out`, but its linear \
               memory starts at 320 MiB, more than any pool slot: it cannot be instantiated.",
     },
+    Guest {
+        constant: "HOSTILE",
+        package: "hostile",
+        doc: "`tests/fixtures/hostile`: the value is an attack on a limit (`sleep:MS`, `poll:MS`, \
+              `outputs:N`, `bytes:N`, `headers:N`, `topic:N`, `reason:N`, `log:N`, `print:N`), \
+              else pass-through to `<topic>.out`.",
+    },
 ];
 
 /// Set by the outer cargo for this build script, or configuring the outer

@@ -243,6 +243,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             }
         }
         in_range(&at("timeout_ms"), route.timeout_ms, 1..=300_000)?;
+        check_output_limits(&at, route, message_max_bytes(&k.librdkafka))?;
         in_range(
             &at("memory_limit_mb"),
             route.memory_limit_mb,
@@ -275,6 +276,46 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// The bounds on a route's outputs: a record larger than the producer's
+/// `message.max.bytes` would be refused by it.
+fn check_output_limits(
+    at: &dyn Fn(&str) -> String,
+    route: &super::RouteConfig,
+    message_max_bytes: u64,
+) -> Result<(), ConfigError> {
+    in_range(&at("max_outputs"), route.max_outputs, 1..=100_000)?;
+    if !(1..=message_max_bytes).contains(&route.max_output_bytes) {
+        return Err(invalid(
+            at("max_output_bytes"),
+            route.max_output_bytes,
+            format!(
+                "from 1 to {message_max_bytes}, the producer's message.max.bytes: a larger \
+                 record would be refused (raise message.max.bytes in kafka.librdkafka first)"
+            ),
+        ));
+    }
+    in_range(
+        &at("max_output_headers"),
+        route.max_output_headers,
+        0..=10_000,
+    )?;
+    in_range(
+        &at("max_returned_bytes"),
+        route.max_returned_bytes,
+        1..=1 << 30,
+    )
+}
+
+/// librdkafka's `message.max.bytes` (1000000 unless overridden).
+fn message_max_bytes(properties: &BTreeMap<String, toml::Value>) -> u64 {
+    const DEFAULT: u64 = 1_000_000;
+    match properties.get("message.max.bytes") {
+        Some(toml::Value::Integer(n)) => u64::try_from(*n).unwrap_or(DEFAULT),
+        Some(toml::Value::String(n)) => n.parse().unwrap_or(DEFAULT),
+        _ => DEFAULT,
+    }
 }
 
 /// librdkafka's `session.timeout.ms` in seconds (45 s unless overridden).

@@ -268,8 +268,7 @@ pub async fn run_with_bootstrap(
     let p = &config.processing;
     let concurrency = p.concurrency;
     let runtime_config = RuntimeConfig {
-        max_instances: u32::try_from((config.routes.len() + 1) * concurrency + 8)
-            .unwrap_or(u32::MAX),
+        max_instances: route::pool_for(config.routes.len(), concurrency),
         max_memory_bytes: usize::try_from(p.max_memory_mb << 20).unwrap_or(usize::MAX),
         compile_cache: config.compile_cache_dir(),
         ..RuntimeConfig::default()

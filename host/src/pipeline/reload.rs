@@ -115,6 +115,23 @@ impl Routes {
             );
         }
 
+        // The instance pool was sized at start: more routes than it can
+        // serve would fail their messages for want of an instance.
+        let concurrency = self.config.processing.concurrency;
+        let needed = super::route::instances_for(new.routes.len(), concurrency);
+        let pool = self.runtime.config().max_instances;
+        if self.runtime.config().pooling && needed > pool {
+            self.status.count_config_reload(false);
+            tracing::error!(
+                "config reload refused, the running routes stay: {} routes need up to {needed} \
+                 handler instances, but the instance pool holds {pool} (sized at start for up to \
+                 {} more routes than there were); restart the daemon to apply this configuration",
+                new.routes.len(),
+                super::route::SPARE_ROUTES
+            );
+            return;
+        }
+
         // Modules already serving are reused; others are loaded first, so a
         // module that does not load leaves everything as it was.
         let mut plugins: HashMap<String, Arc<Plugin>> = HashMap::new();
