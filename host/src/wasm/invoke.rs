@@ -885,6 +885,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_memory_limit_bounds_the_sum_of_an_instances_memories_and_tables() {
+        let mut limiter = MemoryLimiter::new(10 << 20);
+        // Two memories of 4 MiB fit; a third does not, though it alone would.
+        assert!(matches!(limiter.memory_growing(0, 4 << 20, None), Ok(true)));
+        assert!(matches!(limiter.memory_growing(0, 4 << 20, None), Ok(true)));
+        assert!(matches!(
+            limiter.memory_growing(0, 4 << 20, None),
+            Ok(false)
+        ));
+        assert_eq!(
+            limiter.refused,
+            Some(12 << 20),
+            "the total it would have made"
+        );
+        // Growing one of them counts only the growth.
+        assert!(matches!(
+            limiter.memory_growing(4 << 20, 5 << 20, None),
+            Ok(true)
+        ));
+        // Table slots count too: 1 MiB is 65536 slots of 16 bytes.
+        assert!(matches!(limiter.table_growing(0, 65_536, None), Ok(true)));
+        assert!(matches!(
+            limiter.table_growing(65_536, 65_537, None),
+            Ok(false)
+        ));
+        assert_eq!(limiter.used, 10 << 20);
+    }
+
+    #[test]
     fn deadline_rounds_up_and_adds_a_tick() {
         let ms = Duration::from_millis;
         assert_eq!(deadline_ticks(ms(100), ms(1)), 101);
