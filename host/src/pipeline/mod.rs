@@ -326,6 +326,8 @@ pub async fn run_with_bootstrap(
     let mut broker_circuit = status.broker.subscribe();
     // Config file changes (and SIGHUP) alter the routes live.
     let (reload_tx, mut reload_rx) = mpsc::channel::<Config>(1);
+    // A reload being prepared beside this loop.
+    let mut pending_reload: reload::PendingReload = None;
     if let Some(path) = &config.source {
         tokio::spawn(reload::watch_config(
             path.clone(),
@@ -359,7 +361,16 @@ pub async fn run_with_bootstrap(
                     CircuitState::HalfOpen => {}
                 }
             }
-            Some(new) = reload_rx.recv() => live.apply(new, &consumer).await,
+            Some(new) = reload_rx.recv(), if pending_reload.is_none() => {
+                pending_reload = live.prepare(new);
+            }
+            // Always matched: a refused reload must end this `select!`,
+            // so that the next one is received.
+            ready = reload::prepared(&mut pending_reload) => {
+                if let Some(ready) = ready {
+                    live.install(ready, &consumer);
+                }
+            }
             Some(tp) = room_rx.recv() => {
                 if let Some(handle) = partitions.get_mut(&tp) {
                     refill(&consumer, &tp, handle, status.broker.state());
