@@ -87,6 +87,7 @@ fn dispatch(c: &mut Criterion) {
         limits: Limits {
             timeout: Duration::from_secs(1),
             memory_bytes: 64 << 20,
+            ..Limits::default()
         },
         config: Arc::default(),
     };

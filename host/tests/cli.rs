@@ -48,6 +48,15 @@ fn check_describes_a_valid_plugin() {
         text.contains("sluice:handler/host@0.1.0 { config, handling }"),
         "imports only what it uses: {text}"
     );
+    // The limits the module was tried under, as a route's defaults set them.
+    for limit in [
+        "1000 ms per call (waits in WASI calls included)",
+        "64 MiB of memory and tables per instance",
+        "1000 outputs, 1000000 bytes per output, 64 headers per output, 16777216 bytes in all",
+        "reasons cut at 1024 bytes",
+    ] {
+        assert!(text.contains(limit), "{limit}: {text}");
+    }
 }
 
 #[test]

@@ -116,6 +116,13 @@ const GUESTS: &[Guest] = &[
               `to:TOPIC` emits to TOPIC, `error:N` is a permanent error with an N-byte reason; \
               anything else passes on.",
     },
+    Guest {
+        constant: "HOSTILE",
+        package: "hostile",
+        doc: "`tests/fixtures/hostile`: the value is an attack on a limit (`sleep:MS`, `poll:MS`, \
+              `outputs:N`, `bytes:N`, `headers:N`, `topic:N`, `reason:N`, `log:N`, `print:N`), \
+              else pass-through to `<topic>.out`.",
+    },
 ];
 
 /// Set by the outer cargo for this build script, or configuring the outer

@@ -352,7 +352,7 @@ async fn a_partition_stopped_on_a_failure_retries_it_on_a_new_version() {
 async fn routes_follow_edits_of_the_config_file() {
     let broker = Broker::start();
     let bootstrap = broker.bootstrap();
-    for topic in ["a", "a.out", "a.alt", "b", "b.out"] {
+    for topic in ["a", "a.out", "a.alt", "b", "b.out", "r1", "r1.out"] {
         broker.create_topic(topic, 1);
     }
     let route_a = |output: &str| {
@@ -456,5 +456,29 @@ async fn routes_follow_edits_of_the_config_file() {
         wait_committed(&bootstrap, "test.edits", "a", &[4], LONG),
         [Some(4)]
     );
+
+    // The instance pool was sized for 8 routes more than the one at start:
+    // an edit to 10 routes is refused (their messages would find no
+    // instance), one to 9 routes gets instances and flows.
+    let more = |n: usize| -> String {
+        (1..=n)
+            .map(|i| {
+                format!(
+                    "[[routes]]\ntopic = \"r{i}\"\nmodule = \"uppercase\"\n\
+                     output_topics = [\"r{i}.out\"]\n"
+                )
+            })
+            .collect()
+    };
+    write(&(more(9) + &route_a("a.alt")));
+    until_reloads((2, 3)).await;
+    assert!(
+        daemon.status.route("r1").is_none(),
+        "refused: the pool is full"
+    );
+    write(&(more(8) + &route_a("a.alt")));
+    until_reloads((3, 3)).await;
+    send("r1", "z1").await;
+    assert_eq!(texts("r1.out", 1), ["Z1"]);
     daemon.stop().await;
 }

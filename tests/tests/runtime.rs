@@ -21,6 +21,7 @@ fn invocation(timeout_ms: u64, memory_mb: usize, config: &[(&str, &str)]) -> Inv
         limits: Limits {
             timeout: Duration::from_millis(timeout_ms),
             memory_bytes: memory_mb << 20,
+            ..Limits::default()
         },
         config: Arc::new(
             config

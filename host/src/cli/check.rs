@@ -12,7 +12,8 @@ use clap::Args;
 
 use crate::config::MAX_MEMORY_MB;
 use crate::wasm::{
-    self, EntryPoint, Header, Invocation, Isolation, Limits, Message, Runtime, RuntimeConfig,
+    self, EntryPoint, Header, Invocation, Isolation, Limits, Message, OutputLimits, Runtime,
+    RuntimeConfig,
 };
 
 #[derive(Debug, Args)]
@@ -53,6 +54,29 @@ pub(super) struct CheckArgs {
     /// the module's memory must start within it.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=MAX_MEMORY_MB))]
     memory_limit_mb: u64,
+}
+
+/// Prints the limits the module is run under, as a route's defaults would
+/// set them.
+fn print_limits(limits: &Limits) {
+    let o = &limits.outputs;
+    println!(
+        "  limits   {} ms per call (waits in WASI calls included), {} MiB of memory and tables \
+         per instance",
+        limits.timeout.as_millis(),
+        limits.memory_bytes >> 20
+    );
+    println!(
+        "           per message: {} outputs, {} bytes per output, {} headers per output, {} bytes \
+         in all",
+        o.max_outputs, o.max_output_bytes, o.max_output_headers, o.max_returned_bytes
+    );
+    println!(
+        "           guest text: reasons cut at {} bytes, log lines at {}, control characters \
+         escaped",
+        wasm::MAX_GUEST_TEXT,
+        wasm::MAX_LOG_MESSAGE
+    );
 }
 
 fn parse_pair(s: &str) -> Result<(String, String), String> {
@@ -105,6 +129,12 @@ pub(super) fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     println!("  sha256   {}", plugin.hash());
     print_list("exports", &info.exports);
     print_list("imports", &info.imports);
+    let limits = Limits {
+        timeout: Duration::from_millis(args.timeout_ms),
+        memory_bytes,
+        outputs: OutputLimits::default(),
+    };
+    print_limits(&limits);
 
     let Some(value) = args.value else {
         return Ok(ExitCode::SUCCESS);
@@ -127,10 +157,7 @@ pub(super) fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         attempt: args.attempt,
     };
     let invocation = Invocation {
-        limits: Limits {
-            timeout: Duration::from_millis(args.timeout_ms),
-            memory_bytes,
-        },
+        limits,
         config: Arc::new(args.config.into_iter().collect::<BTreeMap<_, _>>()),
     };
     let mut invoker = runtime.invoker(plugin, Isolation::Fresh);

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::telemetry::LogFormat;
-use crate::wasm::Isolation;
+use crate::wasm::{Isolation, OutputLimits};
 
 pub use env::KAFKA_VARIABLES;
 
@@ -370,6 +370,25 @@ pub struct RouteConfig {
     /// The handler's memory limit in MiB, 1 to `processing.max_memory_mb`.
     #[serde(default = "default_memory_limit_mb")]
     pub memory_limit_mb: u64,
+    /// The most outputs the handler may return for one message, 1 to
+    /// 100000; more fails the message with `InvalidOutput`.
+    #[serde(default = "default_max_outputs")]
+    pub max_outputs: u32,
+    /// The most bytes one output may hold (key, value, header keys and
+    /// values), 1 to the producer's `message.max.bytes` (librdkafka's
+    /// default, 1000000, unless `kafka.librdkafka` sets it); more fails the
+    /// message with `InvalidOutput`.
+    #[serde(default = "default_max_output_bytes")]
+    pub max_output_bytes: u64,
+    /// The most headers one output may carry, 0 to 10000; more fails the
+    /// message with `InvalidOutput`.
+    #[serde(default = "default_max_output_headers")]
+    pub max_output_headers: u32,
+    /// The most bytes all the outputs of one message may hold together
+    /// (topics included), 1 to 1073741824 (1 GiB); more fails the message
+    /// with `InvalidOutput`.
+    #[serde(default = "default_max_returned_bytes")]
+    pub max_returned_bytes: u64,
     /// Dead-letter topic for this route, overriding `kafka.dead_letter_topic`.
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
@@ -507,6 +526,21 @@ fn default_timeout_ms() -> u64 {
 }
 fn default_memory_limit_mb() -> u64 {
     64
+}
+fn default_max_outputs() -> u32 {
+    // The runtime's default bound (`OutputLimits::default`).
+    OutputLimits::default().max_outputs
+}
+fn default_max_output_bytes() -> u64 {
+    // librdkafka's default `message.max.bytes`, through the runtime's
+    // default bound: a larger record would be refused by the producer.
+    OutputLimits::default().max_output_bytes as u64
+}
+fn default_max_output_headers() -> u32 {
+    OutputLimits::default().max_output_headers
+}
+fn default_max_returned_bytes() -> u64 {
+    OutputLimits::default().max_returned_bytes as u64
 }
 
 /// The strings a setting accepts and the value each stands for. Deserialising
@@ -656,6 +690,17 @@ impl Config {
 }
 
 impl KafkaConfig {
+    /// The largest record the producer takes: `message.max.bytes` from the
+    /// pass-through table, or librdkafka's default (1,000,000).
+    pub fn max_record_bytes(&self) -> u64 {
+        const DEFAULT: u64 = 1_000_000;
+        match self.librdkafka.get("message.max.bytes") {
+            Some(toml::Value::Integer(n)) => u64::try_from(*n).unwrap_or(DEFAULT),
+            Some(toml::Value::String(n)) => n.trim().parse().unwrap_or(DEFAULT),
+            _ => DEFAULT,
+        }
+    }
+
     /// The broker operation timeout.
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_seconds)
@@ -708,6 +753,17 @@ impl RouteConfig {
     /// The handler's memory limit in bytes.
     pub fn memory_limit_bytes(&self) -> usize {
         usize::try_from(self.memory_limit_mb << 20).unwrap_or(usize::MAX)
+    }
+
+    /// The bounds on what the handler returns for one message.
+    pub fn output_limits(&self) -> OutputLimits {
+        let bytes = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        OutputLimits {
+            max_outputs: self.max_outputs,
+            max_output_bytes: bytes(self.max_output_bytes),
+            max_output_headers: self.max_output_headers,
+            max_returned_bytes: bytes(self.max_returned_bytes),
+        }
     }
 
     /// The dead-letter topic for this route, if any.

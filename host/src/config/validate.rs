@@ -270,6 +270,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             }
         }
         in_range(&at("timeout_ms"), route.timeout_ms, 1..=300_000)?;
+        check_output_limits(&at, route, k.max_record_bytes())?;
         in_range(
             &at("memory_limit_mb"),
             route.memory_limit_mb,
@@ -348,6 +349,36 @@ fn check_dead_letter_loop(
         ));
     }
     Ok(())
+}
+
+/// The bounds on a route's outputs: a record larger than the producer's
+/// `message.max.bytes` would be refused by it.
+fn check_output_limits(
+    at: &dyn Fn(&str) -> String,
+    route: &super::RouteConfig,
+    message_max_bytes: u64,
+) -> Result<(), ConfigError> {
+    in_range(&at("max_outputs"), route.max_outputs, 1..=100_000)?;
+    if !(1..=message_max_bytes).contains(&route.max_output_bytes) {
+        return Err(invalid(
+            at("max_output_bytes"),
+            route.max_output_bytes,
+            format!(
+                "from 1 to {message_max_bytes}, the producer's message.max.bytes: a larger \
+                 record would be refused (raise message.max.bytes in kafka.librdkafka first)"
+            ),
+        ));
+    }
+    in_range(
+        &at("max_output_headers"),
+        route.max_output_headers,
+        0..=10_000,
+    )?;
+    in_range(
+        &at("max_returned_bytes"),
+        route.max_returned_bytes,
+        1..=1 << 30,
+    )
 }
 
 /// librdkafka's `session.timeout.ms` in seconds (45 s unless overridden).

@@ -93,24 +93,6 @@ pub fn missing_topics(
         .collect())
 }
 
-/// librdkafka's default `message.max.bytes`.
-const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;
-
-/// The largest record the producer takes: `message.max.bytes` from the
-/// pass-through table, or librdkafka's default.
-pub fn max_record_bytes(config: &Config) -> usize {
-    config
-        .kafka
-        .librdkafka
-        .get("message.max.bytes")
-        .and_then(|v| match v {
-            toml::Value::Integer(n) => usize::try_from(*n).ok(),
-            toml::Value::String(s) => s.trim().parse().ok(),
-            _ => None,
-        })
-        .unwrap_or(DEFAULT_MAX_RECORD_BYTES)
-}
-
 trait SetDefault {
     fn set_default(&mut self, key: &str, value: impl Into<String>) -> &mut Self;
 }

@@ -24,7 +24,7 @@ pub enum ErrorType {
     /// The handler grew its memory past the route's limit.
     MemoryLimitExceeded,
     /// The handler emitted to a topic that is not in the route's
-    /// `output_topics`.
+    /// `output_topics`, or outputs over one of the route's output bounds.
     InvalidOutput,
 }
 
@@ -64,6 +64,7 @@ impl ErrorType {
             Failure::Timeout(_) => ErrorType::HandlerTimeout,
             Failure::Trap { .. } => ErrorType::HandlerTrap,
             Failure::MemoryLimitExceeded { .. } => ErrorType::MemoryLimitExceeded,
+            Failure::InvalidOutput(_) => ErrorType::InvalidOutput,
         }
     }
 }

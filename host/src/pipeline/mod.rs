@@ -340,8 +340,7 @@ pub async fn run_with_bootstrap(
     let p = &config.processing;
     let concurrency = p.concurrency;
     let runtime_config = RuntimeConfig {
-        max_instances: u32::try_from((config.routes.len() + 1) * concurrency + 8)
-            .unwrap_or(u32::MAX),
+        max_instances: route::pool_for(config.routes.len(), concurrency),
         max_memory_bytes: usize::try_from(p.max_memory_mb << 20).unwrap_or(usize::MAX),
         compile_cache: config.compile_cache_dir(),
         ..RuntimeConfig::default()
@@ -403,12 +402,14 @@ pub async fn run_with_bootstrap(
         slots: Semaphore::new(concurrency),
         batch_size: p.batch_size,
         output_correlation_id: p.output_correlation_id,
-        max_record_bytes: kafka::max_record_bytes(&config),
+        max_record_bytes: usize::try_from(config.kafka.max_record_bytes()).unwrap_or(usize::MAX),
         status: status.clone(),
     });
     let mut broker_circuit = status.broker.subscribe();
     // Config file changes (and SIGHUP) alter the routes live.
     let (reload_tx, mut reload_rx) = mpsc::channel::<Config>(1);
+    // A reload being prepared beside this loop.
+    let mut pending_reload: reload::PendingReload = None;
     if let Some(path) = &config.source {
         tokio::spawn(reload::watch_config(
             path.clone(),
@@ -445,7 +446,16 @@ pub async fn run_with_bootstrap(
                     CircuitState::HalfOpen => {}
                 }
             }
-            Some(new) = reload_rx.recv() => live.apply(new, &consumer).await,
+            Some(new) = reload_rx.recv(), if pending_reload.is_none() => {
+                pending_reload = live.prepare(new);
+            }
+            // Always matched: a refused reload must end this `select!`,
+            // so that the next one is received.
+            ready = reload::prepared(&mut pending_reload) => {
+                if let Some(ready) = ready {
+                    live.install(ready, &consumer);
+                }
+            }
             Some(tp) = room_rx.recv() => {
                 if let Some(handle) = partitions.get_mut(&tp) {
                     refill(&consumer, &tp, handle, status.broker.state());

@@ -229,6 +229,7 @@ fn classify(route: &Route, outcome: Outcome) -> Next {
         Failure::Timeout(_) => RetryOn::Timeout,
         Failure::Trap { .. } => RetryOn::Trap,
         Failure::MemoryLimitExceeded { .. } => RetryOn::MemoryLimit,
+        Failure::InvalidOutput(_) => RetryOn::InvalidOutput,
     };
     Next::Failed(Failed {
         kind,

@@ -1,5 +1,7 @@
 //! Live configuration: the routes in force, the config file watched (and
 //! SIGHUP), and reloads that add, remove or alter routes without a restart.
+//! A reload is prepared (its modules compiled and tried) on a task of its
+//! own beside the consumer loop, which installs it when it is ready.
 //! Settings that cannot change live are named in the log and wait for a
 //! restart; an invalid file keeps the running configuration.
 
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::RebalanceContext;
@@ -95,11 +98,14 @@ impl Routes {
         ));
     }
 
-    /// Applies a new configuration: routes added, removed or changed (the
-    /// change reaches each partition at its next batch); anything else is
-    /// logged as needing a restart. A module that does not load refuses the
-    /// whole reload.
-    pub async fn apply(&mut self, new: Config, consumer: &StreamConsumer<RebalanceContext>) {
+    /// Starts preparing a new configuration beside the consumer loop:
+    /// its new modules are loaded and every added or changed route tries
+    /// an instance of its module within its limits, on other threads, so
+    /// messages keep flowing, revocations are handled and shutdown is not
+    /// held meanwhile. [`prepared`] yields the result for [`Routes::install`];
+    /// a module that does not load, or a route it does not fit, refuses the
+    /// whole reload, and the running routes stay.
+    pub fn prepare(&self, new: Config) -> PendingReload {
         let old = &self.config;
         let restart: Vec<&str> = [
             ("[kafka]", old.kafka != new.kafka),
@@ -118,9 +124,8 @@ impl Routes {
                  until then (routes are applied now)"
             );
         }
-
-        // Modules already serving are reused; others are loaded first, so a
-        // module that does not load leaves everything as it was.
+        // Modules already serving are reused; the routes added or changed
+        // are those whose configuration differs from the running one.
         let mut plugins: HashMap<String, Arc<Plugin>> = HashMap::new();
         for slot in self.slots.values() {
             let route = slot.borrow();
@@ -128,33 +133,7 @@ impl Routes {
                 plugins.insert(route.module_name().to_owned(), p);
             }
         }
-        let mut loaded: HashMap<String, ModuleInfo> = HashMap::new();
-        let dir = self.config.plugins_dir();
-        for rc in &new.routes {
-            if plugins.contains_key(&rc.module) {
-                continue;
-            }
-            match load(&self.runtime, &dir, &rc.module).await {
-                Ok((plugin, info)) => {
-                    self.status.count_plugin_load(&rc.module, true);
-                    plugins.insert(rc.module.clone(), plugin);
-                    loaded.insert(rc.module.clone(), info);
-                }
-                Err(e) => {
-                    self.status.count_plugin_load(&rc.module, false);
-                    self.status.count_config_reload(false);
-                    tracing::error!(
-                        module = rc.module,
-                        "config reload refused, the running routes stay: {e:#}"
-                    );
-                    return;
-                }
-            }
-        }
-
-        // The routes added or changed, with their modules; each takes its
-        // module only if an instance of it fits in the route's memory limit.
-        let fresh: Vec<(RouteConfig, Arc<Plugin>)> = new
+        let fresh: Vec<RouteConfig> = new
             .routes
             .iter()
             .filter(|rc| {
@@ -163,31 +142,23 @@ impl Routes {
                     .get(&rc.topic)
                     .is_some_and(|slot| slot.borrow().config == **rc)
             })
-            .filter_map(|rc| Some((rc.clone(), plugins.get(&rc.module)?.clone())))
+            .cloned()
             .collect();
-        let runtime = self.runtime.clone();
-        let (checked, bootstrap) = (new.clone(), self.bootstrap.clone());
-        // The check hands the routes back for the swap below.
-        let admitted = tokio::task::spawn_blocking(move || {
-            let routes: Vec<RouteConfig> = fresh.iter().map(|(rc, _)| rc.clone()).collect();
-            super::check_topics(&checked, &bootstrap, &routes)?;
-            for (rc, plugin) in &fresh {
-                super::admit(&runtime, plugin, rc)?;
-            }
-            Ok(fresh)
-        })
-        .await
-        .map_err(anyhow::Error::from)
-        .and_then(|checked| checked);
-        let fresh = match admitted {
-            Ok(fresh) => fresh,
-            Err(e) => {
-                self.status.count_config_reload(false);
-                tracing::error!("config reload refused, the running routes stay: {e:#}");
-                return;
-            }
+        let preparation = Preparation {
+            runtime: self.runtime.clone(),
+            status: self.status.clone(),
+            dir: self.config.plugins_dir(),
+            concurrency: self.config.processing.concurrency,
+            plugins,
+            bootstrap: self.bootstrap.clone(),
         };
+        Some(tokio::spawn(preparation.run(new, fresh)))
+    }
 
+    /// Applies a prepared configuration: routes added, removed or changed
+    /// (the change reaches each partition at its next batch).
+    pub fn install(&mut self, prepared: Prepared, consumer: &StreamConsumer<RebalanceContext>) {
+        let Prepared { new, fresh, loaded } = prepared;
         let mut added = Vec::new();
         let mut changed = Vec::new();
         for (rc, plugin) in fresh {
@@ -253,6 +224,123 @@ impl Routes {
             added = ?added, removed = ?removed, changed = ?changed,
             "config reloaded"
         );
+    }
+}
+
+/// A reload being prepared beside the consumer loop, if any.
+pub(crate) type PendingReload = Option<JoinHandle<Option<Prepared>>>;
+
+/// Waits for the reload being prepared, and yields it once it is ready to
+/// install (`None` if it was refused); while none is pending it never
+/// returns, so it can sit in the consumer loop's `select!`.
+pub(crate) async fn prepared(pending: &mut PendingReload) -> Option<Prepared> {
+    let Some(task) = pending.as_mut() else {
+        return std::future::pending().await;
+    };
+    let finished = task.await;
+    *pending = None;
+    finished
+        .inspect_err(|e| tracing::error!("config reload failed: {e}"))
+        .ok()
+        .flatten()
+}
+
+/// A configuration whose new modules are loaded and whose added and
+/// changed routes each fit their module: ready to install.
+pub(crate) struct Prepared {
+    new: Config,
+    /// The routes added or changed, with their modules.
+    fresh: Vec<(RouteConfig, Arc<Plugin>)>,
+    /// What is known about each module loaded for this reload.
+    loaded: HashMap<String, ModuleInfo>,
+}
+
+/// What preparing a reload needs from the running routes.
+struct Preparation {
+    runtime: Runtime,
+    status: Arc<Status>,
+    dir: PathBuf,
+    concurrency: usize,
+    /// The modules serving now, by name.
+    plugins: HashMap<String, Arc<Plugin>>,
+    /// The brokers, to check that the new routes' topics exist.
+    bootstrap: String,
+}
+
+impl Preparation {
+    /// Loads what `new` needs and tries the routes in `fresh`; `None`
+    /// (logged and counted) refuses the reload.
+    async fn run(self, new: Config, fresh: Vec<RouteConfig>) -> Option<Prepared> {
+        let refused = |status: &Status, reason: &str| {
+            status.count_config_reload(false);
+            tracing::error!("config reload refused, the running routes stay: {reason}");
+        };
+        // The instance pool was sized at start: more routes than it can
+        // serve would fail their messages for want of an instance.
+        let needed = super::route::instances_for(new.routes.len(), self.concurrency);
+        let pool = self.runtime.config().max_instances;
+        if self.runtime.config().pooling && needed > pool {
+            refused(
+                &self.status,
+                &format!(
+                    "{} routes need up to {needed} handler instances, but the instance pool \
+                     holds {pool} (sized at start for up to {} more routes than there were); \
+                     restart the daemon to apply this configuration",
+                    new.routes.len(),
+                    super::route::SPARE_ROUTES
+                ),
+            );
+            return None;
+        }
+        let mut plugins = self.plugins;
+        let mut loaded: HashMap<String, ModuleInfo> = HashMap::new();
+        for rc in &new.routes {
+            if plugins.contains_key(&rc.module) {
+                continue;
+            }
+            match load(&self.runtime, &self.dir, &rc.module).await {
+                Ok((plugin, info)) => {
+                    self.status.count_plugin_load(&rc.module, true);
+                    plugins.insert(rc.module.clone(), plugin);
+                    loaded.insert(rc.module.clone(), info);
+                }
+                Err(e) => {
+                    self.status.count_plugin_load(&rc.module, false);
+                    refused(&self.status, &format!("module {}: {e:#}", rc.module));
+                    return None;
+                }
+            }
+        }
+        // Each added or changed route takes its module only if an instance
+        // of it fits in the route's memory limit.
+        let fresh: Vec<(RouteConfig, Arc<Plugin>)> = fresh
+            .into_iter()
+            .filter_map(|rc| {
+                let plugin = plugins.get(&rc.module)?.clone();
+                Some((rc, plugin))
+            })
+            .collect();
+        let (runtime, bootstrap) = (self.runtime.clone(), self.bootstrap);
+        let checked = new.clone();
+        // The checks hand the routes back.
+        let admitted = tokio::task::spawn_blocking(move || {
+            let routes: Vec<RouteConfig> = fresh.iter().map(|(rc, _)| rc.clone()).collect();
+            super::check_topics(&checked, &bootstrap, &routes)?;
+            for (rc, plugin) in &fresh {
+                super::admit(&runtime, plugin, rc)?;
+            }
+            Ok(fresh)
+        })
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|checked| checked);
+        match admitted {
+            Ok(fresh) => Some(Prepared { new, fresh, loaded }),
+            Err(e) => {
+                refused(&self.status, &format!("{e:#}"));
+                None
+            }
+        }
     }
 }
 
@@ -331,5 +419,26 @@ pub(crate) async fn watch_config(
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn nothing_is_yielded_while_no_reload_is_prepared() {
+        let mut pending: PendingReload = None;
+        assert!(prepared(&mut pending).now_or_never().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_finished_preparation_is_yielded_once_and_leaves_room_for_the_next() {
+        let mut pending: PendingReload = Some(tokio::spawn(async { None }));
+        assert!(prepared(&mut pending).await.is_none(), "a refused reload");
+        assert!(pending.is_none(), "the next reload may start");
+        assert!(prepared(&mut pending).now_or_never().is_none());
     }
 }

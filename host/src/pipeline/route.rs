@@ -81,6 +81,30 @@ const MAX_BATCH_CALL: usize = 1024;
 /// `batch_size` run of every other partition's calls.
 pub(super) const TURN: Duration = Duration::from_millis(50);
 
+/// How many handler instances `routes` routes may hold at once with
+/// `concurrency` calls. Each route keeps up to `concurrency` instances, one
+/// more route's worth covers a module version being swapped in, and a few
+/// spare serve trial instances.
+pub(crate) fn instances_for(routes: usize, concurrency: usize) -> u32 {
+    u32::try_from(
+        routes
+            .saturating_add(1)
+            .saturating_mul(concurrency)
+            .saturating_add(8),
+    )
+    .unwrap_or(u32::MAX)
+}
+
+/// Routes a config reload may add beyond those at start before the
+/// instance pool is full and the reload is refused (a pool slot reserves
+/// address space, not memory).
+pub(crate) const SPARE_ROUTES: usize = 8;
+
+/// The instance pool's size for a daemon started with `routes` routes.
+pub(crate) fn pool_for(routes: usize, concurrency: usize) -> u32 {
+    instances_for(routes.saturating_add(SPARE_ROUTES), concurrency)
+}
+
 impl Route {
     /// Builds the run-time route from its configuration and loaded module.
     pub fn new(
@@ -95,6 +119,7 @@ impl Route {
                 limits: Limits {
                     timeout: route.timeout(),
                     memory_bytes: route.memory_limit_bytes(),
+                    outputs: route.output_limits(),
                 },
                 config: Arc::new(route.config.clone()),
             },

@@ -15,6 +15,7 @@ use wasmtime::{
 
 use super::bindings;
 use super::cache::CompileCache;
+use super::deadline::{self, TickCount};
 use super::invoke::{self, Invoker, StoreState};
 use super::plugin::{LoadError, Plugin};
 
@@ -45,6 +46,13 @@ impl Isolation {
         }
     }
 }
+
+/// The core instances one handler instance may hold in the pool.
+pub const CORE_INSTANCES_PER_COMPONENT: u32 = 8;
+/// The linear memories one handler instance may hold in the pool.
+pub const MEMORIES_PER_COMPONENT: u32 = 2;
+/// The tables one handler instance may hold in the pool.
+pub const TABLES_PER_COMPONENT: u32 = 8;
 
 /// Sizing of the runtime: fixed for the life of the process.
 #[derive(Debug, Clone)]
@@ -132,11 +140,18 @@ impl Runtime {
             let n = config.max_instances.max(1);
             let mut pool = PoolingAllocationConfig::new();
             // A Rust component holds a handful of core instances (the program,
-            // the WASI adapter and small shims) with one memory.
+            // the WASI adapter and small shims) with one memory. Each
+            // component may take only its share of the totals, so one module
+            // with many memories or instances cannot take the slots other
+            // routes' instances need; a module that needs more is refused
+            // when it is loaded, with wasmtime's reason.
             pool.total_component_instances(n)
-                .total_core_instances(n.saturating_mul(8))
-                .total_memories(n.saturating_mul(2))
-                .total_tables(n.saturating_mul(8))
+                .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+                .total_memories(n.saturating_mul(MEMORIES_PER_COMPONENT))
+                .total_tables(n.saturating_mul(TABLES_PER_COMPONENT))
+                .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+                .max_memories_per_component(MEMORIES_PER_COMPONENT)
+                .max_tables_per_component(TABLES_PER_COMPONENT)
                 .max_memory_size(config.max_memory_bytes)
                 // Keep the pages an instance dirtied mapped when its slot is
                 // reused, resetting only those (found with PAGEMAP_SCAN where
@@ -152,6 +167,8 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(RuntimeError::Linker)?;
+        // Waiting imports that give up at the call's deadline.
+        deadline::add_to_linker(&mut linker, StoreState::polls).map_err(RuntimeError::Linker)?;
         bindings::Plugin::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
             .map_err(RuntimeError::Linker)?;
 
@@ -198,6 +215,11 @@ impl Runtime {
     /// longer running.
     pub(crate) fn guest_returned(&self) {
         self.inner.ticker.returned();
+    }
+
+    /// The count of deadline clock ticks, for deadlines inside host calls.
+    pub(crate) fn tick_count(&self) -> TickCount {
+        self.inner.ticker.state.ticks.clone()
     }
 
     /// Whether the deadline clock is advancing: it sleeps once no guest code
@@ -320,6 +342,8 @@ struct TickerState {
     /// Set by the ticker before it checks `running` one last time and
     /// sleeps; whoever then makes `running` non-zero sees it and wakes it.
     asleep: AtomicBool,
+    /// The epoch, as a number host calls can read for their deadlines.
+    ticks: TickCount,
 }
 
 impl EpochTicker {
@@ -333,6 +357,7 @@ impl EpochTicker {
                 while !shared.stop.load(Ordering::Acquire) {
                     std::thread::sleep(tick);
                     engine.increment_epoch();
+                    shared.ticks.advance();
                     if shared.running.load(Ordering::SeqCst) > 0 {
                         idle = 0;
                         continue;

@@ -1,9 +1,14 @@
 //! What a guest may say: its stdout and stderr (captured, capped, then logged)
-//! and its calls to the host `log` import (rate-limited per module).
+//! and its calls to the host `log` import, both rate-limited per module; and
+//! how any text from a guest (an error message, a panic message, a log line)
+//! is made inert before it goes anywhere: cut to a bounded size, with the
+//! cut marked, and control characters escaped, so it can neither fill the
+//! host's memory nor forge a line of the log.
 
+use std::fmt::Write as _;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -79,15 +84,14 @@ impl CappedOutput {
         (std::mem::take(&mut c.buf), dropped)
     }
 
-    /// Logs what was captured, one event per line, attributed to `module`.
-    pub(crate) fn drain_to_log(&self, module: &str, stream: &'static str) {
+    /// Logs what was captured, one event per line, attributed to `module`,
+    /// as far as the module's `budget` allows.
+    pub(crate) fn drain_to_log(&self, module: &str, stream: &'static str, budget: &LogBudget) {
         let (buf, dropped) = self.take();
         if buf.is_empty() && dropped == 0 {
             return;
         }
-        for line in String::from_utf8_lossy(&buf).lines() {
-            tracing::info!(target: "sluice::guest", module, stream, "{line}");
-        }
+        log_lines(&buf, module, stream, budget);
         if dropped > 0 {
             tracing::warn!(
                 target: "sluice::guest",
@@ -155,15 +159,59 @@ impl tokio::io::AsyncWrite for CappedOutput {
     }
 }
 
-/// The longest guest log message kept; longer ones are cut.
-const MAX_LOG_MESSAGE: usize = 4096;
+/// Logs each line of what a guest wrote to `stream`, as far as the module's
+/// `budget` allows.
+pub(crate) fn log_lines(buf: &[u8], module: &str, stream: &'static str, budget: &LogBudget) {
+    for line in String::from_utf8_lossy(buf).lines() {
+        if budget.admit_line(module) {
+            let line = inert_within(line, MAX_LOG_MESSAGE);
+            tracing::info!(target: "sluice::guest", module, stream, "{line}");
+        }
+    }
+}
+
+/// The longest guest log message or output line kept; longer ones are cut.
+pub const MAX_LOG_MESSAGE: usize = 4096;
+
+/// The longest text from a guest kept anywhere else: an error or panic
+/// message (in logs, `/health`, dead-letter envelopes), a topic name in a
+/// reason. Longer text is cut and marked.
+pub const MAX_GUEST_TEXT: usize = 1024;
+
+/// [`inert_within`] [`MAX_GUEST_TEXT`].
+pub(crate) fn inert(text: &str) -> String {
+    inert_within(text, MAX_GUEST_TEXT)
+}
+
+/// A copy of guest `text` that is safe to log or keep: control characters
+/// (a newline, a carriage return, an escape sequence) written as Rust
+/// escapes (`\n`, `\u{1b}`), and, when longer than `max` bytes, cut there
+/// with `… [cut from N bytes]` appended.
+pub(crate) fn inert_within(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max) + 32);
+    for c in text.chars() {
+        if out.len() >= max {
+            let _ = write!(out, "… [cut from {} bytes]", text.len());
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
 
 /// A token bucket shared by every instance of one plugin, so one chatty
 /// module cannot flood the log: up to `BURST` lines at once, `PER_SECOND`
-/// sustained. Suppressed lines are counted and reported with the next line
-/// that gets through.
+/// sustained, its `log` calls and the lines of its stdout and stderr
+/// together. Suppressed lines are counted, reported with the next line that
+/// gets through, and added to a total for the metrics.
 pub(crate) struct LogBudget {
     state: Mutex<Bucket>,
+    /// Lines suppressed since the module was loaded.
+    dropped: AtomicU64,
 }
 
 struct Bucket {
@@ -183,7 +231,13 @@ impl LogBudget {
                 last: Instant::now(),
                 suppressed: 0,
             }),
+            dropped: AtomicU64::new(0),
         }
+    }
+
+    /// How many lines the rate limit suppressed since the module was loaded.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Takes one token; returns `None` when the line must be suppressed, or
@@ -196,16 +250,18 @@ impl LogBudget {
         b.last = now;
         if b.tokens < 1.0 {
             b.suppressed += 1;
+            self.dropped.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         b.tokens -= 1.0;
         Some(std::mem::take(&mut b.suppressed))
     }
 
-    /// Emits a guest's log line as a tracing event if the budget allows it.
-    pub(crate) fn log(&self, module: &str, level: Level, message: &str) {
+    /// Takes a token for one line of `module`, reporting the lines
+    /// suppressed before it; returns whether the line may be logged.
+    fn admit_line(&self, module: &str) -> bool {
         let Some(suppressed) = self.admit() else {
-            return;
+            return false;
         };
         if suppressed > 0 {
             tracing::warn!(
@@ -215,7 +271,15 @@ impl LogBudget {
                 "guest log lines were suppressed by the rate limit"
             );
         }
-        let message = truncate(message, MAX_LOG_MESSAGE);
+        true
+    }
+
+    /// Emits a guest's log line as a tracing event if the budget allows it.
+    pub(crate) fn log(&self, module: &str, level: Level, message: &str) {
+        if !self.admit_line(module) {
+            return;
+        }
+        let message = inert_within(message, MAX_LOG_MESSAGE);
         match level {
             Level::Trace => tracing::trace!(target: "sluice::guest", module, "{message}"),
             Level::Debug => tracing::debug!(target: "sluice::guest", module, "{message}"),
@@ -224,18 +288,6 @@ impl LogBudget {
             Level::Error => tracing::error!(target: "sluice::guest", module, "{message}"),
         }
     }
-}
-
-/// Cuts `s` to at most `max` bytes on a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 #[cfg(test)]
@@ -262,9 +314,28 @@ mod tests {
     }
 
     #[test]
-    fn truncate_respects_char_boundaries() {
-        assert_eq!(truncate("héllo", 2), "h");
-        assert_eq!(truncate("héllo", 3), "hé");
-        assert_eq!(truncate("abc", 10), "abc");
+    fn guest_text_is_cut_on_a_character_boundary_and_marked() {
+        assert_eq!(inert_within("héllo", 2), "hé… [cut from 6 bytes]");
+        assert_eq!(inert_within("abc", 10), "abc");
+        assert!(inert(&"x".repeat(5000)).ends_with("x… [cut from 5000 bytes]"));
+        assert_eq!(
+            inert(&"x".repeat(5000)).len(),
+            MAX_GUEST_TEXT + "… [cut from 5000 bytes]".len()
+        );
+    }
+
+    #[test]
+    fn control_characters_cannot_forge_a_log_line() {
+        assert_eq!(
+            inert("done\nINFO sluice: forged\r\u{1b}[2J"),
+            "done\\nINFO sluice: forged\\r\\u{1b}[2J"
+        );
+    }
+
+    #[test]
+    fn suppressed_lines_are_counted() {
+        let budget = LogBudget::new();
+        let admitted = (0..1000).filter(|_| budget.admit_line("m")).count() as u64;
+        assert_eq!(budget.dropped(), 1000 - admitted);
     }
 }

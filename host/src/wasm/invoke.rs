@@ -14,8 +14,11 @@ use wasmtime::{ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{self, HandlerError, Level, Message, Output};
+use super::deadline::{Deadline, Polls};
 use super::engine::{Isolation, Runtime};
-use super::guest_io::CappedOutput;
+use super::guest_io::{self, CappedOutput};
+use super::outputs::{self, OutputLimitExceeded, OutputLimits};
+use super::packed::{Decoded, Refusal};
 use super::plugin::Plugin;
 
 /// The per-call limits of a route.
@@ -25,6 +28,8 @@ pub struct Limits {
     pub timeout: Duration,
     /// The most linear memory the instance may grow to, in bytes.
     pub memory_bytes: usize,
+    /// The bounds on what a call may return for one message.
+    pub outputs: OutputLimits,
 }
 
 impl Default for Limits {
@@ -32,6 +37,7 @@ impl Default for Limits {
         Limits {
             timeout: Duration::from_secs(1),
             memory_bytes: 64 << 20,
+            outputs: OutputLimits::default(),
         }
     }
 }
@@ -101,18 +107,24 @@ pub enum Failure {
     },
     /// The guest tried to grow its memory past the route's limit.
     #[error(
-        "handler exceeded its memory limit of {limit_bytes} bytes (it asked for {requested_bytes})"
+        "handler exceeded its memory limit of {limit_bytes} bytes (its memories and tables would \
+         have taken {requested_bytes})"
     )]
     MemoryLimitExceeded {
         /// The route's limit.
         limit_bytes: usize,
-        /// The size the guest asked to grow to.
+        /// What all the instance's memories and tables would have taken
+        /// with the growth it asked for.
         requested_bytes: usize,
     },
     /// The host could not create an instance (for example, every pool slot is
     /// in use). Not the handler's fault; a retry may succeed.
     #[error("handler could not be instantiated: {0}")]
     Instantiate(String),
+    /// What the handler returned for the message breaks one of the route's
+    /// output bounds; nothing of it is produced.
+    #[error(transparent)]
+    InvalidOutput(OutputLimitExceeded),
 }
 
 impl Failure {
@@ -121,7 +133,9 @@ impl Failure {
         match self {
             Failure::Handler { retryable, .. } => *retryable,
             Failure::Timeout(_) | Failure::Instantiate(_) => true,
-            Failure::Trap { .. } | Failure::MemoryLimitExceeded { .. } => false,
+            Failure::Trap { .. }
+            | Failure::MemoryLimitExceeded { .. }
+            | Failure::InvalidOutput(_) => false,
         }
     }
 }
@@ -183,6 +197,18 @@ pub struct StoreState {
     stderr: CappedOutput,
     /// The messages of the current call, to attribute log lines to.
     attribution: Attribution,
+    /// The current call's deadline, for host calls that wait.
+    deadline: Deadline,
+}
+
+impl StoreState {
+    /// `wasi:io/poll` for this store, bounded by the call's deadline.
+    pub(crate) fn polls(&mut self) -> Polls<'_> {
+        Polls {
+            table: &mut self.table,
+            deadline: &self.deadline,
+        }
+    }
 }
 
 /// Which message(s) a call is handling: log lines written during the call
@@ -269,38 +295,66 @@ impl bindings::sluice::handler::host::Host for StoreState {
     }
 }
 
-/// Enforces the route's memory limit and remembers a refusal, so that the
-/// trap that usually follows (an allocator aborting) is reported as what it
-/// is.
+/// Enforces the route's memory limit on the whole instance, and remembers a
+/// refusal, so that the trap that usually follows (an allocator aborting)
+/// is reported as what it is.
+///
+/// A component holds several core modules, each with its own memories and
+/// tables: the limit bounds their sum (table slots counted at
+/// [`TABLE_SLOT_BYTES`] each), not each on its own, so splitting a handler
+/// into more modules does not multiply what it may take.
 struct MemoryLimiter {
     limit: usize,
-    /// The size a refused growth asked for.
+    /// Bytes of all the instance's memories and tables now.
+    used: usize,
+    /// The size a refused growth asked for: the instance's total with it.
     refused: Option<usize>,
+}
+
+/// What one table slot is counted as: a function reference (a pointer, and
+/// a type check word beside it).
+const TABLE_SLOT_BYTES: usize = 16;
+
+impl MemoryLimiter {
+    fn new(limit: usize) -> Self {
+        MemoryLimiter {
+            limit,
+            used: 0,
+            refused: None,
+        }
+    }
+
+    /// Admits growing something of the instance from `current` to `desired`
+    /// bytes if the instance's total stays within the limit.
+    fn grow(&mut self, current: usize, desired: usize) -> bool {
+        let total = self.used.saturating_sub(current).saturating_add(desired);
+        if total > self.limit {
+            self.refused = Some(total);
+            return false;
+        }
+        self.used = total;
+        true
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.limit {
-            self.refused = Some(desired);
-            return Ok(false);
-        }
-        Ok(true)
+        Ok(self.grow(current, desired))
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        // Tables hold function references; a million is far beyond any
-        // handler's needs and bounds host memory at a few megabytes.
-        Ok(desired <= 1_000_000)
+        let bytes = |slots: usize| slots.saturating_mul(TABLE_SLOT_BYTES);
+        Ok(self.grow(bytes(current), bytes(desired)))
     }
 }
 
@@ -408,18 +462,20 @@ impl Invoker {
     fn invoke_one(&mut self, message: &Message, id: &str, invocation: &Invocation) -> Outcome {
         let messages = std::slice::from_ref(message);
         let mut live = self.prepare(messages, [id].into_iter(), invocation)?;
+        let limits = &invocation.limits.outputs;
         let result = match live.runs {
-            Runs::Packed(func) => call_packed(&mut live, func, messages, &mut self.packed)
+            Runs::Packed(func) => call_packed(&mut live, func, messages, &mut self.packed, limits)
                 .and_then(|results| {
                     results.into_iter().next().ok_or_else(|| {
                         wasmtime::format_err!("handle-packed returned no result for the message")
                     })
                 }),
-            Runs::Batch(_) | Runs::Singly => {
-                live.handler(&self.plugin).and_then(|(handler, store)| {
+            Runs::Batch(_) | Runs::Singly => live
+                .handler(&self.plugin)
+                .and_then(|(handler, store)| {
                     handler.sluice_handler_handler().call_handle(store, message)
                 })
-            }
+                .map(|returned| checked(returned, limits)),
         };
         let returned = self.finish(live, result, invocation)?;
         returned.map_err(Failure::from)
@@ -462,8 +518,9 @@ impl Invoker {
         invocation: &Invocation,
     ) -> Result<Vec<Outcome>, Failure> {
         let mut live = self.prepare(messages, ids.iter().map(String::as_str), invocation)?;
+        let limits = &invocation.limits.outputs;
         let result = match live.runs {
-            Runs::Packed(func) => call_packed(&mut live, func, messages, &mut self.packed),
+            Runs::Packed(func) => call_packed(&mut live, func, messages, &mut self.packed, limits),
             Runs::Batch(func) => {
                 // SAFETY: `func` is the instance's `handle-batch`. When the
                 // plugin was loaded, its type was checked to be a list of what
@@ -474,9 +531,13 @@ impl Invoker {
                 // a component has the same types.
                 let batch =
                     unsafe { TypedFunc::<(&[Message],), (BatchResults,)>::new_unchecked(func) };
-                batch
-                    .call(&mut live.store, (messages,))
-                    .map(|(results,)| results)
+                batch.call(&mut live.store, (messages,)).map(|(results,)| {
+                    results
+                        .into_iter()
+                        .take(messages.len())
+                        .map(|returned| checked(returned, limits))
+                        .collect()
+                })
             }
             Runs::Singly => {
                 // No usable batch export after all: one call per message.
@@ -487,7 +548,6 @@ impl Invoker {
         let results = self.finish(live, result, invocation)?;
         Ok(results
             .into_iter()
-            .take(messages.len())
             .map(|r| r.map_err(Failure::from))
             .collect())
     }
@@ -534,6 +594,7 @@ impl Invoker {
         state.limiter.limit = invocation.limits.memory_bytes;
         state.limiter.refused = None;
         state.attribution.set(messages, ids);
+        state.deadline.arm(ticks);
         live.store.set_epoch_deadline(ticks);
         Ok(live)
     }
@@ -572,19 +633,18 @@ impl Invoker {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let state = StoreState {
+        let mut state = StoreState {
             wasi,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter {
-                limit: invocation.limits.memory_bytes,
-                refused: None,
-            },
+            limiter: MemoryLimiter::new(invocation.limits.memory_bytes),
             config: invocation.config.clone(),
             plugin: self.plugin.clone(),
             stdout,
             stderr,
             attribution: Attribution::default(),
+            deadline: Deadline::new(self.runtime.tick_count(), self.runtime.config().epoch_tick),
         };
+        state.deadline.arm(ticks);
         let mut store = Store::new(self.runtime.engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(ticks);
@@ -644,6 +704,7 @@ pub(crate) fn try_instantiate(
         limits: Limits {
             timeout: TRIAL_TIMEOUT,
             memory_bytes,
+            outputs: OutputLimits::default(),
         },
         config: Arc::default(),
     };
@@ -673,13 +734,14 @@ pub(crate) fn try_instantiate(
 const TRIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Calls `handle-packed` with `messages`, encoded in `buffer` (kept from
-/// call to call), and decodes the results.
+/// call to call), and decodes the results within `limits`.
 fn call_packed(
     live: &mut Live,
     func: Func,
     messages: &[Message],
     buffer: &mut Vec<u8>,
-) -> wasmtime::Result<BatchResults> {
+    limits: &OutputLimits,
+) -> wasmtime::Result<Vec<Decoded>> {
     buffer.clear();
     super::packed::encode(messages, buffer);
     // SAFETY: `func` is the instance's `handle-packed`, whose type was
@@ -693,7 +755,20 @@ fn call_packed(
         *buffer = Vec::new();
     }
     let (returned,) = returned?;
-    Ok(super::packed::decode(&returned)?)
+    Ok(super::packed::decode(&returned, messages.len(), limits)?)
+}
+
+/// A result lifted through the component model, checked against the
+/// route's output bounds (wasmtime built it from the guest's memory, each
+/// part at most a few times its size there).
+fn checked(returned: Result<Vec<Output>, HandlerError>, limits: &OutputLimits) -> Decoded {
+    match returned {
+        Ok(outputs) => match outputs::check(&outputs, limits) {
+            Ok(()) => Ok(outputs),
+            Err(e) => Err(Refusal::Limit(e)),
+        },
+        Err(error) => Err(Refusal::Handler(inert_error(error))),
+    }
 }
 
 /// The most memory a worker keeps for encoding messages between calls.
@@ -709,15 +784,27 @@ fn deadline_ticks(timeout: Duration, tick: Duration) -> u64 {
 
 impl From<HandlerError> for Failure {
     fn from(error: HandlerError) -> Failure {
-        match error {
-            HandlerError::Retryable(message) => Failure::Handler {
-                retryable: true,
-                message,
-            },
-            HandlerError::Permanent(message) => Failure::Handler {
-                retryable: false,
-                message,
-            },
+        let (retryable, message) = match error {
+            HandlerError::Retryable(message) => (true, message),
+            HandlerError::Permanent(message) => (false, message),
+        };
+        Failure::Handler { retryable, message }
+    }
+}
+
+/// The handler's own error with its message, guest text, made inert.
+fn inert_error(error: HandlerError) -> HandlerError {
+    match error {
+        HandlerError::Retryable(message) => HandlerError::Retryable(guest_io::inert(&message)),
+        HandlerError::Permanent(message) => HandlerError::Permanent(guest_io::inert(&message)),
+    }
+}
+
+impl From<Refusal> for Failure {
+    fn from(refusal: Refusal) -> Failure {
+        match refusal {
+            Refusal::Handler(error) => Failure::from(error),
+            Refusal::Limit(e) => Failure::InvalidOutput(e),
         }
     }
 }
@@ -729,8 +816,9 @@ fn drain_stdio(state: &StoreState) {
         return;
     }
     let _span = state.attribution.span(&state.plugin).entered();
-    state.stdout.drain_to_log(state.plugin.name(), "stdout");
-    state.stderr.drain_to_log(state.plugin.name(), "stderr");
+    let (module, budget) = (state.plugin.name(), &state.plugin.log_budget);
+    state.stdout.drain_to_log(module, "stdout", budget);
+    state.stderr.drain_to_log(module, "stderr", budget);
 }
 
 /// Turns a wasmtime error from a call into a [`Failure`].
@@ -739,11 +827,9 @@ fn classify(error: &wasmtime::Error, state: &StoreState, limits: Limits) -> Fail
     let (stderr, _) = state.stderr.take();
     let panic = panic_message(&String::from_utf8_lossy(&stderr));
     // Put the captured output back so it is logged with the failure.
-    let module = state.plugin.name();
-    for line in String::from_utf8_lossy(&stderr).lines() {
-        tracing::info!(target: "sluice::guest", module, stream = "stderr", "{line}");
-    }
-    state.stdout.drain_to_log(module, "stdout");
+    let (module, budget) = (state.plugin.name(), &state.plugin.log_budget);
+    guest_io::log_lines(&stderr, module, "stderr", budget);
+    state.stdout.drain_to_log(module, "stdout", budget);
 
     if let Some(requested_bytes) = state.limiter.refused {
         return Failure::MemoryLimitExceeded {
@@ -754,7 +840,7 @@ fn classify(error: &wasmtime::Error, state: &StoreState, limits: Limits) -> Fail
     let Some(trap) = error.downcast_ref::<Trap>() else {
         return Failure::Trap {
             kind: TrapKind::Host,
-            detail: format!("{error:#}"),
+            detail: guest_io::inert(&format!("{error:#}")),
         };
     };
     let kind = match trap {
@@ -772,7 +858,7 @@ fn classify(error: &wasmtime::Error, state: &StoreState, limits: Limits) -> Fail
         _ => TrapKind::Other,
     };
     let detail = match (kind, panic) {
-        (TrapKind::Panic, Some(message)) => message,
+        (TrapKind::Panic, Some(message)) => guest_io::inert(&message),
         _ => trap.to_string(),
     };
     Failure::Trap { kind, detail }
@@ -797,6 +883,35 @@ fn panic_message(stderr: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memory_limit_bounds_the_sum_of_an_instances_memories_and_tables() {
+        let mut limiter = MemoryLimiter::new(10 << 20);
+        // Two memories of 4 MiB fit; a third does not, though it alone would.
+        assert!(matches!(limiter.memory_growing(0, 4 << 20, None), Ok(true)));
+        assert!(matches!(limiter.memory_growing(0, 4 << 20, None), Ok(true)));
+        assert!(matches!(
+            limiter.memory_growing(0, 4 << 20, None),
+            Ok(false)
+        ));
+        assert_eq!(
+            limiter.refused,
+            Some(12 << 20),
+            "the total it would have made"
+        );
+        // Growing one of them counts only the growth.
+        assert!(matches!(
+            limiter.memory_growing(4 << 20, 5 << 20, None),
+            Ok(true)
+        ));
+        // Table slots count too: 1 MiB is 65536 slots of 16 bytes.
+        assert!(matches!(limiter.table_growing(0, 65_536, None), Ok(true)));
+        assert!(matches!(
+            limiter.table_growing(65_536, 65_537, None),
+            Ok(false)
+        ));
+        assert_eq!(limiter.used, 10 << 20);
+    }
 
     #[test]
     fn deadline_rounds_up_and_adds_a_tick() {

@@ -9,15 +9,19 @@
 //! a retry or a dead-letter record.
 
 mod cache;
+mod deadline;
 mod engine;
 mod guest_io;
 mod invoke;
+mod outputs;
 mod packed;
 mod plugin;
 
 pub use cache::CacheError;
 pub use engine::{Isolation, Runtime, RuntimeConfig};
+pub use guest_io::{MAX_GUEST_TEXT, MAX_LOG_MESSAGE};
 pub use invoke::{EntryPoint, Failure, Invocation, Invoker, Limits, Outcome, TrapKind};
+pub use outputs::{MAX_TOPIC_BYTES, OutputLimitExceeded, OutputLimits};
 pub use plugin::{LoadError, Plugin, PluginInfo};
 
 /// Types generated from the WIT contract in `wit/`, the one source of truth.

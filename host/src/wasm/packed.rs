@@ -12,9 +12,25 @@
 use sluice_wire::{self as wire, Reader};
 
 use super::bindings::{HandlerError, Header, Message, Output};
+use super::guest_io;
+use super::outputs::{OutputLimitExceeded, OutputLimits, Tally};
 
-/// What a batch call returns: one result per message handled.
+/// What a `handle-batch` call returns: one result per message handled.
 pub(crate) type Results = Vec<Result<Vec<Output>, HandlerError>>;
+
+/// What decoding found for one message: its outputs, the handler's error,
+/// or outputs that break the route's bounds.
+pub(crate) type Decoded = Result<Vec<Output>, Refusal>;
+
+/// Why a message's result is not outputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The handler returned an error, its message already made inert
+    /// (`guest_io::inert`).
+    Handler(HandlerError),
+    /// The outputs break one of the route's bounds; they were not built.
+    Limit(OutputLimitExceeded),
+}
 
 /// Why a guest's encoded results could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,6 +40,25 @@ pub(crate) struct Malformed(wire::Malformed);
 impl From<wire::Malformed> for Malformed {
     fn from(m: wire::Malformed) -> Self {
         Malformed(m)
+    }
+}
+
+/// Reading one message's outputs stopped: the buffer is malformed, or a
+/// bound was broken.
+enum Stop {
+    Malformed(wire::Malformed),
+    Limit(OutputLimitExceeded),
+}
+
+impl From<wire::Malformed> for Stop {
+    fn from(m: wire::Malformed) -> Self {
+        Stop::Malformed(m)
+    }
+}
+
+impl From<OutputLimitExceeded> for Stop {
+    fn from(e: OutputLimitExceeded) -> Self {
+        Stop::Limit(e)
     }
 }
 
@@ -47,42 +82,64 @@ pub(crate) fn encode(messages: &[Message], out: &mut Vec<u8>) {
     }
 }
 
-fn text(reader: &mut Reader<'_>) -> Result<String, Malformed> {
-    Ok(reader.text()?.to_owned())
-}
-
-fn output(reader: &mut Reader<'_>) -> Result<Output, Malformed> {
-    let topic = text(reader)?;
+/// Reads one output, measuring it against `tally` before copying anything.
+fn output(reader: &mut Reader<'_>, tally: &mut Tally<'_>) -> Result<Output, Stop> {
+    let topic = reader.text()?;
+    tally.topic(topic.len())?;
     let body = reader.body(wire::KEY | wire::VALUE)?;
-    // A header is at least 8 bytes: two empty lengths.
-    let mut headers = Vec::with_capacity(reader.capacity(body.headers, 8));
+    tally.headers(body.headers)?;
+    // A first pass over the headers measures them; the second copies them.
+    let headers_at = reader.clone();
+    let mut size = body.key.map_or(0, <[u8]>::len) + body.value.map_or(0, <[u8]>::len);
+    for _ in 0..body.headers {
+        let (key, value) = reader.header()?;
+        size = size.saturating_add(key.len() + value.len());
+    }
+    tally.output(size)?;
+    let mut again = headers_at;
+    // The count is within the route's bound, and every header was read.
+    let mut headers = Vec::with_capacity(body.headers as usize);
     for _ in 0..body.headers {
         headers.push(Header {
-            key: text(reader)?,
-            value: reader.bytes()?.to_vec(),
+            key: again.text()?.to_owned(),
+            value: again.bytes()?.to_vec(),
         });
     }
     Ok(Output {
-        topic,
+        topic: topic.to_owned(),
         key: body.key.map(<[u8]>::to_vec),
         value: body.value.map(<[u8]>::to_vec),
         headers,
     })
 }
 
-fn result(reader: &mut Reader<'_>) -> Result<Result<Vec<Output>, HandlerError>, Malformed> {
+/// Reads the outputs of one message.
+fn outputs(reader: &mut Reader<'_>, limits: &OutputLimits) -> Result<Vec<Output>, Stop> {
+    let mut tally = Tally::new(limits);
+    // An output is at least 9 bytes: empty topic, presence, no headers.
+    let (n, capacity) = reader.count(9)?;
+    tally.outputs(n)?;
+    let mut outputs = Vec::with_capacity(capacity);
+    for _ in 0..n {
+        outputs.push(output(reader, &mut tally)?);
+    }
+    Ok(outputs)
+}
+
+/// A handler's error message, bounded as guest text is.
+fn reason(reader: &mut Reader<'_>) -> Result<String, wire::Malformed> {
+    Ok(guest_io::inert(reader.text()?))
+}
+
+fn result(reader: &mut Reader<'_>, limits: &OutputLimits) -> Result<Decoded, Malformed> {
     Ok(match reader.u8()? {
-        wire::OK => {
-            // An output is at least 9 bytes: empty topic, presence, no headers.
-            let (n, capacity) = reader.count(9)?;
-            let mut outputs = Vec::with_capacity(capacity);
-            for _ in 0..n {
-                outputs.push(output(reader)?);
-            }
-            Ok(outputs)
-        }
-        wire::RETRYABLE => Err(HandlerError::Retryable(text(reader)?)),
-        wire::PERMANENT => Err(HandlerError::Permanent(text(reader)?)),
+        wire::OK => match outputs(reader, limits) {
+            Ok(outputs) => Ok(outputs),
+            Err(Stop::Limit(e)) => Err(Refusal::Limit(e)),
+            Err(Stop::Malformed(m)) => return Err(Malformed(m)),
+        },
+        wire::RETRYABLE => Err(Refusal::Handler(HandlerError::Retryable(reason(reader)?))),
+        wire::PERMANENT => Err(Refusal::Handler(HandlerError::Permanent(reason(reader)?))),
         _ => {
             return Err(Malformed(wire::Malformed(
                 "a result's tag is not 0, 1 or 2",
@@ -91,14 +148,31 @@ fn result(reader: &mut Reader<'_>) -> Result<Result<Vec<Output>, HandlerError>, 
     })
 }
 
-/// Decodes the results a guest returned.
-pub(crate) fn decode(bytes: &[u8]) -> Result<Results, Malformed> {
+/// Decodes the results a guest returned for `expected` messages, checking
+/// the outputs against `limits` as they are read. Reading stops after a
+/// message whose outputs break a bound: the pipeline stops at the first
+/// failure, so nothing behind it is built.
+pub(crate) fn decode(
+    bytes: &[u8],
+    expected: usize,
+    limits: &OutputLimits,
+) -> Result<Vec<Decoded>, Malformed> {
     let mut reader = Reader::new(bytes);
     // A result is at least 5 bytes: its tag and a count or a length.
     let (n, capacity) = reader.count(5)?;
+    if n as usize > expected {
+        return Err(Malformed(wire::Malformed(
+            "there are more results than messages",
+        )));
+    }
     let mut results = Vec::with_capacity(capacity);
     for _ in 0..n {
-        results.push(result(&mut reader)?);
+        let decoded = result(&mut reader, limits)?;
+        let refused = matches!(decoded, Err(Refusal::Limit(_)));
+        results.push(decoded);
+        if refused {
+            return Ok(results);
+        }
     }
     if !reader.rest().is_empty() {
         return Err(Malformed(wire::Malformed("bytes follow the last result")));
@@ -109,6 +183,12 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Results, Malformed> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Decodes with room for any number of results, within the default
+    /// bounds.
+    fn decode(bytes: &[u8]) -> Result<Vec<Decoded>, Malformed> {
+        super::decode(bytes, usize::MAX, &OutputLimits::default())
+    }
 
     #[test]
     fn a_message_is_encoded_as_the_contract_lays_it_out() {
@@ -187,12 +267,14 @@ mod tests {
                         value: Vec::new(),
                     }],
                 }]),
-                Err(HandlerError::Permanent("bad".into())),
+                Err(Refusal::Handler(HandlerError::Permanent("bad".into()))),
             ]
         );
         assert_eq!(
             decode(&[1, 0, 0, 0, wire::RETRYABLE, 0, 0, 0, 0]),
-            Ok(vec![Err(HandlerError::Retryable(String::new()))])
+            Ok(vec![Err(Refusal::Handler(HandlerError::Retryable(
+                String::new()
+            )))])
         );
         assert_eq!(decode(&[0, 0, 0, 0]), Ok(Vec::new()));
     }
@@ -243,5 +325,74 @@ mod tests {
                 "a length runs past the end of the list"
             )))
         );
+    }
+
+    /// One result with one output: topic `o`, a value of `value` bytes and
+    /// `headers` one-byte headers.
+    fn one_output(value: usize, headers: u32) -> Vec<u8> {
+        let mut bytes = vec![1, 0, 0, 0, wire::OK, 1, 0, 0, 0];
+        wire::put_bytes(&mut bytes, b"o");
+        let header = [("h", &b"1"[..])];
+        let headers = (0..headers).map(|_| header[0]);
+        let value = vec![b'v'; value];
+        let headers: Vec<_> = headers.collect();
+        wire::put_body(&mut bytes, None, None, Some(&value), headers.into_iter());
+        bytes
+    }
+
+    #[test]
+    fn outputs_over_a_bound_are_refused_naming_it_before_they_are_built() {
+        let limits = OutputLimits {
+            max_outputs: 1,
+            max_output_bytes: 100,
+            max_output_headers: 2,
+            max_returned_bytes: 1000,
+        };
+        let refused = |bytes: &[u8]| match super::decode(bytes, 1, &limits) {
+            Ok(results) => match results.as_slice() {
+                [Err(Refusal::Limit(e))] => Some((e.setting, e.value)),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        assert_eq!(refused(&one_output(96, 2)), None, "within every bound");
+        assert_eq!(refused(&one_output(100, 0)), None, "at the bound");
+        assert_eq!(
+            refused(&one_output(101, 0)),
+            Some(("max_output_bytes", 101))
+        );
+        assert_eq!(refused(&one_output(1, 3)), Some(("max_output_headers", 3)));
+        // A count is refused before the outputs it announces are read.
+        let mut many = one_output(1, 0);
+        many[5] = 0xff;
+        assert_eq!(refused(&many), Some(("max_outputs", 255)));
+    }
+
+    #[test]
+    fn more_results_than_messages_are_malformed() {
+        let two = [2, 0, 0, 0, wire::OK, 0, 0, 0, 0, wire::OK, 0, 0, 0, 0];
+        assert_eq!(
+            super::decode(&two, 1, &OutputLimits::default()),
+            Err(Malformed(wire::Malformed(
+                "there are more results than messages"
+            )))
+        );
+        assert_eq!(
+            super::decode(&two, 2, &OutputLimits::default()).map(|r| r.len()),
+            Ok(2)
+        );
+    }
+
+    #[test]
+    fn a_handler_error_message_is_cut_and_made_inert() {
+        let mut bytes = vec![1, 0, 0, 0, wire::PERMANENT];
+        let text = format!("line\nforged{}", "x".repeat(5000));
+        wire::put_bytes(&mut bytes, text.as_bytes());
+        let results = decode(&bytes).expect("well formed");
+        let Some(Err(Refusal::Handler(HandlerError::Permanent(message)))) = results.first() else {
+            panic!("a permanent error: {results:?}");
+        };
+        assert!(message.starts_with("line\\nforged"), "{message}");
+        assert!(message.len() < 1200 && message.contains("cut"), "{message}");
     }
 }

@@ -244,6 +244,13 @@ impl Plugin {
 
     /// Whether the component exports `handle-batch` (the `batched-plugin`
     /// world) with the contract's type, so that several messages can be
+    /// How many of the module's log lines (its `log` calls and the lines of
+    /// its stdout and stderr) the per-module rate limit dropped since it
+    /// was loaded.
+    pub fn log_lines_dropped(&self) -> u64 {
+        self.log_budget.dropped()
+    }
+
     /// handed to one call.
     pub fn has_batch_export(&self) -> bool {
         self.batch.is_some()
