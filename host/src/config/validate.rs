@@ -355,7 +355,7 @@ fn check_dead_letter_loop(
 /// `message.max.bytes` would be refused by it.
 fn check_output_limits(
     at: &dyn Fn(&str) -> String,
-    route: &super::RouteConfig,
+    route: &RouteConfig,
     message_max_bytes: u64,
 ) -> Result<(), ConfigError> {
     in_range(&at("max_outputs"), route.max_outputs, 1..=100_000)?;
