@@ -49,6 +49,7 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
     ("sluice_stalled_partitions", "gauge", ""),
     ("sluice_plugin_loads_total", "counter", "module"),
     ("sluice_plugin_load_failures_total", "counter", "module"),
+    ("sluice_guest_log_lines_dropped_total", "counter", "route"),
 ];
 
 /// The outcomes of `sluice_messages_total`.
@@ -346,6 +347,22 @@ pub fn render(status: &Status) -> String {
         );
     }
     drop(loads);
+    out.family(
+        "sluice_guest_log_lines_dropped_total",
+        "Log lines (log calls, stdout and stderr lines) of the module serving each route that \
+         the per-module rate limit dropped; starts again from 0 when a new module version is \
+         loaded.",
+    );
+    for r in &routes {
+        let module = r.module.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(m) = module.as_ref() {
+            out.sample(
+                "sluice_guest_log_lines_dropped_total",
+                &[("route", &r.topic)],
+                m.log_lines_dropped(),
+            );
+        }
+    }
     out.text
 }
 

@@ -136,6 +136,8 @@ pub struct ModuleInfo {
     pub load_time: Duration,
     /// Whether its machine code came from the compile cache.
     pub from_cache: bool,
+    /// Log lines of this module the per-module rate limit dropped.
+    log_lines_dropped: Arc<AtomicU64>,
 }
 
 impl ModuleInfo {
@@ -148,7 +150,14 @@ impl ModuleInfo {
             loaded_at: SystemTime::now(),
             load_time,
             from_cache: plugin.from_cache(),
+            log_lines_dropped: plugin.log_lines_dropped_counter(),
         }
+    }
+
+    /// How many of its log lines the per-module rate limit dropped since
+    /// it was loaded.
+    pub fn log_lines_dropped(&self) -> u64 {
+        self.log_lines_dropped.load(Ordering::Relaxed)
     }
 }
 

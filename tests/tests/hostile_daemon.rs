@@ -2,7 +2,8 @@
 //! route while another route flows: a handler that sleeps for an hour is
 //! stopped at its deadline and frees its only concurrency slot, outputs over
 //! a bound and a huge reason end in dead letters that say why in bounded
-//! text, and shutdown is not held by a handler that waits.
+//! text, a flood of log lines is rate-limited and counted, and shutdown is
+//! not held by a handler that waits.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -37,6 +38,7 @@ async fn a_hostile_handler_is_held_by_its_limits_while_another_route_flows() {
         "outputs:5000",
         "bytes:2000000",
         "reason:100000",
+        "log:1000",
         "fine",
     ]
     .map(String::from)
@@ -107,6 +109,20 @@ async fn a_hostile_handler_is_held_by_its_limits_while_another_route_flows() {
     assert!(reason.contains("[cut from 100000 bytes]"), "{reason}");
     assert!(!reason.contains('\n'), "no raw newline: {reason}");
     assert!(!daemon.has_exited());
+
+    // A flood of log lines is cut by the module's rate limit, and the
+    // lines dropped are counted where an operator looks (the message before
+    // "fine" made them, so they are counted by now).
+    let metrics = sluice::metrics::render(&daemon.status);
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_guest_log_lines_dropped_total{route=\"naps\"} "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no dropped-lines counter for naps:\n{metrics}"));
+    assert!(
+        dropped >= 500,
+        "most of 1000 lines in a burst are dropped: {dropped}"
+    );
 
     // A handler asleep for an hour does not hold shutdown.
     let consumed = daemon.status.consumed();

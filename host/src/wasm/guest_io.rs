@@ -211,7 +211,7 @@ pub(crate) fn inert_within(text: &str, max: usize) -> String {
 pub(crate) struct LogBudget {
     state: Mutex<Bucket>,
     /// Lines suppressed since the module was loaded.
-    dropped: AtomicU64,
+    dropped: Arc<AtomicU64>,
 }
 
 struct Bucket {
@@ -231,13 +231,18 @@ impl LogBudget {
                 last: Instant::now(),
                 suppressed: 0,
             }),
-            dropped: AtomicU64::new(0),
+            dropped: Arc::new(AtomicU64::new(0)),
         }
     }
 
     /// How many lines the rate limit suppressed since the module was loaded.
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The counter behind [`LogBudget::dropped`], shared.
+    pub(crate) fn dropped_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.dropped)
     }
 
     /// Takes one token; returns `None` when the line must be suppressed, or

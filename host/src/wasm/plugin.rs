@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::types::{ComponentItem, Type};
@@ -11,7 +13,9 @@ use wasmtime::component::{Component, ComponentExportIndex};
 
 use super::bindings::{PluginIndices, PluginPre};
 use super::contract;
-use super::engine::Runtime;
+use super::engine::{
+    CORE_INSTANCES_PER_COMPONENT, MEMORIES_PER_COMPONENT, Runtime, TABLES_PER_COMPONENT,
+};
 use super::guest_io::LogBudget;
 use super::invoke::{EntryPoint, StoreState};
 
@@ -242,8 +246,6 @@ impl Plugin {
         }
     }
 
-    /// Whether the component exports `handle-batch` (the `batched-plugin`
-    /// world) with the contract's type, so that several messages can be
     /// How many of the module's log lines (its `log` calls and the lines of
     /// its stdout and stderr) the per-module rate limit dropped since it
     /// was loaded.
@@ -251,6 +253,13 @@ impl Plugin {
         self.log_budget.dropped()
     }
 
+    /// The counter behind [`Plugin::log_lines_dropped`], for the metrics.
+    pub(crate) fn log_lines_dropped_counter(&self) -> Arc<AtomicU64> {
+        self.log_budget.dropped_counter()
+    }
+
+    /// Whether the component exports `handle-batch` (the `batched-plugin`
+    /// world) with the contract's type, so that several messages can be
     /// handed to one call.
     pub fn has_batch_export(&self) -> bool {
         self.batch.is_some()
@@ -285,8 +294,10 @@ impl Plugin {
                 LoadError::Instantiate {
                     path: path_buf(),
                     reason: format!(
-                        "{reason}; its memories and tables must fit in a slot of the instance \
-                         pool, whose memory is processing.max_memory_mb"
+                        "{reason}; a module must fit in one slot of the instance pool: at most \
+                         {CORE_INSTANCES_PER_COMPONENT} core module instances, \
+                         {MEMORIES_PER_COMPONENT} memories and {TABLES_PER_COMPONENT} tables \
+                         per handler instance, each memory within processing.max_memory_mb"
                     ),
                 }
             } else {
