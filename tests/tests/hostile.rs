@@ -317,3 +317,78 @@ fn guest_log_lines_are_inert_and_rate_limited_per_module() {
         "most of 2000 lines in a burst are dropped: {dropped}"
     );
 }
+
+/// A component whose one core module, defining `memories` linear memories,
+/// is instantiated `instances` times.
+fn component_of(instances: u32, memories: u32) -> Vec<u8> {
+    use wasm_encoder::{Component, InstanceSection, MemorySection, MemoryType, Module, ModuleArg};
+    let mut module = Module::new();
+    let mut section = MemorySection::new();
+    for _ in 0..memories {
+        section.memory(MemoryType {
+            minimum: 1,
+            maximum: None,
+            memory64: false,
+            shared: false,
+            page_size_log2: None,
+        });
+    }
+    module.section(&section);
+    let mut component = Component::new();
+    component.section(&wasm_encoder::ModuleSection(&module));
+    let mut core = InstanceSection::new();
+    for _ in 0..instances {
+        core.instantiate(0, Vec::<(&str, ModuleArg)>::new());
+    }
+    component.section(&core);
+    component.finish()
+}
+
+#[test]
+fn a_module_that_would_take_more_than_its_share_of_the_pool_is_refused_at_load() {
+    use sluice::wasm::{CORE_INSTANCES_PER_COMPONENT, MEMORIES_PER_COMPONENT};
+    let rt = runtime();
+    let attacks = [
+        (
+            "many-instances",
+            component_of(CORE_INSTANCES_PER_COMPONENT + 1, 0),
+            "core module instances",
+        ),
+        (
+            "many-memories",
+            component_of(MEMORIES_PER_COMPONENT + 1, 1),
+            "memories",
+        ),
+    ];
+    for (name, bytes, what) in attacks {
+        let path = std::path::PathBuf::from(format!("{name}.wasm"));
+        let error = rt
+            .load_bytes(&path, &bytes)
+            .err()
+            .unwrap_or_else(|| panic!("{name} is refused at load"))
+            .to_string();
+        assert!(
+            error.contains(&format!("{name}.wasm")) && error.contains(what),
+            "{name}: the reason names the file and what it holds too much of: {error}"
+        );
+        assert!(
+            error.contains("per handler instance"),
+            "{name}: the reason says what a handler may hold: {error}"
+        );
+    }
+    // The pool still serves every slot to modules that keep to their share.
+    let plugin = hostile(&rt);
+    // Each reused invoker keeps its instance: the 16 slots of the pool.
+    let mut invokers: Vec<Invoker> = (0..16)
+        .map(|_| rt.invoker(plugin.clone(), Isolation::Reused))
+        .collect();
+    let inv = invocation(Duration::from_secs(5), OutputLimits::default());
+    for invoker in &mut invokers {
+        assert_eq!(
+            invoker
+                .invoke(&message("in", b"fine"), &inv)
+                .map(|o| o.len()),
+            Ok(1)
+        );
+    }
+}

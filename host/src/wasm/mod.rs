@@ -18,7 +18,10 @@ mod packed;
 mod plugin;
 
 pub use cache::CacheError;
-pub use engine::{Isolation, Runtime, RuntimeConfig};
+pub use engine::{
+    CORE_INSTANCES_PER_COMPONENT, Isolation, MEMORIES_PER_COMPONENT, Runtime, RuntimeConfig,
+    TABLES_PER_COMPONENT,
+};
 pub use guest_io::{MAX_GUEST_TEXT, MAX_LOG_MESSAGE};
 pub use invoke::{EntryPoint, Failure, Invocation, Invoker, Limits, Outcome, TrapKind};
 pub use outputs::{MAX_TOPIC_BYTES, OutputLimitExceeded, OutputLimits};
