@@ -6,6 +6,8 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use tokio::sync::oneshot;
+
 /// Topics whose next handler thread panics.
 static PANIC_NEXT: Mutex<Vec<String>> = Mutex::new(Vec::new());
 /// Whether `PANIC_NEXT` may hold anything: checked once per batch.
@@ -30,5 +32,35 @@ pub(crate) fn handler_thread(topic: &str) {
         ARMED.store(!topics.is_empty(), Ordering::Release);
         drop(topics);
         panic!("injected fault: the handler thread of the route for {topic:?} panics");
+    }
+}
+
+/// A config reload held in preparation by [`hold_next_reload`].
+pub struct HeldReload {
+    /// Completes once the next reload's preparation has started and waits.
+    pub started: oneshot::Receiver<()>,
+    /// Lets the preparation go on when sent (or dropped).
+    pub release: oneshot::Sender<()>,
+}
+
+/// The hold armed for the next reload: whom to tell it started, and what
+/// to wait for.
+static HOLD_NEXT: Mutex<Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>> = Mutex::new(None);
+
+/// Makes the next config reload wait in its preparation (as a slow module
+/// compile would) until released, to show what the daemon does meanwhile.
+pub fn hold_next_reload() -> HeldReload {
+    let (started_tx, started) = oneshot::channel();
+    let (release, release_rx) = oneshot::channel();
+    *HOLD_NEXT.lock().unwrap_or_else(|e| e.into_inner()) = Some((started_tx, release_rx));
+    HeldReload { started, release }
+}
+
+/// Waits here if a hold is armed for this reload.
+pub(crate) async fn reload_preparation() {
+    let hold = HOLD_NEXT.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some((started, release)) = hold {
+        let _ = started.send(());
+        let _ = release.await;
     }
 }

@@ -271,6 +271,8 @@ impl Preparation {
     /// Loads what `new` needs and tries the routes in `fresh`; `None`
     /// (logged and counted) refuses the reload.
     async fn run(self, new: Config, fresh: Vec<RouteConfig>) -> Option<Prepared> {
+        #[cfg(feature = "fault-injection")]
+        super::faults::reload_preparation().await;
         let refused = |status: &Status, reason: &str| {
             status.count_config_reload(false);
             tracing::error!("config reload refused, the running routes stay: {reason}");
