@@ -47,8 +47,10 @@ impl Isolation {
     }
 }
 
-/// The core instances one handler instance may hold in the pool.
-pub const CORE_INSTANCES_PER_COMPONENT: u32 = 8;
+/// The core instances one handler instance may hold in the pool: a Python
+/// component (componentize-py) instantiates 14 modules, libc and libpython
+/// among them.
+pub const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
 /// The linear memories one handler instance may hold in the pool.
 pub const MEMORIES_PER_COMPONENT: u32 = 2;
 /// The tables one handler instance may hold in the pool.
@@ -140,7 +142,9 @@ impl Runtime {
             let n = config.max_instances.max(1);
             let mut pool = PoolingAllocationConfig::new();
             // A Rust component holds a handful of core instances (the program,
-            // the WASI adapter and small shims) with one memory. Each
+            // the WASI adapter and small shims) with one memory; a Python one
+            // 14, with one memory shared by its dynamically linked modules,
+            // and a JavaScript one 4. Each
             // component may take only its share of the totals, so one module
             // with many memories or instances cannot take the slots other
             // routes' instances need; a module that needs more is refused
