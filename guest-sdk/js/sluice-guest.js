@@ -198,6 +198,10 @@ function outputs(result) {
 
 /** What componentize-js turns into the `handler-error` variant. */
 function contractError(e) {
+    // SpiderMonkey reports running out of memory by throwing this string.
+    // Thrown on as it is, it is no `handler-error`: the call traps, and the
+    // host reports the refused growth as `MemoryLimitExceeded`.
+    if (e === 'out of memory') return e;
     if (e instanceof PermanentError) return { tag: 'permanent', val: e.message };
     if (e instanceof RetryableError) return { tag: 'retryable', val: e.message };
     if (e instanceof Error) {
