@@ -1,4 +1,5 @@
-//! Builds every guest component with one nested `cargo build` and writes
+//! Builds every guest component with one nested `cargo build` (Rust) and
+//! `scripts/build-polyglot` (Python and JavaScript), and writes
 //! `OUT_DIR/artifacts.rs` with a path constant for each.
 //!
 //! The nested build uses its own target directory, `<workspace>/target/guests`,
@@ -125,6 +126,38 @@ const GUESTS: &[Guest] = &[
     },
 ];
 
+/// The Python and JavaScript guests, built by `scripts/build-polyglot` into
+/// the Rust guests' folder (so the daemon tests' plugins directory holds
+/// them too) as `<folder name>.wasm`.
+const POLYGLOT: &[Guest] = &[
+    Guest {
+        constant: "PYTHON_UPPERCASE",
+        package: "examples/python-uppercase",
+        doc: "`examples/python-uppercase`: the `uppercase` example in Python (module \
+              `python-uppercase`).",
+    },
+    Guest {
+        constant: "JS_ROUTER",
+        package: "examples/js-router",
+        doc: "`examples/js-router`: the `json-router` example in JavaScript, tagging objects \
+              `\"routed_by\": \"js-router\"` (module `js-router`).",
+    },
+    Guest {
+        constant: "PYTHON_MISBEHAVE",
+        package: "tests/polyglot/python-misbehave",
+        doc: "`tests/polyglot/python-misbehave`: the value is an instruction (`ok:T`, \
+              `permanent`, `retry`, `raise`, `bad-return`, `loop`, `oom`, `recurse`, `log`, \
+              `headers`), else pass-through to `<topic>.out`.",
+    },
+    Guest {
+        constant: "JS_MISBEHAVE",
+        package: "tests/polyglot/js-misbehave",
+        doc: "`tests/polyglot/js-misbehave`: the value is an instruction (`ok:T`, `permanent`, \
+              `retry`, `throw`, `throw-string`, `bad-return`, `loop`, `oom`, `recurse`, `log`, \
+              `headers`), else pass-through to `<topic>.out`.",
+    },
+];
+
 /// Set by the outer cargo for this build script, or configuring the outer
 /// build; none of them describe the guests' build.
 const LEAKY_VARS: &[&str] = &[
@@ -172,6 +205,9 @@ fn main() {
         "wire",
         "examples",
         "tests/fixtures",
+        "tests/polyglot",
+        "scripts/build-polyglot",
+        "scripts/polyglot",
         "Cargo.toml",
         "Cargo.lock",
         ".cargo/config.toml",
@@ -185,9 +221,18 @@ fn main() {
     build_guests(&root, &target_dir);
 
     let wasm_dir = target_dir.join(TARGET).join("guest");
+    build_polyglot(&root, &wasm_dir);
+
     let mut code = String::new();
-    for guest in GUESTS {
-        let path = wasm_dir.join(format!("{}.wasm", guest.package.replace('-', "_")));
+    let rust = GUESTS
+        .iter()
+        .map(|guest| (guest, format!("{}.wasm", guest.package.replace('-', "_"))));
+    let polyglot = POLYGLOT.iter().map(|guest| {
+        let folder = guest.package.rsplit('/').next().unwrap_or(guest.package);
+        (guest, format!("{folder}.wasm"))
+    });
+    for (guest, file) in rust.chain(polyglot) {
+        let path = wasm_dir.join(file);
         check_component(&path);
         let path = path
             .to_str()
@@ -195,7 +240,10 @@ fn main() {
         let _ = writeln!(code, "/// {}", guest.doc);
         let _ = writeln!(code, "pub const {}: &str = {path:?};", guest.constant);
     }
-    let _ = writeln!(code, "/// Every guest above, as `(package name, path)`.");
+    let _ = writeln!(
+        code,
+        "/// Every Rust guest above, as `(package name, path)`."
+    );
     let _ = writeln!(code, "pub const ALL: &[(&str, &str)] = &[");
     for guest in GUESTS {
         let _ = writeln!(code, "    ({:?}, {}),", guest.package, guest.constant);
@@ -237,12 +285,7 @@ fn build_guests(root: &Path, target_dir: &Path) {
     for guest in GUESTS {
         cmd.args(["-p", guest.package]);
     }
-    for (key, _) in env::vars_os() {
-        let Some(key) = key.to_str() else { continue };
-        if LEAKY_VARS.contains(&key) || LEAKY_PREFIXES.iter().any(|p| key.starts_with(p)) {
-            cmd.env_remove(key);
-        }
-    }
+    remove_leaky_vars(&mut cmd);
     eprintln!("running: {cmd:?}");
     let output = cmd
         .output()
@@ -250,6 +293,42 @@ fn build_guests(root: &Path, target_dir: &Path) {
     if !output.status.success() {
         fail(&format!(
             "building the guest components failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+}
+
+fn remove_leaky_vars(cmd: &mut Command) {
+    for (key, _) in env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if LEAKY_VARS.contains(&key) || LEAKY_PREFIXES.iter().any(|p| key.starts_with(p)) {
+            cmd.env_remove(key);
+        }
+    }
+}
+
+/// Builds the Python and JavaScript guests into `wasm_dir` (installing the
+/// tools into `<workspace>/.tools` the first time; unchanged guests are not
+/// rebuilt).
+fn build_polyglot(root: &Path, wasm_dir: &Path) {
+    let mut cmd = Command::new("bash");
+    cmd.current_dir(root)
+        .arg(root.join("scripts").join("build-polyglot"))
+        .arg(wasm_dir);
+    for guest in POLYGLOT {
+        cmd.arg(root.join(guest.package));
+    }
+    remove_leaky_vars(&mut cmd);
+    eprintln!("running: {cmd:?}");
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| fail(&format!("running {cmd:?}: {e}")));
+    if !output.status.success() {
+        fail(&format!(
+            "building the Python and JavaScript guests failed ({}); they need python3 (3.10 or \
+             later), Node.js (18 or later) and PyPI and npm to install the tools the first \
+             time:\n{}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         ));

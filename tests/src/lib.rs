@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod http;
 pub mod kafka;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use sluice::wasm::{Header, Message, Plugin, Runtime, RuntimeConfig};
@@ -17,6 +18,24 @@ pub fn runtime() -> Runtime {
     Runtime::new(RuntimeConfig {
         max_instances: 16,
         max_memory_bytes: 64 << 20,
+        ..RuntimeConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("the runtime must start: {e}"))
+}
+
+/// Where the tests keep compiled Python and JavaScript components between
+/// runs, beside the built guests: compiling one takes seconds, loading it
+/// from the cache milliseconds.
+pub fn polyglot_cache_dir() -> PathBuf {
+    daemon::plugins_dir().join("compile-cache")
+}
+
+/// [`runtime`] with the compile cache in [`polyglot_cache_dir`].
+pub fn polyglot_runtime() -> Runtime {
+    Runtime::new(RuntimeConfig {
+        max_instances: 16,
+        max_memory_bytes: 64 << 20,
+        compile_cache: Some(polyglot_cache_dir()),
         ..RuntimeConfig::default()
     })
     .unwrap_or_else(|e| panic!("the runtime must start: {e}"))
