@@ -62,14 +62,7 @@ default_topic = "events.default"
     let kafka = "dead_letter_topic = \"dlq\"";
     // The daemon takes both components' machine code from the cache the
     // runtime tests fill, as a restarted daemon would.
-    let text = config_text(&bootstrap, "polyglot", kafka, &routes).replacen(
-        "[processing]",
-        &format!(
-            "cache_dir = {:?}\n\n[processing]",
-            polyglot_cache_dir().display().to_string()
-        ),
-        1,
-    );
+    let text = with_test_cache(&config_text(&bootstrap, "polyglot", kafka, &routes));
     let daemon = Daemon::start(parse(&text));
 
     let upper = read_topic(&bootstrap, "text.out", 1, per_route, LONG, SETTLE);
@@ -132,6 +125,17 @@ default_topic = "events.default"
     daemon.stop().await;
 }
 
+/// `config` (from `config_text`) with `plugins.cache_dir` set to the
+/// compile cache the runtime tests keep, instead of the user's.
+fn with_test_cache(config: &str) -> String {
+    let dir = polyglot_cache_dir().display().to_string();
+    config.replacen(
+        "[processing]",
+        &format!("cache_dir = {dir:?}\n\n[processing]"),
+        1,
+    )
+}
+
 /// `python-uppercase` as version `n`: the same component with a custom
 /// section naming the version appended, so each version has a hash of its
 /// own and is compiled anew, as a real deployment would be.
@@ -175,13 +179,13 @@ async fn new_versions_of_a_large_python_component_under_traffic_lose_nothing() {
     broker.create_topic("out", 3);
     let plugins = tempfile::tempdir().expect("plugins dir");
     deploy(plugins.path(), &python_version(0));
-    let config = config_text_in(
+    let config = with_test_cache(&config_text_in(
         plugins.path(),
         &bootstrap,
         "python-swaps",
         "",
         &module_route("handler", "in", "out", ""),
-    );
+    ));
     let daemon = Daemon::start(parse(&config));
     until_plugins(&daemon.status, "the first version loads", |s| {
         s.plugin_loads("handler") == (1, 0)
