@@ -107,11 +107,14 @@ export class Message {
  * chains.
  */
 export class Output {
-    constructor(topic, value, { key, headers } = {}) {
+    constructor(topic, value, options) {
         this.topic = topic;
         this.value = value;
-        this.key = key;
-        this.headers = headers ? [...headers] : [];
+        this.key = options?.key;
+        // Kept as given (a message's headers pass through without a copy)
+        // until `withHeader` adds to them.
+        this.headers = options?.headers ?? [];
+        this.ownHeaders = false;
     }
 
     /** An output whose value is `document` as JSON text. */
@@ -125,6 +128,10 @@ export class Output {
     }
 
     withHeader(key, value) {
+        if (!this.ownHeaders) {
+            this.headers = [...this.headers];
+            this.ownHeaders = true;
+        }
         this.headers.push({ key, value });
         return this;
     }
@@ -137,7 +144,9 @@ export class Output {
             topic: this.topic,
             key: asBytes('key', this.key),
             value: asBytes('value', this.value),
-            headers: this.headers.map((h) => ({ key: h.key, value: asBytes(`header ${h.key}`, h.value) })),
+            headers: this.headers.every(isContractHeader)
+                ? this.headers
+                : this.headers.map((h) => ({ key: h.key, value: asBytes(`header ${h.key}`, h.value) })),
         };
     }
 }
@@ -217,6 +226,10 @@ function describeValue(value) {
     if (value === null) return 'null';
     if (typeof value === 'object') return `an object (${value.constructor?.name ?? 'no prototype'})`;
     return `a ${typeof value} (${String(value).slice(0, 100)})`;
+}
+
+function isContractHeader(header) {
+    return typeof header.key === 'string' && header.value instanceof Uint8Array;
 }
 
 function asText(what, bytes) {
