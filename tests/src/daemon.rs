@@ -244,3 +244,25 @@ pub async fn until_breaker(
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for: {what}"));
 }
+
+/// Writes `bytes` next to `handler.wasm` in the plugins directory `dir` and
+/// renames it into place, as the README tells users to.
+pub fn deploy(dir: &Path, bytes: &[u8]) {
+    let tmp = dir.join(".handler.wasm.partial");
+    std::fs::write(&tmp, bytes).expect("write the new version");
+    std::fs::rename(&tmp, dir.join("handler.wasm")).expect("rename it into place");
+}
+
+/// Waits, across plugin events (loads, refusals, deletions), until `done`
+/// holds; panics naming `what` after two minutes.
+pub async fn until_plugins(status: &Status, what: &str, done: impl Fn(&Status) -> bool) {
+    let mut events = status.plugin_events();
+    let wait = async {
+        while !done(status) {
+            events.changed().await.expect("status lives");
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(120), wait)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for: {what}"));
+}

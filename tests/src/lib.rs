@@ -5,11 +5,13 @@ pub mod broker;
 pub mod daemon;
 pub mod http;
 pub mod kafka;
+pub mod logs;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use sluice::wasm::{Header, Message, Plugin, Runtime, RuntimeConfig};
+use sluice::wasm::{Header, Invocation, Limits, Message, Plugin, Runtime, RuntimeConfig};
 
 pub use sluice_test_artifacts as artifacts;
 
@@ -48,6 +50,24 @@ pub fn load(runtime: &Runtime, path: &str) -> Arc<Plugin> {
             .load_file(path.as_ref())
             .unwrap_or_else(|e| panic!("{path} must load: {e}")),
     )
+}
+
+/// A call's limits (`timeout_ms`, `memory_mb`, the default output bounds)
+/// and its route config.
+pub fn invocation(timeout_ms: u64, memory_mb: usize, config: &[(&str, &str)]) -> Invocation {
+    Invocation {
+        limits: Limits {
+            timeout: Duration::from_millis(timeout_ms),
+            memory_bytes: memory_mb << 20,
+            ..Limits::default()
+        },
+        config: Arc::new(
+            config
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        ),
+    }
 }
 
 /// A first-delivery message on `topic` with the given value.

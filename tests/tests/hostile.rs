@@ -2,7 +2,7 @@
 //! limit a handler is held to is attacked, and each attack ends in its typed
 //! outcome, with a healthy call right after it on the same invoker.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice::wasm::{
@@ -211,30 +211,9 @@ fn a_batch_reports_the_message_whose_outputs_break_a_bound() {
     assert!(outcomes.len() <= 3);
 }
 
-/// Runs `f` with a subscriber that writes human log lines (every level)
-/// into a buffer, and returns those lines.
+/// The human log lines (every level) of what `f` logs.
 fn human_log_of(f: impl FnOnce()) -> Vec<String> {
-    #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Lines {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("log buffer").extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let lines = Lines::default();
-    let writer = lines.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    tracing::subscriber::with_default(subscriber, f);
-    let text = String::from_utf8(lines.0.lock().expect("log buffer").clone()).expect("UTF-8");
-    text.lines().map(str::to_owned).collect()
+    sluice_tests::logs::during(tracing::Level::TRACE, f).1
 }
 
 #[test]

@@ -2,13 +2,11 @@
 //! messages flow: version swaps, bad files, deleted modules.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::time::Duration;
 
-use sluice::pipeline::Status;
 use sluice_tests::artifacts;
 use sluice_tests::broker::Broker;
-use sluice_tests::daemon::{Daemon, config_text_in, module_route, parse};
+use sluice_tests::daemon::{Daemon, config_text_in, deploy, module_route, parse, until_plugins};
 use sluice_tests::kafka::{
     Record, assert_empty, produce_sequence, read_topic, read_until, wait_committed,
 };
@@ -32,14 +30,6 @@ fn tagged(n: u32) -> Vec<u8> {
     bytes
 }
 
-/// Writes `bytes` next to the plugins directory's `handler.wasm` and renames
-/// it into place, as the README tells users to.
-fn deploy(dir: &Path, bytes: &[u8]) {
-    let tmp = dir.join(".handler.wasm.partial");
-    std::fs::write(&tmp, bytes).expect("write the new version");
-    std::fs::rename(&tmp, dir.join("handler.wasm")).expect("rename it into place");
-}
-
 /// The version number and input value of a tagged output.
 fn version_of(record: &Record) -> (u32, String) {
     let text = record.text();
@@ -53,20 +43,6 @@ fn version_of(record: &Record) -> (u32, String) {
 
 fn route(extra: &str) -> String {
     module_route("handler", "in", "out", extra)
-}
-
-/// Waits, across plugin events (loads, refusals, deletions), until `done`
-/// holds.
-async fn until_plugins(status: &Status, what: &str, done: impl Fn(&Status) -> bool) {
-    let mut events = status.plugin_events();
-    let wait = async {
-        while !done(status) {
-            events.changed().await.expect("status lives");
-        }
-    };
-    tokio::time::timeout(LONG, wait)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for: {what}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

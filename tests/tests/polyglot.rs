@@ -11,9 +11,9 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use sluice::wasm::{
-    EntryPoint, Failure, Invocation, Invoker, Isolation, Limits, Message, Output, Plugin, Runtime,
+    EntryPoint, Failure, Invocation, Invoker, Isolation, Message, Output, Plugin, Runtime,
 };
-use sluice_tests::{artifacts, message, polyglot_runtime};
+use sluice_tests::{artifacts, invocation, message, polyglot_runtime};
 
 static RUNTIME: LazyLock<Runtime> = LazyLock::new(polyglot_runtime);
 
@@ -39,22 +39,6 @@ const BOTH: [Isolation; 2] = [Isolation::Fresh, Isolation::Reused];
 
 fn invoker(path: &str, isolation: Isolation) -> Invoker {
     RUNTIME.invoker(PLUGINS[path].clone(), isolation)
-}
-
-fn invocation(timeout_ms: u64, memory_mb: usize, config: &[(&str, &str)]) -> Invocation {
-    Invocation {
-        limits: Limits {
-            timeout: Duration::from_millis(timeout_ms),
-            memory_bytes: memory_mb << 20,
-            ..Limits::default()
-        },
-        config: Arc::new(
-            config
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        ),
-    }
 }
 
 fn text(output: &Output) -> String {

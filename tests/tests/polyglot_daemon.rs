@@ -5,12 +5,12 @@
 //! traffic without losing or repeating a message.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
-use sluice::pipeline::Status;
 use sluice_tests::broker::Broker;
-use sluice_tests::daemon::{Daemon, config_text, config_text_in, module_route, parse};
+use sluice_tests::daemon::{
+    Daemon, config_text, config_text_in, deploy, module_route, parse, until_plugins,
+};
 use sluice_tests::kafka::{
     Record, produce_sequence, produce_values, read_topic, read_until, wait_committed,
 };
@@ -149,26 +149,6 @@ fn python_version(n: u8) -> Vec<u8> {
     bytes.extend_from_slice(name);
     bytes.push(n);
     bytes
-}
-
-/// Renames `bytes` into place as the plugins directory's `handler.wasm`.
-fn deploy(dir: &Path, bytes: &[u8]) {
-    let tmp = dir.join(".handler.wasm.partial");
-    std::fs::write(&tmp, bytes).expect("write the new version");
-    std::fs::rename(&tmp, dir.join("handler.wasm")).expect("rename it into place");
-}
-
-/// Waits, across plugin events, until `done` holds.
-async fn until_plugins(status: &Status, what: &str, done: impl Fn(&Status) -> bool) {
-    let mut events = status.plugin_events();
-    let wait = async {
-        while !done(status) {
-            events.changed().await.expect("status lives");
-        }
-    };
-    tokio::time::timeout(LONG, wait)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for: {what}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

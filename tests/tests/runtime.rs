@@ -3,34 +3,17 @@
 //! every failure, the sandbox grants nothing, and bad files are refused with
 //! their reason.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice::wasm::{
-    EntryPoint, Failure, Header, Invocation, Isolation, Limits, LoadError, Message, Outcome,
-    Output, Plugin, Runtime, TrapKind,
+    EntryPoint, Failure, Header, Invocation, Isolation, LoadError, Message, Outcome, Output,
+    Plugin, Runtime, TrapKind,
 };
-use sluice_tests::{artifacts, load, message, runtime};
+use sluice_tests::{artifacts, invocation, load, message, runtime};
 
 const BOTH: [Isolation; 2] = [Isolation::Fresh, Isolation::Reused];
-
-fn invocation(timeout_ms: u64, memory_mb: usize, config: &[(&str, &str)]) -> Invocation {
-    Invocation {
-        limits: Limits {
-            timeout: Duration::from_millis(timeout_ms),
-            memory_bytes: memory_mb << 20,
-            ..Limits::default()
-        },
-        config: Arc::new(
-            config
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect::<BTreeMap<_, _>>(),
-        ),
-    }
-}
 
 fn values(outputs: &[Output]) -> Vec<(String, String)> {
     outputs
@@ -859,27 +842,7 @@ fn a_handler_without_the_batch_export_is_called_once_per_message() {
 /// Runs `f` and returns what it logged on this thread at warning level and
 /// above, one line per event.
 fn warnings_during<R>(f: impl FnOnce() -> R) -> (R, Vec<String>) {
-    #[derive(Clone, Default)]
-    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Lines {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("log buffer").extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let lines = Lines::default();
-    let writer = lines.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let result = tracing::subscriber::with_default(subscriber, f);
-    let text = String::from_utf8(lines.0.lock().expect("log buffer").clone()).expect("UTF-8");
-    (result, text.lines().map(str::to_owned).collect())
+    sluice_tests::logs::during(tracing::Level::WARN, f)
 }
 
 #[test]

@@ -293,8 +293,9 @@ pub fn read_dead_letters(
 }
 
 /// A consumer that reads by assignment only: a throwaway group id (which
-/// librdkafka requires) that never commits.
-fn reader(config: &Config, bootstrap: &str) -> Result<BaseConsumer, ReplayError> {
+/// librdkafka requires) that never commits. An offset out of range starts
+/// from the earliest one. `what` names the reader in errors.
+fn reader(config: &Config, bootstrap: &str, what: &str) -> Result<BaseConsumer, ReplayError> {
     let mut c = crate::kafka::consumer_config(config, bootstrap);
     c.set(
         "group.id",
@@ -305,7 +306,7 @@ fn reader(config: &Config, bootstrap: &str) -> Result<BaseConsumer, ReplayError>
     c.set("auto.offset.reset", "earliest");
     c.set("enable.partition.eof", "true");
     c.create().map_err(|source| ReplayError::Kafka {
-        what: "creating the dead-letter reader".into(),
+        what: format!("creating the {what}"),
         source,
     })
 }
@@ -318,7 +319,7 @@ fn read_topic(
     idle_timeout: Duration,
     out: &mut Vec<DlqRecord>,
 ) -> Result<(), ReplayError> {
-    let consumer = reader(config, bootstrap)?;
+    let consumer = reader(config, bootstrap, "dead-letter reader")?;
     let metadata = consumer
         .fetch_metadata(Some(topic), config.kafka.timeout())
         .map_err(|source| ReplayError::Kafka {
@@ -435,6 +436,25 @@ impl Stats {
         stats.newest = newest.map(|(_, t)| t.to_owned());
         stats
     }
+}
+
+/// A decoded dead letter of the message at offset 3 of `topic`/1, whose
+/// headers were `headers`, for the tests.
+#[cfg(test)]
+fn test_letter(topic: &str, headers: serde_json::Value) -> DlqRecord {
+    let value = serde_json::json!({
+        "original_topic": topic,
+        "original_message": {"key": "k", "value": "v", "offset": "3", "partition": 1,
+                             "timestamp": 5, "headers": headers},
+        "failure_reason": "r",
+        "failure_timestamp": "2026-01-01T00:00:00.000Z",
+        "correlation_id": "corr-9",
+        "retry_count": 0,
+        "error_type": "HandlerError",
+        "module": "m",
+        "module_hash": "h",
+    });
+    DlqRecord::decode("dlq", 2, 40, Vec::new(), Some(value.to_string().as_bytes()))
 }
 
 #[cfg(test)]

@@ -114,8 +114,8 @@ pub fn fetch(config: &Config, bootstrap: &str, envelope: &Envelope, timeout: Dur
     ))
 }
 
-/// A consumer assigned to one offset, with a throwaway group id (which
-/// librdkafka requires) that never commits.
+/// A consumer assigned to one offset. An offset out of range starts from
+/// the earliest one, whose record is then seen to be another.
 fn reader(
     config: &Config,
     bootstrap: &str,
@@ -123,21 +123,7 @@ fn reader(
     partition: i32,
     offset: i64,
 ) -> Result<BaseConsumer, ReplayError> {
-    let mut c = crate::kafka::consumer_config(config, bootstrap);
-    c.set(
-        "group.id",
-        format!("sluice-dlq-tool-{}", uuid::Uuid::new_v4()),
-    );
-    c.set("enable.auto.commit", "false");
-    c.set("enable.auto.offset.store", "false");
-    // An offset out of range starts from the earliest one, whose record is
-    // then seen to be another.
-    c.set("auto.offset.reset", "earliest");
-    c.set("enable.partition.eof", "true");
-    let consumer: BaseConsumer = c.create().map_err(|source| ReplayError::Kafka {
-        what: "creating the original-record reader".into(),
-        source,
-    })?;
+    let consumer = super::reader(config, bootstrap, "original-record reader")?;
     let mut list = TopicPartitionList::new();
     list.add_partition_offset(topic, partition, Offset::Offset(offset))
         .and_then(|()| consumer.assign(&list))

@@ -250,19 +250,7 @@ mod tests {
     use super::*;
 
     fn record(topic: &str, headers: serde_json::Value) -> DlqRecord {
-        let value = serde_json::json!({
-            "original_topic": topic,
-            "original_message": {"key": "k", "value": "v", "offset": "3", "partition": 1,
-                                 "timestamp": 5, "headers": headers},
-            "failure_reason": "r",
-            "failure_timestamp": "2026-01-01T00:00:00.000Z",
-            "correlation_id": "corr-9",
-            "retry_count": 0,
-            "error_type": "HandlerError",
-            "module": "m",
-            "module_hash": "h",
-        });
-        DlqRecord::decode("dlq", 2, 40, Vec::new(), Some(value.to_string().as_bytes()))
+        super::super::test_letter(topic, headers)
     }
 
     #[test]
