@@ -171,6 +171,31 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        // A test that fails shows what the broker said, and whether it was
+        // still running: a red test may be the broker's doing.
+        if std::thread::panicking() {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            let log = std::fs::read_to_string(self.log_file()).unwrap_or_default();
+            let tail: String = log
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            eprintln!(
+                "the test broker {}; the end of its log:\n{tail}",
+                match exited {
+                    Some(status) => format!("had exited ({status})"),
+                    None => "was running".to_owned(),
+                }
+            );
+        }
         self.stop();
     }
 }
