@@ -285,14 +285,20 @@ fn build_guests(root: &Path, target_dir: &Path) {
     for guest in GUESTS {
         cmd.args(["-p", guest.package]);
     }
-    remove_leaky_vars(&mut cmd);
+    run(&mut cmd, "building the guest components failed");
+}
+
+/// Runs `cmd` without the outer build's variables; on failure, stops the
+/// build with `failure`, the exit status and what the command printed.
+fn run(cmd: &mut Command, failure: &str) {
+    remove_leaky_vars(cmd);
     eprintln!("running: {cmd:?}");
     let output = cmd
         .output()
         .unwrap_or_else(|e| fail(&format!("running {cmd:?}: {e}")));
     if !output.status.success() {
         fail(&format!(
-            "building the guest components failed ({}):\n{}",
+            "{failure} ({}):\n{}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         ));
@@ -319,20 +325,11 @@ fn build_polyglot(root: &Path, wasm_dir: &Path) {
     for guest in POLYGLOT {
         cmd.arg(root.join(guest.package));
     }
-    remove_leaky_vars(&mut cmd);
-    eprintln!("running: {cmd:?}");
-    let output = cmd
-        .output()
-        .unwrap_or_else(|e| fail(&format!("running {cmd:?}: {e}")));
-    if !output.status.success() {
-        fail(&format!(
-            "building the Python and JavaScript guests failed ({}); they need python3 (3.10 or \
-             later), Node.js (18 or later) and PyPI and npm to install the tools the first \
-             time:\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
+    run(
+        &mut cmd,
+        "building the Python and JavaScript guests failed; they need python3 (3.10 or later), \
+         Node.js (18 or later) and PyPI and npm to install the tools the first time",
+    );
 }
 
 /// Checks that `path` is a component, not a core module: the build must have
