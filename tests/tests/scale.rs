@@ -80,8 +80,11 @@ async fn a_backlog_many_times_the_partition_queue_is_delivered_whole() {
     let produced_in = started.elapsed();
 
     // Tansu's group coordinator, on SQLite storage under this load, can take
-    // longer than the tests' usual 6 s session timeout to answer a heartbeat,
-    // and every such delay is a rebalance: Kafka's default of 45 s here.
+    // longer than the tests' usual 6 s session timeout to answer a heartbeat.
+    // The client then rejoins under a new member id, and Tansu 0.6.0 was seen
+    // to keep naming the old, gone member as the group's leader in every
+    // later generation, so the group never assigned a partition again.
+    // Kafka's default of 45 s here.
     let text = config_text(
         &bootstrap,
         "backlog",
