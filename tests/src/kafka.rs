@@ -390,27 +390,9 @@ pub async fn produce_raw_headers(
     value: &[u8],
     headers: &[(&[u8], &[u8])],
 ) -> i64 {
-    let owned = OwnedHeaders::new_with_capacity(headers.len());
-    let list = std::ptr::from_ref(owned.as_borrowed())
-        .cast::<rdkafka::bindings::rd_kafka_headers_t>()
-        .cast_mut();
+    let mut owned = OwnedHeaders::new_with_capacity(headers.len());
     for (key, value) in headers {
-        // SAFETY: `owned` is alive and owns the list; librdkafka copies the
-        // name and the value.
-        let err = unsafe {
-            rdkafka::bindings::rd_kafka_header_add(
-                list,
-                key.as_ptr().cast(),
-                key.len() as isize,
-                value.as_ptr().cast(),
-                value.len() as isize,
-            )
-        };
-        assert_eq!(
-            err,
-            rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR,
-            "adding a raw header"
-        );
+        sluice::kafka::headers::add(&mut owned, key, Some(value));
     }
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)

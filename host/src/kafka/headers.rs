@@ -7,7 +7,7 @@
 //! through [`read`] instead.
 
 use rdkafka::bindings as rdsys;
-use rdkafka::message::BorrowedHeaders;
+use rdkafka::message::{BorrowedHeaders, OwnedHeaders};
 
 /// One header as consumed: its key and value bytes exactly as they came.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,40 +71,44 @@ pub fn text(headers: &[RawHeader], name: &str) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
+/// Appends a header with any key bytes: rdkafka's own header type takes
+/// the key as `&str`, and an original key need not be UTF-8.
+pub fn add(headers: &mut OwnedHeaders, key: &[u8], value: Option<&[u8]>) {
+    // `BorrowedHeaders` is rdkafka's stand-in for librdkafka's header list:
+    // a reference to it is the list's pointer, owned by `headers`.
+    let list = std::ptr::from_ref(headers.as_borrowed())
+        .cast::<rdsys::rd_kafka_headers_t>()
+        .cast_mut();
+    let (value, size) = value.map_or((std::ptr::null(), 0), |v| (v.as_ptr(), v.len()));
+    // SAFETY: `list` is alive and exclusively ours while `headers` is
+    // borrowed mutably; librdkafka copies the name and the value. Slice
+    // lengths never exceed isize::MAX. It fails only on a read-only list,
+    // which an `OwnedHeaders` never is.
+    let _ = unsafe {
+        rdsys::rd_kafka_header_add(
+            list,
+            key.as_ptr().cast(),
+            key.len() as isize,
+            value.cast(),
+            size as isize,
+        )
+    };
+}
+
 #[cfg(test)]
 mod tests {
-    use rdkafka::message::{Header, Headers as _, OwnedHeaders};
+    use rdkafka::message::{Header, Headers as _};
 
     use super::*;
 
-    /// Adds a header with raw key bytes, as another client may write it.
-    fn add_raw(headers: &OwnedHeaders, key: &[u8], value: Option<&[u8]>) {
-        let list = std::ptr::from_ref(headers.as_borrowed())
-            .cast::<rdsys::rd_kafka_headers_t>()
-            .cast_mut();
-        let (v, len) = value.map_or((std::ptr::null(), 0), |v| (v.as_ptr(), v.len()));
-        // SAFETY: the list is owned by `headers`, which is alive; librdkafka
-        // copies the name and value.
-        let err = unsafe {
-            rdsys::rd_kafka_header_add(
-                list,
-                key.as_ptr().cast(),
-                key.len() as isize,
-                v.cast(),
-                len as isize,
-            )
-        };
-        assert_eq!(err, rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR);
-    }
-
     #[test]
     fn keys_that_are_not_utf8_are_read_as_bytes() {
-        let headers = OwnedHeaders::new().insert(Header {
+        let mut headers = OwnedHeaders::new().insert(Header {
             key: "trace",
             value: Some(&[0xff_u8, 0x00][..]),
         });
-        add_raw(&headers, b"\xff\xfebad", Some(b"v"));
-        add_raw(&headers, b"empty", None);
+        add(&mut headers, b"\xff\xfebad", Some(b"v"));
+        add(&mut headers, b"empty", None);
         assert_eq!(headers.count(), 3);
         let read = read(headers.as_borrowed());
         assert_eq!(

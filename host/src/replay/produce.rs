@@ -11,7 +11,6 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
-use rdkafka::bindings as rdsys;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
@@ -26,6 +25,7 @@ use super::{
     REPLAY_HEADERS, REPLAYED_AT_HEADER, ReplayError,
 };
 use crate::config::Config;
+use crate::kafka::headers;
 use crate::pipeline::CORRELATION_HEADER;
 use crate::pipeline::dlq::iso8601_millis;
 
@@ -287,14 +287,14 @@ fn replay_headers(
         if REPLAY_HEADERS.iter().any(|r| h.key == r.as_bytes()) {
             continue;
         }
-        add_header(&mut headers, &h.key, h.value.as_deref());
+        headers::add(&mut headers, &h.key, h.value.as_deref());
     }
     let has_correlation = message
         .headers
         .iter()
         .any(|h| h.key == CORRELATION_HEADER.as_bytes());
     if !has_correlation && !envelope.correlation_id.is_empty() {
-        add_header(
+        headers::add(
             &mut headers,
             CORRELATION_HEADER.as_bytes(),
             Some(envelope.correlation_id.as_bytes()),
@@ -310,33 +310,9 @@ fn replay_headers(
         (DLQ_OFFSET_HEADER, &offset),
         (DLQ_PARTITION_HEADER, &partition),
     ] {
-        add_header(&mut headers, key.as_bytes(), Some(value.as_bytes()));
+        headers::add(&mut headers, key.as_bytes(), Some(value.as_bytes()));
     }
     headers
-}
-
-/// Appends a header with any key bytes: rdkafka's own header type takes
-/// the key as `&str`, and an original key need not be UTF-8.
-fn add_header(headers: &mut OwnedHeaders, key: &[u8], value: Option<&[u8]>) {
-    // `BorrowedHeaders` is rdkafka's stand-in for librdkafka's header list:
-    // a reference to it is the list's pointer, owned by `headers`.
-    let list = std::ptr::from_ref(headers.as_borrowed())
-        .cast::<rdsys::rd_kafka_headers_t>()
-        .cast_mut();
-    let (value, size) = value.map_or((std::ptr::null(), 0), |v| (v.as_ptr(), v.len()));
-    // SAFETY: `list` is alive and exclusively ours while `headers` is
-    // borrowed mutably; librdkafka copies the name and the value. Slice
-    // lengths never exceed isize::MAX. It fails only on a read-only list,
-    // which an `OwnedHeaders` never is.
-    let _ = unsafe {
-        rdsys::rd_kafka_header_add(
-            list,
-            key.as_ptr().cast(),
-            key.len() as isize,
-            value.cast(),
-            size as isize,
-        )
-    };
 }
 
 /// An idempotent producer that needs every in-sync replica's acknowledgement,
