@@ -220,9 +220,7 @@ async fn health(State(s): State<Shared>) -> Response {
         })
         .collect();
     let stopped: Vec<Value> = status
-        .stopped
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
+        .stopped_partitions()
         .iter()
         .map(|((topic, partition), reason)| {
             json!({"topic": topic, "partition": partition, "reason": reason})
@@ -247,7 +245,7 @@ async fn health(State(s): State<Shared>) -> Response {
         "started": started,
         "environment": status.environment,
         "group": status.group,
-        "bootstrap_servers": *status.bootstrap_servers.lock().unwrap_or_else(PoisonError::into_inner),
+        "bootstrap_servers": status.bootstrap_servers(),
         "circuit_state": status.broker.state().as_str(),
         "broker_reachable": status.is_reachable(),
         "subscriber_count": if started { topics } else { 0 },

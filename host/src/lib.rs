@@ -15,11 +15,18 @@
 //!    the outputs, or a [`wasm::Failure`] saying exactly what went wrong.
 //! 3. [`kafka`] configures the consumer and the producer (and starts the
 //!    embedded development broker).
-//! 4. [`pipeline`] consumes the routed topics: a worker per partition hands
-//!    messages in order to the route's handler, retries with backoff, sends
-//!    failures to the dead-letter topic, and stores an offset only once every
-//!    record produced for it is acknowledged. Circuit breakers guard the
-//!    broker and each route's handler; config reloads change routes live.
+//! 4. [`pipeline`] consumes the routed topics. A message's path reads in
+//!    five files, in this order: `pipeline/consumer.rs` (the consumer loop
+//!    hands it to its partition's worker), `pipeline/partition.rs` (the
+//!    worker carries out what the core decides), `pipeline/core.rs` (the
+//!    delivery core: calls, retries, holds, dead letters, stops, what is
+//!    produced and when an offset is stored, as a state machine with no
+//!    I/O), `pipeline/calls.rs` (the handler call) and
+//!    `pipeline/delivery.rs` (the producer and the broker's answers).
+//!    [`policy`] decides what a failure means, [`route`] is a route at run
+//!    time with its module, and [`breaker`] holds the circuit breakers that
+//!    guard the broker and each route's handler. `docs/architecture.md`
+//!    draws the threads and channels and where each guarantee is enforced.
 //! 5. [`plugins`] watches the plugins directory and swaps new module
 //!    versions into their routes.
 //! 6. [`status`] is what the running daemon knows about itself; [`http`]
@@ -34,6 +41,7 @@
 //! cross the sandbox boundary; both this crate and the guest SDK generate
 //! their bindings from it.
 
+pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod http;
@@ -41,7 +49,9 @@ pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugins;
+pub mod policy;
 pub mod replay;
+pub mod route;
 pub mod status;
 pub mod telemetry;
 pub mod wasm;

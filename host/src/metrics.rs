@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
 
-use crate::pipeline::CircuitState;
-use crate::pipeline::dlq::ErrorType;
+use crate::breaker::CircuitState;
+use crate::policy::ErrorType;
 use crate::status::{LATENCY_BUCKETS, RouteStatus, Status};
 
 /// Every metric family, for documentation and tests: name, type, labels.
@@ -310,11 +310,7 @@ pub fn render(status: &Status) -> String {
         "Partitions stopped on a message: it failed and no dead-letter topic is configured, or \
          a record of it was refused for good.",
     );
-    let stopped = status
-        .stopped
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .len();
+    let stopped = status.stopped_partitions().len();
     out.sample("sluice_stopped_partitions", &[], stopped as u64);
     out.family(
         "sluice_stalled_partitions",

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::Route;
+use crate::route::Route;
 
 type RouteHandle = Arc<Route>;
 use crate::status::{ModuleInfo, Status};
@@ -164,7 +164,7 @@ async fn load(
                 None => Arc::new(runtime.load_bytes(&origin, &bytes)?),
             };
             for route in &routes_to_check {
-                crate::pipeline::admit(&runtime, &plugin, &route.config)?;
+                crate::route::admit(&runtime, &plugin, &route.config)?;
             }
             Ok(plugin)
         })

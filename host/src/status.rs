@@ -12,9 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
+use crate::breaker::{Breaker, CircuitState};
 use crate::config::{Config, RouteConfig};
-use crate::pipeline::Breaker;
-use crate::pipeline::dlq::ErrorType;
+use crate::policy::ErrorType;
 
 /// A topic and partition.
 pub type TopicPartition = (String, i32);
@@ -26,16 +26,16 @@ pub struct Status {
     /// `kafka.group`.
     pub group: String,
     /// The brokers in use (the embedded broker's address when embedded).
-    pub bootstrap_servers: Mutex<String>,
+    bootstrap_servers: Mutex<String>,
     /// The broker circuit breaker: opens when records cannot be produced.
     pub broker: Arc<Breaker>,
     /// Each route, by input topic; routes come and go with config reloads.
     routes: RwLock<BTreeMap<String, Arc<RouteStatus>>>,
     /// Partitions stopped on a failing message, with the reason.
-    pub stopped: Mutex<BTreeMap<TopicPartition, String>>,
+    stopped: Mutex<BTreeMap<TopicPartition, String>>,
     /// Each partition with a worker: its messages received and not yet
     /// finished, and whether it is paused for a full queue.
-    pub(crate) in_flight: Mutex<BTreeMap<TopicPartition, PartitionFlags>>,
+    in_flight: Mutex<BTreeMap<TopicPartition, PartitionFlags>>,
     /// Consumer lag per partition, from librdkafka's statistics.
     pub(crate) lag: Mutex<BTreeMap<TopicPartition, Lag>>,
     /// `processing.stall_timeout_seconds`.
@@ -464,7 +464,7 @@ impl Status {
         let Some(timeout) = self.stall_timeout else {
             return Vec::new();
         };
-        if self.broker.state() != crate::pipeline::CircuitState::Closed {
+        if self.broker.state() != CircuitState::Closed {
             return Vec::new();
         }
         let stopped = self.stopped_partitions();
@@ -488,7 +488,7 @@ impl Status {
             })
             .filter(|(tp, _)| {
                 self.route(&tp.0)
-                    .is_none_or(|r| r.breaker.state() == crate::pipeline::CircuitState::Closed)
+                    .is_none_or(|r| r.breaker.state() == CircuitState::Closed)
             })
             .map(|(partition, l)| Stalled {
                 partition,
@@ -503,9 +503,41 @@ impl Status {
     pub fn healthy(&self) -> bool {
         self.started()
             && self.is_reachable()
-            && self.broker.state() == crate::pipeline::CircuitState::Closed
+            && self.broker.state() == CircuitState::Closed
             && self.stopped_partitions().is_empty()
             && self.stalled().is_empty()
+    }
+
+    /// Follows partition `tp`, which now has a worker, through its flags.
+    pub(crate) fn watch_partition(&self, tp: &TopicPartition, flags: PartitionFlags) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(tp.clone(), flags);
+    }
+
+    /// Forgets partition `tp`: revoked, or its worker restarted.
+    pub(crate) fn forget_partition(&self, tp: &TopicPartition) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(tp);
+    }
+
+    /// Records the brokers in use.
+    pub(crate) fn set_bootstrap_servers(&self, servers: &str) {
+        *self
+            .bootstrap_servers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = servers.to_owned();
+    }
+
+    /// The brokers in use (the embedded broker's address when embedded).
+    pub fn bootstrap_servers(&self) -> String {
+        self.bootstrap_servers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Records that `tp` is stopped on a message, and why.

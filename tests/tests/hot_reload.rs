@@ -292,13 +292,7 @@ async fn a_partition_stopped_on_a_failure_retries_it_on_a_new_version() {
     let first = read_until(&bootstrap, "out", 1, LONG, |r| !r.is_empty());
     assert_eq!(first[0].text(), "first");
     let deadline = tokio::time::Instant::now() + LONG;
-    while daemon
-        .status
-        .stopped
-        .lock()
-        .map(|s| s.is_empty())
-        .unwrap_or(true)
-    {
+    while daemon.status.stopped_partitions().is_empty() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the partition stops"

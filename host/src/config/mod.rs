@@ -707,8 +707,8 @@ impl KafkaConfig {
     }
 
     /// The retry backoff.
-    pub fn retry_backoff(&self) -> crate::pipeline::Backoff {
-        crate::pipeline::Backoff {
+    pub fn retry_backoff(&self) -> crate::policy::Backoff {
+        crate::policy::Backoff {
             base: Duration::from_secs_f64(self.retry_backoff_base),
             max: Duration::from_secs_f64(self.retry_backoff_max),
         }
@@ -801,48 +801,4 @@ impl RouteConfig {
     }
 }
 
-/// A kind of handler failure a route may retry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryOn {
-    /// The handler returned a retryable error.
-    Retryable,
-    /// The call timed out.
-    Timeout,
-    /// The guest trapped (panic, stack overflow...).
-    Trap,
-    /// The guest grew past its memory limit.
-    MemoryLimit,
-    /// The handler emitted to a topic outside `output_topics`.
-    InvalidOutput,
-    /// The handler returned a permanent error.
-    Permanent,
-}
-
-impl RetryOn {
-    /// Every kind, in documentation order.
-    pub const ALL: [RetryOn; 6] = [
-        RetryOn::Retryable,
-        RetryOn::Timeout,
-        RetryOn::Trap,
-        RetryOn::MemoryLimit,
-        RetryOn::InvalidOutput,
-        RetryOn::Permanent,
-    ];
-
-    /// The name used in `retry_on`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RetryOn::Retryable => "retryable",
-            RetryOn::Timeout => "timeout",
-            RetryOn::Trap => "trap",
-            RetryOn::MemoryLimit => "memory_limit",
-            RetryOn::InvalidOutput => "invalid_output",
-            RetryOn::Permanent => "permanent",
-        }
-    }
-
-    /// The kind named `name`.
-    pub fn parse(name: &str) -> Option<RetryOn> {
-        Self::ALL.into_iter().find(|k| k.as_str() == name)
-    }
-}
+pub use crate::policy::FailureKind as RetryOn;

@@ -18,19 +18,14 @@ use std::time::Duration;
 use rdkafka::bindings as rdsys;
 use rdkafka::config::FromClientConfigAndContext as _;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{
-    Header as KafkaHeader, Headers as _, Message as _, OwnedHeaders, OwnedMessage,
-};
+use rdkafka::message::{Header as KafkaHeader, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::Shared;
-use super::breaker::Admission;
-use super::partition::{CORRELATION_HEADER, Gate};
+use super::calls::CORRELATION_HEADER;
 use super::refusal::{Refusal, Refused};
-use crate::status::RouteStatus;
 use crate::wasm::{Header, Output};
 
 /// The producer of outputs and dead-letter records, with a thread that
@@ -198,9 +193,14 @@ impl Receipt {
         }
     }
 
+    /// How many records were enqueued on it.
+    pub fn enqueued(&self) -> usize {
+        self.enqueued.load(Ordering::Relaxed)
+    }
+
     /// Waits until every record enqueued so far is answered; returns those
     /// refused since the last call.
-    async fn answers(&self) -> Vec<(KafkaError, OwnedMessage)> {
+    pub async fn answers(&self) -> Vec<(KafkaError, OwnedMessage)> {
         // `notify_one` keeps a permit when nobody waits yet, so an answer
         // arriving between the check and the wait is not missed.
         while self.outstanding.load(Ordering::Acquire) > 0 {
@@ -256,9 +256,9 @@ pub struct Produced {
 /// is full, and stopping at a record refused for good. Fails only when
 /// cancelled.
 pub async fn produce_all(
-    shared: &Shared,
-    records: Vec<Output>,
-    correlation: &str,
+    producer: &Producer,
+    records: &[Output],
+    correlation: Option<&str>,
     cancel: &CancellationToken,
 ) -> Result<Produced, NotProduced> {
     if records.is_empty() {
@@ -267,9 +267,8 @@ pub async fn produce_all(
             refused: None,
         });
     }
-    let correlation = shared.output_correlation_id.then_some(correlation);
     let receipt = Arc::new(Receipt::default());
-    for record in &records {
+    for record in records {
         let mut base = Record::with_opaque_to(&record.topic, receipt.clone());
         if correlation.is_some() || !record.headers.is_empty() {
             base = base.headers(kafka_headers(&record.headers, correlation));
@@ -280,13 +279,9 @@ pub async fn produce_all(
         if let Some(value) = &record.value {
             base = base.payload(value);
         }
-        match enqueue(&shared.producer, base, cancel).await {
+        match enqueue(producer, base, cancel).await {
             Ok(()) => {}
             Err(NotProduced::Refused(refused)) => {
-                shared
-                    .status
-                    .produce_refusals
-                    .fetch_add(1, Ordering::Relaxed);
                 let enqueued = receipt.enqueued.load(Ordering::Relaxed) > 0;
                 return Ok(Produced {
                     receipt: enqueued.then_some(receipt),
@@ -343,138 +338,12 @@ async fn enqueue(
     }
 }
 
-/// How the records of a message ended.
-pub enum Settled {
-    /// Every record was acknowledged.
-    Acked,
-    /// A record was refused for good; the others were acknowledged.
-    Refused(Refused),
-    /// The partition was revoked or the daemon is stopping first.
-    Cancelled,
-}
-
-/// Waits for the broker's answers to a message's records and reports them
-/// to the broker breaker: the first with `admission` when given (the
-/// half-open probe), the others with plain admissions. A record refused for
-/// now is produced again once the breaker admits it (at once while closed;
-/// while open, as its half-open probe or after another record's probe
-/// closed it), until it is acknowledged or refused for good. A record
-/// refused for good is not produced again and does not count against the
-/// breaker: it says nothing about the broker's health.
-pub async fn settle(
-    shared: &Shared,
-    route: &RouteStatus,
-    gate: &Gate,
-    receipt: &Arc<Receipt>,
-    mut admission: Option<Admission>,
-    dead_letter: bool,
-) -> Settled {
-    let breaker = &shared.status.broker;
-    let metrics = &route.metrics;
-    let refused = receipt.answers().await;
-    let mut next_admission = || admission.take().unwrap_or_else(|| breaker.admission());
-    if refused.len() < receipt.enqueued.load(Ordering::Relaxed) {
-        next_admission().report(true);
-    }
-    let mut refused_for_good = None;
-    for (mut error, mut message) in refused {
-        let mut admission = next_admission();
-        let mut failures = 0u32;
-        loop {
-            if Refusal::of(&error) == Refusal::Permanent {
-                shared
-                    .status
-                    .produce_refusals
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    topic = message.topic(),
-                    dead_letter,
-                    "record refused for good by the broker; it is not produced again: {error}"
-                );
-                refused_for_good.get_or_insert(Refused {
-                    topic: message.topic().to_owned(),
-                    error,
-                });
-                break;
-            }
-            failures += 1;
-            let state = admission.report(false);
-            shared
-                .status
-                .produce_failures
-                .fetch_add(1, Ordering::Relaxed);
-            if dead_letter {
-                metrics.dlq_failures.fetch_add(1, Ordering::Relaxed);
-            }
-            tracing::warn!(
-                topic = message.topic(),
-                failures,
-                broker_circuit = state.as_str(),
-                "record not acknowledged by the broker; it will be produced again: {error}"
-            );
-            drop(admission);
-            let delay = Duration::from_millis(100u64.saturating_mul(1 << failures.min(6)));
-            admission = tokio::select! {
-                admission = async {
-                    tokio::time::sleep(delay).await;
-                    breaker.admit().await
-                } => admission,
-                () = gate.cancel.cancelled() => return Settled::Cancelled,
-            };
-            match produce_again(shared, &message, receipt, &gate.cancel).await {
-                Ok(()) => {}
-                Err(NotProduced::Cancelled) => return Settled::Cancelled,
-                Err(NotProduced::Refused(refused)) => {
-                    error = refused.error;
-                    continue;
-                }
-            }
-            match receipt.answers().await.pop() {
-                None => {
-                    admission.report(true);
-                    break;
-                }
-                Some(again) => (error, message) = again,
-            }
-        }
-    }
-    if let Some(refused) = refused_for_good {
-        return Settled::Refused(refused);
-    }
-    if dead_letter {
-        metrics.dlq_published.fetch_add(1, Ordering::Relaxed);
-    }
-    Settled::Acked
-}
-
-/// Produces a refused record again, as it was, on the same receipt.
-async fn produce_again(
-    shared: &Shared,
-    failed: &OwnedMessage,
-    receipt: &Arc<Receipt>,
-    cancel: &CancellationToken,
-) -> Result<(), NotProduced> {
-    let mut headers = OwnedHeaders::new();
-    if let Some(h) = failed.headers() {
-        for header in h.iter() {
-            headers = headers.insert(header);
-        }
-    }
-    let mut record = Record::with_opaque_to(failed.topic(), receipt.clone()).headers(headers);
-    if let Some(key) = failed.key() {
-        record = record.key(key);
-    }
-    if let Some(payload) = failed.payload() {
-        record = record.payload(payload);
-    }
-    enqueue(&shared.producer, record, cancel).await
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use rdkafka::Timestamp;
+    use rdkafka::message::Message as _;
 
     use super::*;
 

@@ -6,74 +6,9 @@ use std::time::SystemTime;
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
-use crate::wasm::{Failure, Header, Message};
+use crate::wasm::{Header, Message};
 
-/// Why a message was dead-lettered: a small fixed set, used as the
-/// `error_type` field and header and as a metrics label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorType {
-    /// The handler returned a permanent error.
-    HandlerError,
-    /// The handler kept returning retryable errors (or could not be
-    /// instantiated) until the retries ran out.
-    RetriesExhausted,
-    /// The handler kept timing out until the retries ran out.
-    HandlerTimeout,
-    /// The handler trapped: a panic, a stack overflow, a bad memory access.
-    HandlerTrap,
-    /// The handler grew its memory past the route's limit.
-    MemoryLimitExceeded,
-    /// The handler emitted to a topic that is not in the route's
-    /// `output_topics`, or outputs over one of the route's output bounds.
-    InvalidOutput,
-}
-
-impl ErrorType {
-    /// Every error type, for documentation and metrics.
-    pub const ALL: [ErrorType; 6] = [
-        ErrorType::HandlerError,
-        ErrorType::RetriesExhausted,
-        ErrorType::HandlerTimeout,
-        ErrorType::HandlerTrap,
-        ErrorType::MemoryLimitExceeded,
-        ErrorType::InvalidOutput,
-    ];
-
-    /// The name written into dead-letter records.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorType::HandlerError => "HandlerError",
-            ErrorType::RetriesExhausted => "RetriesExhausted",
-            ErrorType::HandlerTimeout => "HandlerTimeout",
-            ErrorType::HandlerTrap => "HandlerTrap",
-            ErrorType::MemoryLimitExceeded => "MemoryLimitExceeded",
-            ErrorType::InvalidOutput => "InvalidOutput",
-        }
-    }
-
-    /// The error type of a handler failure that will not be retried again.
-    pub fn of(failure: &Failure) -> ErrorType {
-        match failure {
-            Failure::Handler {
-                retryable: false, ..
-            } => ErrorType::HandlerError,
-            Failure::Handler {
-                retryable: true, ..
-            }
-            | Failure::Instantiate(_) => ErrorType::RetriesExhausted,
-            Failure::Timeout(_) => ErrorType::HandlerTimeout,
-            Failure::Trap { .. } => ErrorType::HandlerTrap,
-            Failure::MemoryLimitExceeded { .. } => ErrorType::MemoryLimitExceeded,
-            Failure::InvalidOutput(_) => ErrorType::InvalidOutput,
-        }
-    }
-}
-
-impl std::fmt::Display for ErrorType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::policy::ErrorType;
 
 /// Header keys of a message that were not UTF-8, by header index: the
 /// handler sees them lossily decoded, the envelope keeps their bytes.

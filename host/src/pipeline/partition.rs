@@ -1,33 +1,66 @@
-//! One assigned partition: a worker that hands its messages, in order, to
-//! the route's handler, produces the outputs or dead-letter records, and an
-//! acknowledger that stores each offset once everything produced for it (and
-//! for every message before it) is acknowledged by the broker.
+//! One assigned partition: its [`Gate`], which the rebalance callback
+//! closes, and its [`Worker`], which owns the partition's delivery core and
+//! carries out what it decides: handler calls, productions, offset stores.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
-use rdkafka::consumer::Consumer as _;
-use tokio::sync::{mpsc, watch};
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{Message as _, OwnedMessage};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::Shared;
-use super::breaker::{Admission, CircuitState};
-use super::delivery::{NotProduced, Produced, Receipt, Settled, produce_all, settle};
-use super::dlq::{DeadLetter, ErrorType, RawKeys};
-use super::refusal::Refused;
-use super::route::{Route, RouteSlot, TURN};
-use crate::config::RetryOn;
-use crate::status::{PartitionFlags, TopicPartition};
-use crate::wasm::{Failure, Invoker, Message, Outcome, Output, Plugin};
+use super::calls::{self, Called, Fetched};
+use super::core::{Action, Answer, Core, Env, Failed, Note};
+use super::delivery::Producer;
+use super::delivery::{NotProduced, Produced, Receipt, produce_all};
+use super::dlq::{DeadLetter, RawKeys};
+use super::refusal::{Refusal, Refused};
+use crate::breaker::{Admission, CircuitState};
+use crate::policy::RetryPolicy;
+use crate::route::{Route, RouteSlot};
+use crate::status::{PartitionFlags, Status, TopicPartition};
+use crate::wasm::{Message, Output, Plugin};
 
-/// The header that carries a message's correlation id.
-pub const CORRELATION_HEADER: &str = "correlation_id";
+/// State shared by the consumer loop and every partition worker.
+pub struct Shared {
+    pub producer: Producer,
+    /// Where processed offsets are stored: the consumer.
+    pub offsets: Arc<dyn StoreOffset>,
+    /// Bounds how many handler calls run at once.
+    pub slots: Arc<Semaphore>,
+    /// `processing.batch_size`: the most messages a worker queues.
+    pub batch_size: usize,
+    /// `processing.output_correlation_id`: whether outputs carry the
+    /// message's correlation id.
+    pub output_correlation_id: bool,
+    /// The largest record the producer takes (`message.max.bytes`): dead
+    /// letters are cut to fit in it.
+    pub max_record_bytes: usize,
+    pub status: Arc<Status>,
+}
+
+/// Stores a partition's processed offset for the next commit: the
+/// consumer, seen by the workers without its rebalance context's type.
+pub trait StoreOffset: Send + Sync {
+    /// Stores `offset` of `topic`/`partition` as processed.
+    fn store_offset(&self, topic: &str, partition: i32, offset: i64) -> KafkaResult<()>;
+}
+
+impl<C: ConsumerContext + 'static> StoreOffset for StreamConsumer<C> {
+    fn store_offset(&self, topic: &str, partition: i32, offset: i64) -> KafkaResult<()> {
+        Consumer::store_offset(self, topic, partition, offset)
+    }
+}
 
 /// Handled messages whose records await acknowledgement, per partition. It
 /// bounds how far production may run ahead of the broker.
-const ACK_QUEUE: usize = 4096;
+const ACK_WINDOW: usize = 4096;
 
 /// Decides, under one lock, whether a partition's offsets may still be
 /// stored: once it is revoked nothing more is stored for it.
@@ -89,7 +122,7 @@ impl Gate {
     }
 
     /// The bytes of the message's header keys that were not UTF-8.
-    fn raw_keys(&self, offset: i64) -> RawKeys {
+    pub fn raw_keys(&self, offset: i64) -> RawKeys {
         if !self.has_raw_keys.load(Ordering::Acquire) {
             return RawKeys::new();
         }
@@ -101,6 +134,11 @@ impl Gate {
             .unwrap_or_default()
     }
 
+    /// Whether the partition was revoked (rather than the daemon stopping).
+    pub fn is_revoked(&self) -> bool {
+        *self.revoked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Marks the partition revoked: results finishing later are discarded.
     pub fn revoke(&self) {
         *self.revoked.lock().unwrap_or_else(PoisonError::into_inner) = true;
@@ -108,12 +146,12 @@ impl Gate {
     }
 
     /// Stores `offset` as processed unless the partition was revoked.
-    fn store(&self, shared: &Shared, tp: &TopicPartition, offset: i64) {
+    pub fn store(&self, shared: &Shared, tp: &TopicPartition, offset: i64) {
         let revoked = self.revoked.lock().unwrap_or_else(PoisonError::into_inner);
         if *revoked {
             return;
         }
-        if let Err(e) = shared.consumer.store_offset(&tp.0, tp.1, offset) {
+        if let Err(e) = shared.offsets.store_offset(&tp.0, tp.1, offset) {
             // After a rebalance librdkafka refuses offsets of partitions no
             // longer assigned; the message will be handled by the new owner.
             tracing::debug!(topic = %tp.0, partition = tp.1, offset, "offset not stored: {e}");
@@ -129,6 +167,21 @@ impl Gate {
     }
 }
 
+/// The core's view of the worker's route, with the handler breaker's
+/// admission of the call whose outcomes are reported: a macro, so that it
+/// borrows the worker's fields and not the whole worker.
+macro_rules! env {
+    ($worker:ident, $handler:expr) => {
+        RouteEnv {
+            route: &$worker.route,
+            plugin: $worker.plugin.clone().or_else(|| $worker.route.current()),
+            handler: $handler,
+            gate: &$worker.gate,
+            max_record_bytes: $worker.shared.max_record_bytes,
+        }
+    };
+}
+
 /// How a partition worker ended.
 #[derive(Debug)]
 pub enum WorkerEnd {
@@ -140,883 +193,627 @@ pub enum WorkerEnd {
     Failed(String),
 }
 
-/// A message after a handler call.
-struct Handled {
-    message: Message,
-    next: Next,
-    /// Its correlation id: from its header, or made up for it.
-    correlation: String,
-}
-
-/// What the worker hands the acknowledger for one message.
-struct Pending {
-    /// The broker's answers for its records; `None` when it has none left
-    /// to wait for.
-    receipt: Option<Arc<Receipt>>,
-    /// A record the producer already refused for good.
-    refused: Option<Refused>,
-    /// What a dead letter of the message needs, should one of its records
-    /// be refused for good.
-    letter: Letter,
-}
-
-/// A handled message as its dead letter would describe it.
-struct Letter {
-    message: Message,
-    correlation: String,
+/// The partition worker: owns the partition's delivery [`Core`], feeds it
+/// every event, and carries out its actions. One task per partition;
+/// handler calls run on blocking threads, records go to the shared
+/// producer.
+pub struct Worker {
+    /// The partition.
+    tp: TopicPartition,
+    shared: Arc<Shared>,
+    /// Closed by the rebalance callback or at shutdown.
+    gate: Arc<Gate>,
+    /// Messages from the consumer loop, in offset order.
+    rx: mpsc::Receiver<Message>,
+    /// Tells the consumer loop that a paused partition's queue has room.
+    room: mpsc::UnboundedSender<TopicPartition>,
+    /// Announces config reloads of the route.
+    reloads: watch::Receiver<Arc<Route>>,
+    /// The route as configured now.
     route: Arc<Route>,
+    /// Announces new versions of the route's module.
+    modules: watch::Receiver<Option<Arc<Plugin>>>,
+    /// The module version of the last call: dead letters name it.
+    plugin: Option<Arc<Plugin>>,
+    /// What happens to each message, decided without I/O.
+    core: Core<Fetched, Output>,
+    /// The handler call being admitted or made.
+    call: Call,
+    /// Productions awaiting the broker's answers, oldest first.
+    productions: VecDeque<Production>,
+    /// The broker breaker's half-open probe, reported with the answer of
+    /// the next production.
+    broker_probe: Option<Admission>,
+    /// Stopping: no more calls, waiting for the broker's last answers.
+    draining: bool,
+}
+
+/// The state of the partition's handler call.
+enum Call {
+    /// No call.
+    Idle,
+    /// Waiting for the module and both breakers.
+    Admitting(BoxFuture<'static, Admitted>),
+    /// The handler has messages.
+    Running {
+        task: BoxFuture<'static, Result<Called, String>>,
+        handler: Admission,
+    },
+}
+
+/// Leave to call the handler.
+struct Admitted {
     plugin: Arc<Plugin>,
-    /// The failure, when the records are the message's dead letter.
-    failed: Option<Failed>,
+    handler: Admission,
+    broker: Admission,
 }
 
-/// What a call's outcome means for the message.
-enum Next {
-    Produce(Vec<Output>),
-    Failed(Failed),
+/// A production awaiting the broker's answers.
+struct Production {
+    offset: i64,
+    generation: u32,
+    /// `None` when nothing was enqueued.
+    receipt: Option<Arc<Receipt>>,
+    /// A record the producer refused for good before it was enqueued.
+    refused: Option<Refused>,
 }
 
-/// A failed call, classified.
-#[derive(Clone)]
-struct Failed {
-    kind: RetryOn,
-    /// The dead-letter error type if it is not retried (again).
-    error_type: ErrorType,
-    reason: String,
+/// What woke the worker.
+enum Event {
+    Cancelled,
+    Answered(Vec<(KafkaError, OwnedMessage)>),
+    Admitted(Admitted),
+    Called(Result<Called, String>),
+    Received,
+    Closed,
+    Wake,
+    ModuleChanged,
+    Reloaded,
 }
 
-impl Failed {
-    /// Retryable errors and timeouts (after their retries) are what the
-    /// handler breaker counts: they suggest something the handler depends
-    /// on is down, so the messages behind them would fail too.
-    fn trips_breaker(&self) -> bool {
-        matches!(self.kind, RetryOn::Retryable | RetryOn::Timeout)
-    }
-}
-
-fn classify(route: &Route, outcome: Outcome) -> Next {
-    let failure = match outcome {
-        Ok(outputs) => {
-            let Some(bad) = outputs
-                .iter()
-                .find(|o| !route.output_topics.contains(&o.topic))
-            else {
-                return Next::Produce(outputs);
-            };
-            let mut allowed: Vec<&str> = route.output_topics.iter().map(String::as_str).collect();
-            allowed.sort_unstable();
-            return Next::Failed(Failed {
-                kind: RetryOn::InvalidOutput,
-                error_type: ErrorType::InvalidOutput,
-                reason: format!(
-                    "handler emitted to topic {:?}, which is not in the route's output_topics {allowed:?}",
-                    bad.topic
-                ),
-            });
-        }
-        Err(failure) => failure,
-    };
-    let kind = match &failure {
-        // An instance that could not be created is the host's problem
-        // (a full pool): retrying helps.
-        Failure::Handler {
-            retryable: true, ..
-        }
-        | Failure::Instantiate(_) => RetryOn::Retryable,
-        Failure::Handler {
-            retryable: false, ..
-        } => RetryOn::Permanent,
-        Failure::Timeout(_) => RetryOn::Timeout,
-        Failure::Trap { .. } => RetryOn::Trap,
-        Failure::MemoryLimitExceeded { .. } => RetryOn::MemoryLimit,
-        Failure::InvalidOutput(_) => RetryOn::InvalidOutput,
-    };
-    Next::Failed(Failed {
-        kind,
-        error_type: ErrorType::of(&failure),
-        reason: failure.to_string(),
-    })
-}
-
-impl Route {
-    /// Whether a message that failed on `attempt` is tried again.
-    fn retries(&self, failed: &Failed, attempt: u32) -> bool {
-        self.retry_on.contains(&failed.kind) && attempt <= self.max_retry_attempts
-    }
-}
-
-/// Calls the handler for up to `limit` queued messages in order, on a
-/// blocking thread, stopping after the first failure (which may hold the
-/// partition) so that nothing behind it is handled first, when a new module
-/// version arrives, when its [`TURN`] is over, or when cancelled.
-///
-/// A module with a `handle-batch` export gets runs of messages in one call.
-/// When such a call traps, times out or runs out of memory, its messages are
-/// handed over one at a time, so that only the message at fault fails. A
-/// message being retried is always handled on its own.
-async fn invoke_batch(
-    route: &Arc<Route>,
-    plugin: &Arc<Plugin>,
-    shared: &Shared,
-    queue: VecDeque<Message>,
-    limit: usize,
-    cancel: &CancellationToken,
-) -> Result<(Vec<Handled>, VecDeque<Message>), String> {
-    let Ok(_permit) = shared.slots.acquire().await else {
-        return Ok((Vec::new(), queue));
-    };
-    let route = route.clone();
-    let plugin = plugin.clone();
-    let plugin_name = plugin.name().to_owned();
-    let cancel = cancel.clone();
-    let task = tokio::task::spawn_blocking(move || {
-        #[cfg(feature = "fault-injection")]
-        super::faults::handler_thread(route.topic());
-        let mut calls = Calls {
-            invoker: route.take_invoker(&plugin),
-            route: &route,
-            queue,
-            done: Vec::new(),
-            chunk: Vec::new(),
-            ids: Vec::new(),
-        };
-        calls.run(limit, &cancel);
-        let Calls {
-            invoker,
-            queue,
-            done,
-            ..
-        } = calls;
-        route.put_invoker(invoker);
-        (done, queue)
-    });
-    // A handler thread that panicked took the batch's messages with it:
-    // the worker cannot go on past them.
-    task.await
-        .map_err(|e| format!("the handler thread of module {} failed: {e}", plugin_name))
-}
-
-/// The handler calls for one batch of a partition's queue.
-struct Calls<'a> {
-    invoker: Invoker,
-    route: &'a Route,
-    queue: VecDeque<Message>,
-    done: Vec<Handled>,
-    /// The messages of a `handle-batch` call, and their correlation ids;
-    /// kept to reuse their buffers.
-    chunk: Vec<Message>,
-    ids: Vec<String>,
-}
-
-impl Calls<'_> {
-    fn run(&mut self, limit: usize, cancel: &CancellationToken) {
-        let changes = self.route.module_changes();
-        // How many messages are still to be handled one at a time after a
-        // failed batch call.
-        let mut singly = 0;
-        let started = Instant::now();
-        while self.done.len() < limit && !self.queue.is_empty() {
-            // A new module version takes over from the next message.
-            if cancel.is_cancelled() || changes.has_changed().unwrap_or(true) {
-                break;
-            }
-            // The turn ends between calls, but not before the messages of a
-            // failed batch call have had their calls one at a time.
-            if started.elapsed() >= TURN && singly == 0 && !self.done.is_empty() {
-                break;
-            }
-            let run = (limit - self.done.len())
-                .min(self.queue.len())
-                .min(self.route.batch_limit());
-            let retried = self.queue.front().is_some_and(|m| m.attempt > 1);
-            let stop = if singly == 0 && run > 1 && !retried && self.invoker.batches() {
-                match self.batch(run) {
-                    Some(stop) => stop,
-                    None => {
-                        singly = run;
-                        continue;
-                    }
-                }
-            } else {
-                singly = singly.saturating_sub(1);
-                self.single()
-            };
-            if stop {
-                break;
-            }
-        }
-    }
-
-    /// Hands the next message to `handle`. Returns whether it failed.
-    fn single(&mut self) -> bool {
-        let Some(message) = self.queue.pop_front() else {
-            return true;
-        };
-        let correlation = correlation_id(&message);
-        let route = self.route;
-        let started = Instant::now();
-        let outcome = self
-            .invoker
-            .invoke_with_id(&message, &correlation, &route.invocation);
-        let elapsed = started.elapsed();
-        route.status.metrics.observe(elapsed);
-        // A call cut short by a timeout, a trap or the memory limit says
-        // nothing about the handler's usual cost per message.
-        if matches!(outcome, Ok(_) | Err(Failure::Handler { .. })) {
-            route.note_call(elapsed, 1);
-        }
-        push(&mut self.done, route, message, correlation, outcome)
-    }
-
-    /// Hands the next `run` messages to one `handle-batch` call. Returns
-    /// whether a message failed, or `None` (with the queue as it was) when
-    /// the call itself failed.
-    fn batch(&mut self, run: usize) -> Option<bool> {
-        let route = self.route;
-        self.chunk.clear();
-        self.chunk.extend(self.queue.drain(..run));
-        self.ids.clear();
-        self.ids.extend(self.chunk.iter().map(correlation_id));
-        let started = Instant::now();
-        let outcomes = self
-            .invoker
-            .invoke_batch(&self.chunk, &self.ids, &route.invocation);
-        let elapsed = started.elapsed();
-        let metrics = &route.status.metrics;
-        metrics.batch_calls.fetch_add(1, Ordering::Relaxed);
-        let outcomes = match outcomes {
-            Ok(outcomes) if !outcomes.is_empty() => outcomes,
-            failed => {
-                metrics.batch_fallbacks.fetch_add(1, Ordering::Relaxed);
-                let reason = failed.err().map_or_else(
-                    || "it handled no message".to_owned(),
-                    |failure| failure.to_string(),
-                );
-                tracing::debug!(
-                    module = route.module_name(),
-                    messages = run,
-                    "a batch call failed, handling its messages one at a time: {reason}"
-                );
-                for message in self.chunk.drain(..).rev() {
-                    self.queue.push_front(message);
-                }
-                return None;
-            }
-        };
-        let handled = outcomes.len();
-        route.note_call(elapsed, handled);
-        let each = elapsed / u32::try_from(handled).unwrap_or(u32::MAX);
-        let mut messages = self.chunk.drain(..);
-        let mut ids = self.ids.drain(..);
-        let mut stop = false;
-        for outcome in outcomes {
-            let (Some(message), Some(correlation)) = (messages.next(), ids.next()) else {
-                break;
-            };
-            metrics.observe(each);
-            stop = push(&mut self.done, route, message, correlation, outcome);
-            if stop {
-                break;
-            }
-        }
-        // Messages the call did not get to go back, in order.
-        for message in messages.rev() {
-            self.queue.push_front(message);
-        }
-        Some(stop)
-    }
-}
-
-/// Records a call's outcome for `message`. Returns whether it failed: after
-/// a failure the worker may wait (a retry, a breaker, a stopped partition),
-/// and nothing behind it is handled first.
-fn push(
-    done: &mut Vec<Handled>,
-    route: &Route,
-    message: Message,
-    correlation: String,
-    outcome: Outcome,
-) -> bool {
-    let next = classify(route, outcome);
-    let failed = matches!(next, Next::Failed(_));
-    done.push(Handled {
-        message,
-        next,
-        correlation,
-    });
-    failed
-}
-
-/// Puts a message back at the head of the queue, followed by the handled
-/// messages behind it, whose results are discarded: they are handled again.
-fn requeue(
-    queue: &mut VecDeque<Message>,
-    message: Message,
-    rest: impl DoubleEndedIterator<Item = Handled>,
-) {
-    for handled in rest.rev() {
-        queue.push_front(handled.message);
-    }
-    queue.push_front(message);
-}
-
-/// Waits for the route's handler breaker, then the broker breaker. Either
-/// may hand out its half-open probe, in which case one message is handled.
-async fn admit(route: &Route, shared: &Shared) -> (Admission, Admission) {
-    let handler = route.status.breaker.admit().await;
-    let broker = shared.status.broker.admit().await;
-    (handler, broker)
-}
-
-/// How long a partition stopped on a record the producer refused for good
-/// waits before trying again, if no config reload comes first.
-const REFUSED_RETRY: Duration = Duration::from_secs(30);
-
-/// The partition worker. Returns when the queue closes, or the partition is
-/// revoked or the daemon shuts down ([`WorkerEnd::Done`]), or when it cannot
-/// go on ([`WorkerEnd::Failed`]).
+/// Runs the worker of partition `tp` until it is revoked, the daemon stops
+/// or it cannot go on.
 pub async fn run_worker(
     tp: TopicPartition,
     slot: RouteSlot,
     shared: Arc<Shared>,
     gate: Arc<Gate>,
-    mut rx: mpsc::Receiver<Message>,
+    rx: mpsc::Receiver<Message>,
     room: mpsc::UnboundedSender<TopicPartition>,
 ) -> WorkerEnd {
-    let (ack_tx, ack_rx) = mpsc::channel(ACK_QUEUE);
-    let acker = tokio::spawn(run_acker(
-        tp.clone(),
-        slot.clone(),
-        shared.clone(),
-        gate.clone(),
-        ack_rx,
-    ));
-    let mut end = WorkerEnd::Done;
-    let mut batch = Vec::with_capacity(shared.batch_size);
     let mut reloads = slot.subscribe();
-    'messages: loop {
-        batch.clear();
-        let received = tokio::select! {
-            n = rx.recv_many(&mut batch, shared.batch_size) => n,
-            () = gate.cancel.cancelled() => 0,
-        };
-        if received == 0 {
-            break;
-        }
-        // A paused partition is resumed once its queue is half empty, not at
-        // the first free slot: every resume makes the consumer fetch again,
-        // so resuming often costs more than it gains.
-        if gate.paused.load(Ordering::Relaxed) && rx.len() <= rx.max_capacity() / 2 {
-            let _ = room.send(tp.clone());
-        }
-        let mut queue: VecDeque<Message> = batch.drain(..).collect();
-        'batches: while !queue.is_empty() {
-            // The route as configured now: a config reload applies from the
-            // next batch.
-            let route = reloads.borrow_and_update().clone();
-            // Held while the module file is deleted, or a breaker is open.
-            // Held messages are not stored: they are delivered again.
-            let plugin = tokio::select! {
-                plugin = route.module() => plugin,
-                _ = reloads.changed() => continue 'batches,
-                () = gate.cancel.cancelled() => break 'messages,
-            };
-            let (mut handler, broker) = tokio::select! {
-                admitted = admit(&route, &shared) => admitted,
-                () = gate.cancel.cancelled() => break 'messages,
-            };
-            let limit = if handler.is_probe() || broker.is_probe() {
-                1
-            } else {
-                usize::MAX
-            };
-            let (done, rest) =
-                match invoke_batch(&route, &plugin, &shared, queue, limit, &gate.cancel).await {
-                    Ok(handled) => handled,
-                    Err(reason) => {
-                        end = WorkerEnd::Failed(reason);
-                        break 'messages;
-                    }
-                };
-            queue = rest;
-            if done.is_empty() {
-                if gate.cancel.is_cancelled() {
-                    break 'messages;
-                }
-                // A new module version arrived before the first call: the
-                // batch starts again with it.
-                continue 'batches;
+    let route = reloads.borrow_and_update().clone();
+    let mut modules = route.module_changes();
+    modules.mark_unchanged();
+    let worker = Worker {
+        tp,
+        shared,
+        gate,
+        rx,
+        room,
+        reloads,
+        route,
+        modules,
+        plugin: None,
+        core: Core::new(ACK_WINDOW),
+        call: Call::Idle,
+        productions: VecDeque::new(),
+        broker_probe: None,
+        draining: false,
+    };
+    worker.run().await
+}
+
+impl Worker {
+    async fn run(mut self) -> WorkerEnd {
+        let mut inbox = Vec::new();
+        loop {
+            if let Some(end) = self.carry_out().await {
+                return end;
             }
-            let mut broker = Some(broker);
-            let metrics = &route.status.metrics;
-            let mut done = done.into_iter();
-            while let Some(Handled {
-                mut message,
-                next,
-                correlation,
-            }) = done.next()
-            {
-                let (records, letter) = match next {
-                    Next::Produce(outputs) => {
-                        handler.report(true);
-                        metrics.ok.fetch_add(1, Ordering::Relaxed);
-                        let letter = Letter {
-                            message,
-                            correlation,
-                            route: route.clone(),
-                            plugin: plugin.clone(),
-                            failed: None,
-                        };
-                        (outputs, letter)
-                    }
-                    Next::Failed(failed) => {
-                        let retry = route.retries(&failed, message.attempt);
-                        if failed.trips_breaker() && (handler.is_probe() || !retry) {
-                            // Out of retries (or a failed probe): the
-                            // breaker counts it, and while it is open the
-                            // message is held rather than dead-lettered.
-                            let state = handler.report(false);
-                            if state != CircuitState::Closed {
-                                metrics.held.fetch_add(1, Ordering::Relaxed);
-                                tracing::warn!(
-                                    topic = %tp.0, partition = tp.1, offset = message.offset,
-                                    module = route.module_name(), attempt = message.attempt,
-                                    correlation_id = %correlation, breaker = state.as_str(),
-                                    "handler breaker is {state}: holding the message until a probe succeeds: {}",
-                                    failed.reason
-                                );
-                                message.attempt += 1;
-                                requeue(&mut queue, message, done);
-                                continue 'batches;
-                            }
-                        } else if !retry {
-                            // The handler answered; it is not what the
-                            // breaker guards against.
-                            handler.report(true);
-                        }
-                        if retry {
-                            let delay = route.backoff.delay(message.attempt - 1);
-                            metrics.retries.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(
-                                topic = %tp.0, partition = tp.1, offset = message.offset,
-                                module = route.module_name(), attempt = message.attempt,
-                                correlation_id = %correlation,
-                                delay_ms = delay.as_millis() as u64,
-                                "retrying after: {}", failed.reason
-                            );
-                            tokio::select! {
-                                () = tokio::time::sleep(delay) => {}
-                                // A retry cut short is not exhausted: the
-                                // message is not stored and will be
-                                // delivered again.
-                                () = gate.cancel.cancelled() => break 'messages,
-                            }
-                            message.attempt += 1;
-                            requeue(&mut queue, message, done);
-                            continue 'batches;
-                        }
-                        let Some(dlq) = route.dead_letter_topic.as_deref() else {
-                            metrics.stopped.fetch_add(1, Ordering::Relaxed);
-                            let stop = Stop {
-                                tp: &tp,
-                                plugin: &plugin,
-                                message: &message,
-                                failed: &failed,
-                            };
-                            if stop_partition(stop, &route, &shared, &gate, &mut reloads).await {
-                                // A new version of the module, or of the
-                                // route's config: try again.
-                                message.attempt += 1;
-                                requeue(&mut queue, message, done);
-                                continue 'batches;
-                            }
-                            break 'messages;
-                        };
-                        metrics.dead_letter(failed.error_type);
-                        let letter = Letter {
-                            message,
-                            correlation,
-                            route: route.clone(),
-                            plugin: plugin.clone(),
-                            failed: Some(failed),
-                        };
-                        let record = letter.record(&tp, &shared, &gate, dlq);
-                        (vec![record], letter)
-                    }
-                };
-                // The message is done once every record is acknowledged.
-                let Ok(Produced {
-                    mut receipt,
-                    mut refused,
-                }) = produce_all(&shared, records, &letter.correlation, &gate.cancel).await
-                else {
-                    break 'messages;
-                };
-                let admission = broker
-                    .take()
-                    .unwrap_or_else(|| shared.status.broker.admission());
-                if admission.is_probe()
-                    && let Some(receipt) = receipt.take()
-                {
-                    // The broker's probe: its outcome is awaited here, before
-                    // anything else is produced.
-                    let dead_letter = letter.failed.is_some();
-                    match settle(
-                        &shared,
-                        &route.status,
-                        &gate,
-                        &receipt,
-                        Some(admission),
-                        dead_letter,
-                    )
-                    .await
-                    {
-                        Settled::Acked => {}
-                        Settled::Refused(r) => refused = refused.or(Some(r)),
-                        Settled::Cancelled => break 'messages,
-                    }
+            if self.draining && self.core.drained() {
+                return WorkerEnd::Done;
+            }
+            self.start_call();
+            let event = self.next_event(&mut inbox).await;
+            if let Some(end) = self.handle(event, &mut inbox) {
+                return end;
+            }
+        }
+    }
+
+    /// Waits for the next event.
+    async fn next_event(&mut self, inbox: &mut Vec<Message>) -> Event {
+        let front = self.productions.front().map(|p| p.receipt.clone());
+        let want = self.shared.batch_size.saturating_sub(self.core.queued());
+        let receiving = want > 0 && !self.draining;
+        let wake = self.core.next_wake();
+        tokio::select! {
+            biased;
+            () = self.gate.cancel.cancelled(), if !self.draining => Event::Cancelled,
+            refused = answers(front), if !self.productions.is_empty() => Event::Answered(refused),
+            event = call_event(&mut self.call) => event,
+            n = self.rx.recv_many(inbox, want), if receiving => {
+                if n == 0 { Event::Closed } else { Event::Received }
+            }
+            () = sleep_until(wake), if wake.is_some() => Event::Wake,
+            Ok(()) = self.modules.changed() => Event::ModuleChanged,
+            Ok(()) = self.reloads.changed() => Event::Reloaded,
+        }
+    }
+
+    /// Feeds an event to the core. Returns how the worker ends, if it does.
+    fn handle(&mut self, event: Event, inbox: &mut Vec<Message>) -> Option<WorkerEnd> {
+        let now = Instant::now();
+        match event {
+            Event::Cancelled if self.gate.is_revoked() => {
+                self.core.revoke();
+                return Some(WorkerEnd::Done);
+            }
+            Event::Cancelled | Event::Closed => self.drain(),
+            Event::Answered(refused) => self.answered(now, refused),
+            Event::Admitted(admitted) => self.admitted(admitted),
+            Event::Called(Err(reason)) => return Some(WorkerEnd::Failed(reason)),
+            Event::Called(Ok(called)) => self.called(now, called),
+            Event::Received => self.received(inbox),
+            Event::Wake => {
+                let mut env = env!(self, None);
+                self.core.tick(now, &mut env);
+            }
+            Event::ModuleChanged => {
+                let loaded = self.modules.borrow_and_update().is_some();
+                if loaded {
+                    self.core.module_changed();
                 }
-                let pending = Pending {
-                    receipt,
-                    refused,
-                    letter,
-                };
-                if ack_tx.send(pending).await.is_err() {
-                    break 'messages;
+            }
+            Event::Reloaded => self.reloaded(now),
+        }
+        None
+    }
+
+    /// Starts admitting a call when the core wants one and none is going.
+    fn start_call(&mut self) {
+        if !matches!(self.call, Call::Idle) || self.draining || !self.core.wants_call() {
+            return;
+        }
+        let route = self.route.clone();
+        let broker = self.shared.status.broker.clone();
+        self.call = Call::Admitting(
+            async move {
+                // Held while the module file is deleted, or a breaker is
+                // open: held messages are not stored, they are delivered
+                // again.
+                let plugin = route.module().await;
+                let handler = route.status.breaker.admit().await;
+                let broker = broker.admit().await;
+                Admitted {
+                    plugin,
+                    handler,
+                    broker,
+                }
+            }
+            .boxed(),
+        );
+    }
+
+    /// Both breakers let the call go: the core picks its messages (one for
+    /// a half-open probe).
+    fn admitted(&mut self, admitted: Admitted) {
+        let Admitted {
+            plugin,
+            handler,
+            broker,
+        } = admitted;
+        let limit = if handler.is_probe() || broker.is_probe() {
+            1
+        } else {
+            usize::MAX
+        };
+        let messages = self.core.take_call(limit);
+        if messages.is_empty() {
+            self.call = Call::Idle;
+            return;
+        }
+        if broker.is_probe() {
+            self.broker_probe = Some(broker);
+        }
+        self.plugin = Some(plugin.clone());
+        let task = calls::call(
+            self.route.clone(),
+            plugin,
+            self.shared.slots.clone(),
+            messages,
+            limit,
+            self.gate.cancel.clone(),
+        )
+        .boxed();
+        self.call = Call::Running { task, handler };
+    }
+
+    /// The handler's outcomes reach the core.
+    fn called(&mut self, now: Instant, called: Called) {
+        let Call::Running { mut handler, .. } = std::mem::replace(&mut self.call, Call::Idle)
+        else {
+            return;
+        };
+        let mut env = env!(self, Some(&mut handler));
+        self.core
+            .called(now, called.outcomes, called.unhandled, &mut env);
+    }
+
+    /// Messages from the consumer loop join the core's queue; a paused
+    /// partition is resumed once its queue is half empty, not at the first
+    /// free slot: every resume makes the consumer fetch again.
+    fn received(&mut self, inbox: &mut Vec<Message>) {
+        for message in inbox.drain(..) {
+            self.core.fetched(Fetched::new(message));
+        }
+        if self.gate.paused.load(Ordering::Relaxed) && self.rx.len() <= self.rx.max_capacity() / 2 {
+            let _ = self.room.send(self.tp.clone());
+        }
+    }
+
+    /// The route's config changed: a call being admitted starts again with
+    /// it, and the messages the partition stopped on are tried with it.
+    fn reloaded(&mut self, now: Instant) {
+        self.route = self.reloads.borrow_and_update().clone();
+        self.modules = self.route.module_changes();
+        self.modules.mark_unchanged();
+        if matches!(self.call, Call::Admitting(_)) {
+            self.call = Call::Idle;
+        }
+        let mut env = env!(self, None);
+        self.core.config_changed(now, &mut env);
+    }
+
+    /// Stops calling; what is with the producer is waited for.
+    fn drain(&mut self) {
+        self.draining = true;
+        self.call = Call::Idle;
+        self.core.drain();
+    }
+
+    /// The broker's answers for the oldest production reach the core, and
+    /// its breaker.
+    fn answered(&mut self, now: Instant, refused: Vec<(KafkaError, OwnedMessage)>) {
+        let Some(production) = self.productions.pop_front() else {
+            return;
+        };
+        let dead_letter = self.core.is_dead_letter(production.offset);
+        let answer = self.answer(&production, refused, dead_letter);
+        let mut env = env!(self, None);
+        self.core.answered(
+            now,
+            production.offset,
+            production.generation,
+            answer,
+            &mut env,
+        );
+    }
+
+    /// The answer of a production, counted and reported to the broker
+    /// breaker: a record refused for now counts against it, a record
+    /// refused for good says nothing about the broker.
+    fn answer(
+        &mut self,
+        production: &Production,
+        refused: Vec<(KafkaError, OwnedMessage)>,
+        dead_letter: bool,
+    ) -> Answer {
+        let status = &self.shared.status;
+        let metrics = &self.route.status.metrics;
+        let mut answer = Answer::acked();
+        if let Some(refused) = &production.refused {
+            answer.permanent = Some(refused.to_string());
+        }
+        let enqueued = production.receipt.as_ref().map_or(0, |r| r.enqueued());
+        let answered = refused.len();
+        for (error, message) in refused {
+            let topic = message.topic().to_owned();
+            if Refusal::of(&error) == Refusal::Permanent {
+                status.produce_refusals.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    topic,
+                    dead_letter,
+                    "record refused for good by the broker; it is not produced again: {error}"
+                );
+                answer
+                    .permanent
+                    .get_or_insert_with(|| Refused { topic, error }.to_string());
+            } else {
+                status.produce_failures.fetch_add(1, Ordering::Relaxed);
+                if dead_letter {
+                    metrics.dlq_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                answer.transient.get_or_insert_with(|| {
+                    format!("the record for topic {topic:?} was not acknowledged: {error}")
+                });
+            }
+        }
+        let mut admission = self
+            .broker_probe
+            .take()
+            .unwrap_or_else(|| status.broker.admission());
+        if answer.transient.is_some() {
+            admission.report(false);
+        } else if answered < enqueued {
+            admission.report(true);
+        }
+        if dead_letter && answer == Answer::acked() {
+            metrics.dlq_published.fetch_add(1, Ordering::Relaxed);
+        }
+        answer
+    }
+
+    /// Carries out the core's actions. Returns how the worker ends when a
+    /// production is cut short by a revocation.
+    async fn carry_out(&mut self) -> Option<WorkerEnd> {
+        loop {
+            let actions: Vec<Action> = self.core.actions().collect();
+            if actions.is_empty() {
+                return None;
+            }
+            for action in actions {
+                match action {
+                    Action::Produce { offset, generation } => {
+                        if let Some(end) = self.produce(offset, generation).await {
+                            return Some(end);
+                        }
+                    }
+                    Action::Store { offset, messages } => {
+                        self.gate.store(&self.shared, &self.tp, offset);
+                        let in_flight = &self.gate.in_flight;
+                        in_flight.fetch_sub(messages as u64, Ordering::Relaxed);
+                    }
+                    Action::Note(note) => self.report(note),
                 }
             }
         }
     }
-    drop(ack_tx);
-    let _ = acker.await;
-    end
+
+    /// Hands a message's records to the producer; while the broker breaker
+    /// is not closed, only once it admits them (as its half-open probe, or
+    /// after another probe closed it).
+    async fn produce(&mut self, offset: i64, generation: u32) -> Option<WorkerEnd> {
+        let breaker = &self.shared.status.broker;
+        if self.broker_probe.is_none() && breaker.state() != CircuitState::Closed {
+            let admission = tokio::select! {
+                admission = breaker.admit() => Some(admission),
+                () = self.gate.cancel.cancelled() => None,
+            };
+            match admission {
+                Some(admission) if admission.is_probe() => self.broker_probe = Some(admission),
+                Some(_) => {}
+                None => return self.not_produced(offset, generation),
+            }
+        }
+        let records = self.core.records(offset);
+        let correlation = self
+            .core
+            .message(offset)
+            .map_or("", |f| f.correlation.as_str());
+        let correlation = self.shared.output_correlation_id.then_some(correlation);
+        let produced = produce_all(
+            &self.shared.producer,
+            records,
+            correlation,
+            &self.gate.cancel,
+        )
+        .await;
+        if let Ok(Produced {
+            refused: Some(_), ..
+        })
+        | Err(NotProduced::Refused(_)) = &produced
+        {
+            let refusals = &self.shared.status.produce_refusals;
+            refusals.fetch_add(1, Ordering::Relaxed);
+        }
+        let (receipt, refused) = match produced {
+            Ok(Produced { receipt, refused }) => (receipt, refused),
+            Err(NotProduced::Refused(refused)) => (None, Some(refused)),
+            Err(NotProduced::Cancelled) => return self.not_produced(offset, generation),
+        };
+        self.productions.push_back(Production {
+            offset,
+            generation,
+            receipt,
+            refused,
+        });
+        None
+    }
+
+    /// A production cut short by a revocation (the worker ends) or by the
+    /// daemon stopping: the message is not stored and is delivered again.
+    fn not_produced(&mut self, offset: i64, generation: u32) -> Option<WorkerEnd> {
+        if self.gate.is_revoked() {
+            self.core.revoke();
+            return Some(WorkerEnd::Done);
+        }
+        self.drain();
+        let answer = Answer {
+            transient: Some("the daemon is stopping".to_owned()),
+            permanent: None,
+        };
+        let mut env = env!(self, None);
+        self.core
+            .answered(Instant::now(), offset, generation, answer, &mut env);
+        None
+    }
+
+    /// The partition stopped on a message: it shows in health.
+    fn stopped(&self, offset: i64, reason: &str) {
+        let (tp, route) = (&self.tp, &self.route);
+        let module = route.module_name();
+        route.status.metrics.stopped.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            topic = %tp.0, partition = tp.1, offset, module,
+            "partition stopped: nothing after the message is committed until it is handled \
+             (a new version of the module or a config reload tries it again): {reason}"
+        );
+        let (shown, _) = super::dlq::cut_text(reason, super::dlq::MAX_REASON);
+        self.shared
+            .status
+            .stop(tp, format!("offset {offset}: {shown}"));
+    }
+
+    /// What the core decided, in the logs, the metrics and health.
+    fn report(&self, note: Note) {
+        let tp = &self.tp;
+        let route = &self.route;
+        let metrics = &route.status.metrics;
+        let module = route.module_name();
+        match note {
+            Note::Handled { .. } => {
+                metrics.ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Note::Retry {
+                offset,
+                attempt,
+                delay,
+                reason,
+            } => {
+                metrics.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    topic = %tp.0, partition = tp.1, offset, module, attempt,
+                    delay_ms = delay.as_millis() as u64, "retrying after: {reason}"
+                );
+            }
+            Note::Held { offset, reason } => {
+                metrics.held.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    topic = %tp.0, partition = tp.1, offset, module,
+                    "handler breaker is open: holding the message until a probe succeeds: {reason}"
+                );
+            }
+            Note::DeadLetter {
+                offset,
+                error_type,
+                reason,
+            } => {
+                metrics.dead_letter(error_type);
+                let (shown, _) = super::dlq::cut_text(&reason, super::dlq::MAX_REASON);
+                tracing::warn!(
+                    topic = %tp.0, partition = tp.1, offset, module,
+                    error_type = error_type.as_str(),
+                    dead_letter_topic = route.dead_letter_topic.as_deref().unwrap_or(""),
+                    "dead-lettering message: {shown}"
+                );
+            }
+            Note::Stopped { offset, reason } => self.stopped(offset, &reason),
+            Note::Resumed { offset } => {
+                self.shared.status.resume(tp);
+                tracing::info!(
+                    topic = %tp.0, partition = tp.1, offset, module,
+                    "trying again the message the partition stopped on"
+                );
+            }
+            Note::Refused {
+                offset,
+                delay,
+                reason,
+            } => {
+                tracing::warn!(
+                    topic = %tp.0, partition = tp.1, offset,
+                    delay_ms = delay.as_millis() as u64,
+                    "record not acknowledged by the broker; the message's records (and the \
+                     outputs after them) are produced again: {reason}"
+                );
+            }
+            Note::DeadLetterRefused { offset, reason } => {
+                metrics.dlq_refusals.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    topic = %tp.0, partition = tp.1, offset, module,
+                    "dead letter refused for good: {reason}"
+                );
+            }
+        }
+    }
 }
 
-impl Letter {
-    /// The dead-letter record of the message, cut to fit in a record, and
-    /// logged.
-    fn record(&self, tp: &TopicPartition, shared: &Shared, gate: &Gate, dlq: &str) -> Output {
-        let message = &self.message;
-        let route = &self.route;
-        let (error_type, reason) = self
-            .failed
-            .as_ref()
-            .map_or((ErrorType::InvalidOutput, ""), |f| {
-                (f.error_type, f.reason.as_str())
-            });
-        let raw_keys = gate.raw_keys(message.offset);
+/// Waits for every answer of a production; returns the records refused.
+async fn answers(receipt: Option<Option<Arc<Receipt>>>) -> Vec<(KafkaError, OwnedMessage)> {
+    match receipt.flatten() {
+        Some(receipt) => receipt.answers().await,
+        None => Vec::new(),
+    }
+}
+
+/// The next event of the handler call.
+async fn call_event(call: &mut Call) -> Event {
+    match call {
+        Call::Idle => std::future::pending().await,
+        Call::Admitting(admitting) => Event::Admitted(admitting.await),
+        Call::Running { task, .. } => Event::Called(task.await),
+    }
+}
+
+/// Sleeps until `wake`, or forever.
+async fn sleep_until(wake: Option<Instant>) {
+    match wake {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The route as the delivery core asks about it.
+struct RouteEnv<'a> {
+    route: &'a Route,
+    /// The module version dead letters name.
+    plugin: Option<Arc<Plugin>>,
+    /// The handler breaker's admission of the call being reported.
+    handler: Option<&'a mut Admission>,
+    gate: &'a Gate,
+    max_record_bytes: usize,
+}
+
+impl Env<Fetched, Output> for RouteEnv<'_> {
+    fn policy(&self) -> &RetryPolicy {
+        &self.route.policy
+    }
+
+    fn has_dead_letter_topic(&self) -> bool {
+        self.route.dead_letter_topic.is_some()
+    }
+
+    fn dead_letter(&mut self, fetched: &Fetched, attempt: u32, failed: &Failed) -> Output {
+        let message = &fetched.message;
+        let raw_keys = self.gate.raw_keys(message.offset);
+        let (module_hash, module) = match &self.plugin {
+            Some(plugin) => (plugin.hash(), self.route.module_name()),
+            None => ("", self.route.module_name()),
+        };
         let letter = DeadLetter {
             message,
             raw_keys: &raw_keys,
-            error_type,
-            reason: reason.to_owned(),
-            correlation_id: &self.correlation,
-            retry_count: message.attempt - 1,
-            module: route.module_name(),
-            module_hash: self.plugin.hash(),
+            error_type: failed.kind.error_type(),
+            reason: failed.reason.clone(),
+            correlation_id: &fetched.correlation,
+            retry_count: attempt.saturating_sub(1),
+            module,
+            module_hash,
             failed_at: SystemTime::now(),
         };
-        let record = letter.record(shared.max_record_bytes);
-        let (shown, _) = super::dlq::cut_text(reason, super::dlq::MAX_REASON);
-        tracing::warn!(
-            topic = %tp.0, partition = tp.1, offset = message.offset,
-            module = route.module_name(), module_hash = self.plugin.short_hash(),
-            correlation_id = %self.correlation, error_type = error_type.as_str(),
-            dead_letter_topic = dlq,
-            "dead-lettering message: {shown}"
-        );
+        let record = letter.record(self.max_record_bytes);
         Output {
-            topic: dlq.to_owned(),
+            topic: self.route.dead_letter_topic.clone().unwrap_or_default(),
             key: record.key,
             value: Some(record.value),
             headers: record.headers,
         }
     }
-}
 
-/// The message a partition stopped on.
-struct Stop<'a> {
-    tp: &'a TopicPartition,
-    plugin: &'a Arc<Plugin>,
-    message: &'a Message,
-    failed: &'a Failed,
-}
-
-/// Without a dead-letter topic a failed message is never skipped: the
-/// partition stops on it until a new version of its module is loaded or the
-/// route's config changes (true: try the message again), or the partition is
-/// revoked or the daemon stops (false).
-async fn stop_partition(
-    stop: Stop<'_>,
-    route: &Route,
-    shared: &Shared,
-    gate: &Gate,
-    reloads: &mut watch::Receiver<Arc<Route>>,
-) -> bool {
-    let Stop {
-        tp,
-        plugin,
-        message,
-        failed,
-    } = stop;
-    let (error_type, reason) = (failed.error_type, &failed.reason);
-    tracing::error!(
-        topic = %tp.0, partition = tp.1, offset = message.offset,
-        module = route.module_name(), module_hash = plugin.short_hash(),
-        error_type = error_type.as_str(),
-        "partition stopped: the message failed and no dead_letter_topic is configured; \
-         nothing after it is committed until it is handled (a new version of the module \
-         retries it): {reason}"
-    );
-    shared.status.stop(
-        tp,
-        format!(
-            "offset {}: {}: {reason}",
-            message.offset,
-            error_type.as_str()
-        ),
-    );
-    let mut changes = route.module_changes();
-    let new_version = async {
-        loop {
-            if changes.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-            let replaced = changes
-                .borrow_and_update()
-                .as_ref()
-                .is_some_and(|p| !Arc::ptr_eq(p, plugin));
-            if replaced {
-                break;
-            }
-        }
-    };
-    let retry = tokio::select! {
-        () = gate.cancel.cancelled() => false,
-        () = new_version => true,
-        _ = reloads.changed() => true,
-    };
-    shared.status.resume(tp);
-    if retry {
-        tracing::info!(
-            topic = %tp.0, partition = tp.1, offset = message.offset,
-            module = route.module_name(),
-            "the module or the route changed: retrying the message the partition stopped on"
-        );
-    }
-    retry
-}
-
-/// The message's correlation id: its `correlation_id` header, or a new UUID.
-fn correlation_id(message: &Message) -> String {
-    message
-        .headers
-        .iter()
-        .find(|h| h.key == CORRELATION_HEADER)
-        .and_then(|h| std::str::from_utf8(&h.value).ok())
-        .map_or_else(new_correlation_id, str::to_owned)
-}
-
-/// A random (version 4) UUID. Correlation ids need uniqueness, not
-/// unpredictability, so a fast user-space generator replaces a system call
-/// per message.
-fn new_correlation_id() -> String {
-    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
-        .into_uuid()
-        .to_string()
-}
-
-/// Settles handled messages in order and stores each offset once its own
-/// and every earlier message's records are acknowledged. A record the broker
-/// refused for now is produced again; its offset waits. A record refused for
-/// good fails its message (see [`refused_for_good`]).
-async fn run_acker(
-    tp: TopicPartition,
-    slot: RouteSlot,
-    shared: Arc<Shared>,
-    gate: Arc<Gate>,
-    mut rx: mpsc::Receiver<Pending>,
-) {
-    let mut ready = Vec::with_capacity(256);
-    while rx.recv_many(&mut ready, 256).await > 0 {
-        // Store once per batch of handled messages: the last offset covers
-        // every message before it.
-        let mut last_acked = None;
-        for mut pending in ready.drain(..) {
-            let offset = pending.letter.message.offset;
-            let settled = match (pending.refused.take(), &pending.receipt) {
-                (Some(refused), Some(receipt)) => {
-                    // The records enqueued before the refused one are
-                    // answered first.
-                    match settle_letter(&shared, &gate, receipt, &pending.letter).await {
-                        Settled::Cancelled => Settled::Cancelled,
-                        _ => Settled::Refused(refused),
-                    }
-                }
-                (Some(refused), None) => Settled::Refused(refused),
-                (None, Some(receipt)) => {
-                    settle_letter(&shared, &gate, receipt, &pending.letter).await
-                }
-                (None, None) => Settled::Acked,
-            };
-            let done = match settled {
-                Settled::Acked => true,
-                Settled::Cancelled => false,
-                Settled::Refused(refused) => {
-                    // What is done before it is stored first: the
-                    // partition may stop on this message for long.
-                    if let Some(offset) = last_acked.take() {
-                        gate.store(&shared, &tp, offset);
-                    }
-                    refused_for_good(&tp, &slot, &shared, &gate, pending.letter, refused).await
-                }
-            };
-            if !done {
-                if let Some(offset) = last_acked {
-                    gate.store(&shared, &tp, offset);
-                }
-                return;
-            }
-            last_acked = Some(offset);
-            gate.in_flight.fetch_sub(1, Ordering::Relaxed);
-        }
-        if let Some(offset) = last_acked {
-            gate.store(&shared, &tp, offset);
-        }
-    }
-}
-
-/// Settles a message's records with plain admissions.
-async fn settle_letter(
-    shared: &Shared,
-    gate: &Gate,
-    receipt: &Arc<Receipt>,
-    letter: &Letter,
-) -> Settled {
-    let dead_letter = letter.failed.is_some();
-    settle(
-        shared,
-        &letter.route.status,
-        gate,
-        receipt,
-        None,
-        dead_letter,
-    )
-    .await
-}
-
-/// A record of a handled message was refused for good. An output refused
-/// fails the message as `InvalidOutput`, and it is dead-lettered. When the
-/// route has no dead-letter topic, or the dead letter itself is refused for
-/// good, the partition stops on the message: nothing after it is stored, it
-/// shows in health, and the dead letter is tried again after a config
-/// reload or [`REFUSED_RETRY`]. Returns whether the message is done (false:
-/// revoked or shutting down).
-async fn refused_for_good(
-    tp: &TopicPartition,
-    slot: &RouteSlot,
-    shared: &Shared,
-    gate: &Gate,
-    mut letter: Letter,
-    mut refused: Refused,
-) -> bool {
-    let offset = letter.message.offset;
-    let mut reloads = slot.subscribe();
-    // A dead letter refused for good is tried again only after the wait
-    // below; an output refused for good makes one now.
-    let mut produce_now = letter.failed.is_none();
-    if produce_now {
-        let failed = Failed {
-            kind: RetryOn::InvalidOutput,
-            error_type: ErrorType::InvalidOutput,
-            reason: format!("an output could not be produced: {refused}"),
-        };
-        tracing::warn!(
-            topic = %tp.0, partition = tp.1, offset,
-            module = letter.route.module_name(), correlation_id = %letter.correlation,
-            "{}", failed.reason
-        );
-        letter.route.status.metrics.dead_letter(failed.error_type);
-        letter.failed = Some(failed);
-    } else {
-        letter.count_dlq_refusal();
-    }
-    loop {
-        letter.route = reloads.borrow_and_update().clone();
-        let dlq = letter.route.dead_letter_topic.clone();
-        if produce_now && let Some(dlq) = &dlq {
-            match letter.produce_dead_letter(tp, shared, gate, dlq).await {
-                Settled::Acked => return true,
-                Settled::Cancelled => return false,
-                Settled::Refused(r) => {
-                    letter.count_dlq_refusal();
-                    refused = r;
-                }
-            }
-        }
-        produce_now = true;
-        let why = match dlq {
-            Some(_) => format!("its dead letter could not be produced: {refused}"),
-            None => {
-                format!("{refused}, and the route has no dead_letter_topic to take the message")
-            }
-        };
-        let metrics = &letter.route.status.metrics;
-        metrics.stopped.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(
-            topic = %tp.0, partition = tp.1, offset,
-            module = letter.route.module_name(),
-            "partition stopped: {why}; nothing after it is committed; trying again after a \
-             config reload or in {} s",
-            REFUSED_RETRY.as_secs()
-        );
-        let error_type = letter
-            .failed
-            .as_ref()
-            .map_or(ErrorType::InvalidOutput, |f| f.error_type);
-        shared
-            .status
-            .stop(tp, format!("offset {offset}: {error_type}: {why}"));
-        let go_on = tokio::select! {
-            () = gate.cancel.cancelled() => false,
-            _ = reloads.changed() => true,
-            () = tokio::time::sleep(REFUSED_RETRY) => true,
-        };
-        shared.status.resume(tp);
-        if !go_on {
-            return false;
-        }
-    }
-}
-
-impl Letter {
-    /// Produces the message's dead letter to `dlq` and waits for the
-    /// broker's answer.
-    async fn produce_dead_letter(
-        &self,
-        tp: &TopicPartition,
-        shared: &Shared,
-        gate: &Gate,
-        dlq: &str,
-    ) -> Settled {
-        let record = self.record(tp, shared, gate, dlq);
-        match produce_all(shared, vec![record], &self.correlation, &gate.cancel).await {
-            Err(NotProduced::Cancelled) => Settled::Cancelled,
-            Err(NotProduced::Refused(r))
-            | Ok(Produced {
-                refused: Some(r), ..
-            }) => Settled::Refused(r),
-            Ok(Produced { receipt: None, .. }) => Settled::Acked,
-            Ok(Produced {
-                receipt: Some(receipt),
-                ..
-            }) => settle_letter(shared, gate, &receipt, self).await,
+    fn report_handler(&mut self, ok: Option<bool>) -> bool {
+        match self.handler.as_deref_mut() {
+            Some(admission) => admission.report(ok.unwrap_or(true)) == CircuitState::Closed,
+            None => true,
         }
     }
 
-    /// Counts a dead letter of the message refused for good.
-    fn count_dlq_refusal(&self) {
-        let metrics = &self.route.status.metrics;
-        metrics.dlq_refusals.fetch_add(1, Ordering::Relaxed);
+    fn handler_probe(&self) -> bool {
+        self.handler.as_deref().is_some_and(Admission::is_probe)
+    }
+
+    fn jitter(&mut self) -> f64 {
+        0.5 + fastrand::f64()
     }
 }

@@ -10,14 +10,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::consumer::{Consumer as _, ConsumerContext, StreamConsumer};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::RebalanceContext;
-use super::route::{Route, RouteSlot};
 use crate::config::{Config, RouteConfig};
+use crate::route::{Route, RouteSlot};
 use crate::status::{ModuleInfo, Status};
 use crate::wasm::{Plugin, Runtime};
 
@@ -157,7 +156,11 @@ impl Routes {
 
     /// Applies a prepared configuration: routes added, removed or changed
     /// (the change reaches each partition at its next batch).
-    pub fn install(&mut self, prepared: Prepared, consumer: &StreamConsumer<RebalanceContext>) {
+    pub fn install<C: ConsumerContext + 'static>(
+        &mut self,
+        prepared: Prepared,
+        consumer: &StreamConsumer<C>,
+    ) {
         let Prepared { new, fresh, loaded } = prepared;
         let mut added = Vec::new();
         let mut changed = Vec::new();
@@ -279,7 +282,7 @@ impl Preparation {
         };
         // The instance pool was sized at start: more routes than it can
         // serve would fail their messages for want of an instance.
-        let needed = super::route::instances_for(new.routes.len(), self.concurrency);
+        let needed = crate::route::instances_for(new.routes.len(), self.concurrency);
         let pool = self.runtime.config().max_instances;
         if self.runtime.config().pooling && needed > pool {
             refused(
@@ -289,7 +292,7 @@ impl Preparation {
                      holds {pool} (sized at start for up to {} more routes than there were); \
                      restart the daemon to apply this configuration",
                     new.routes.len(),
-                    super::route::SPARE_ROUTES
+                    crate::route::SPARE_ROUTES
                 ),
             );
             return None;
@@ -327,9 +330,9 @@ impl Preparation {
         // The checks hand the routes back.
         let admitted = tokio::task::spawn_blocking(move || {
             let routes: Vec<RouteConfig> = fresh.iter().map(|(rc, _)| rc.clone()).collect();
-            super::check_topics(&checked, &bootstrap, &routes)?;
+            super::topics::check_topics(&checked, &bootstrap, &routes)?;
             for (rc, plugin) in &fresh {
-                super::admit(&runtime, plugin, rc)?;
+                crate::route::admit(&runtime, plugin, rc)?;
             }
             Ok(fresh)
         })

@@ -25,7 +25,7 @@ use rdkafka::{Message as _, Offset, TopicPartitionList};
 
 use crate::config::{Config, EMBEDDED_BROKER};
 use crate::kafka::headers::{self, RawHeader};
-use crate::pipeline::dlq::ErrorType;
+use crate::policy::ErrorType;
 
 pub use envelope::{
     Cut, DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, Envelope, REPLAY_COUNT_HEADER, REPLAY_HEADERS,

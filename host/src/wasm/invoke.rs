@@ -20,6 +20,7 @@ use super::guest_io::{self, CappedOutput};
 use super::outputs::{self, OutputLimitExceeded, OutputLimits};
 use super::packed::{Decoded, Refusal};
 use super::plugin::Plugin;
+use crate::policy::FailureKind;
 
 /// The per-call limits of a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,14 +129,23 @@ pub enum Failure {
 }
 
 impl Failure {
-    /// Whether trying the same message again may succeed.
-    pub fn is_retryable(&self) -> bool {
+    /// The failure's kind: what `retry_on` names and the retry policy
+    /// decides on (see [`crate::policy`]). An instance that could not be
+    /// created is the host's problem (a full pool), so it counts as
+    /// retryable.
+    pub fn kind(&self) -> FailureKind {
         match self {
-            Failure::Handler { retryable, .. } => *retryable,
-            Failure::Timeout(_) | Failure::Instantiate(_) => true,
-            Failure::Trap { .. }
-            | Failure::MemoryLimitExceeded { .. }
-            | Failure::InvalidOutput(_) => false,
+            Failure::Handler {
+                retryable: true, ..
+            }
+            | Failure::Instantiate(_) => FailureKind::Retryable,
+            Failure::Handler {
+                retryable: false, ..
+            } => FailureKind::Permanent,
+            Failure::Timeout(_) => FailureKind::Timeout,
+            Failure::Trap { .. } => FailureKind::Trap,
+            Failure::MemoryLimitExceeded { .. } => FailureKind::MemoryLimit,
+            Failure::InvalidOutput(_) => FailureKind::InvalidOutput,
         }
     }
 }
@@ -933,26 +943,25 @@ mod tests {
     }
 
     #[test]
-    fn only_passing_failures_are_retryable() {
+    fn each_failure_has_the_kind_retry_on_names() {
         let trap = Failure::Trap {
             kind: TrapKind::Panic,
             detail: String::new(),
         };
-        assert!(!trap.is_retryable());
-        assert!(Failure::Timeout(Duration::from_secs(1)).is_retryable());
-        assert!(
-            Failure::Handler {
-                retryable: true,
-                message: String::new()
-            }
-            .is_retryable()
+        let handler = |retryable| Failure::Handler {
+            retryable,
+            message: String::new(),
+        };
+        assert_eq!(trap.kind(), FailureKind::Trap);
+        assert_eq!(
+            Failure::Timeout(Duration::from_secs(1)).kind(),
+            FailureKind::Timeout
         );
-        assert!(
-            !Failure::Handler {
-                retryable: false,
-                message: String::new()
-            }
-            .is_retryable()
+        assert_eq!(handler(true).kind(), FailureKind::Retryable);
+        assert_eq!(handler(false).kind(), FailureKind::Permanent);
+        assert_eq!(
+            Failure::Instantiate(String::new()).kind(),
+            FailureKind::Retryable
         );
     }
 }

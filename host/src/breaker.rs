@@ -1,4 +1,4 @@
-//! Circuit breakers and the retry backoff.
+//! Circuit breakers.
 //!
 //! One breaker guards the broker (records that could not be produced), one
 //! per route guards its handler (messages that kept failing with retryable
@@ -320,30 +320,6 @@ impl Drop for Admission {
     }
 }
 
-/// The exponential retry backoff: retry `n` (0 for the first) waits
-/// `base * 2^n * jitter`, jitter uniform in [0.5, 1.5], at most `max`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Backoff {
-    /// The first retry's delay before jitter.
-    pub base: Duration,
-    /// The longest delay.
-    pub max: Duration,
-}
-
-impl Backoff {
-    /// The delay before retry `n` (0 for the first) with a random jitter.
-    pub fn delay(&self, n: u32) -> Duration {
-        self.delay_with_jitter(n, 0.5 + fastrand::f64())
-    }
-
-    /// The delay before retry `n` with the given jitter factor.
-    pub fn delay_with_jitter(&self, n: u32, jitter: f64) -> Duration {
-        let exp = 2f64.powi(i32::try_from(n.min(62)).unwrap_or(62));
-        let secs = self.base.as_secs_f64() * exp * jitter;
-        Duration::try_from_secs_f64(secs).map_or(self.max, |d| d.min(self.max))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -479,38 +455,5 @@ mod tests {
     fn threshold_zero_never_opens() {
         let b = breaker(0);
         assert_eq!(fail(&b, 1000), CircuitState::Closed);
-    }
-
-    #[test]
-    fn backoff_doubles_within_the_jitter_bounds_and_is_capped() {
-        let backoff = Backoff {
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(5),
-        };
-        assert_eq!(
-            backoff.delay_with_jitter(0, 1.0),
-            Duration::from_millis(100)
-        );
-        assert_eq!(
-            backoff.delay_with_jitter(3, 1.0),
-            Duration::from_millis(800)
-        );
-        assert_eq!(
-            backoff.delay_with_jitter(3, 0.5),
-            Duration::from_millis(400)
-        );
-        assert_eq!(
-            backoff.delay_with_jitter(3, 1.5),
-            Duration::from_millis(1200)
-        );
-        assert_eq!(backoff.delay_with_jitter(6, 1.0), Duration::from_secs(5));
-        assert_eq!(backoff.delay_with_jitter(u32::MAX, 1.5), backoff.max);
-        for n in 0..6 {
-            let nominal = backoff.delay_with_jitter(n, 1.0);
-            for _ in 0..1000 {
-                let d = backoff.delay(n);
-                assert!(d >= nominal / 2 && d <= nominal * 3 / 2, "{d:?} for {n}");
-            }
-        }
     }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::breaker::Backoff;
-use crate::config::{Config, RetryOn, RouteConfig};
+use crate::config::{Config, RouteConfig};
+use crate::policy::RetryPolicy;
 use crate::status::RouteStatus;
 use crate::wasm::{Invocation, Invoker, Isolation, Limits, LoadError, Plugin, Runtime};
 
@@ -48,12 +48,8 @@ pub struct Route {
     pub output_topics: HashSet<String>,
     /// Where failed messages go; `None` stops the partition instead.
     pub dead_letter_topic: Option<String>,
-    /// Retries of a retryable failure before it is dead-lettered.
-    pub max_retry_attempts: u32,
-    /// The failures that are retried.
-    pub retry_on: Vec<RetryOn>,
-    /// The delay before each retry.
-    pub backoff: Backoff,
+    /// Which failures are retried, how often, after how long.
+    pub policy: RetryPolicy,
     /// What the route reports: its module, counters and handler breaker.
     pub status: Arc<RouteStatus>,
     runtime: Runtime,
@@ -79,7 +75,7 @@ const MAX_BATCH_CALL: usize = 1024;
 /// more busy partitions than `processing.concurrency`, each partition's
 /// messages then wait about one turn per partition ahead of it, not a whole
 /// `batch_size` run of every other partition's calls.
-pub(super) const TURN: Duration = Duration::from_millis(50);
+pub(crate) const TURN: Duration = Duration::from_millis(50);
 
 /// How many handler instances `routes` routes may hold at once with
 /// `concurrency` calls. Each route keeps up to `concurrency` instances, one
@@ -125,9 +121,11 @@ impl Route {
             },
             output_topics: route.output_topics.iter().cloned().collect(),
             dead_letter_topic: route.dead_letter_topic(&config.kafka).map(str::to_owned),
-            max_retry_attempts: route.max_retry_attempts(&config.kafka),
-            retry_on: route.retry_on(),
-            backoff: config.kafka.retry_backoff(),
+            policy: RetryPolicy {
+                retry_on: route.retry_on(),
+                max_retry_attempts: route.max_retry_attempts(&config.kafka),
+                backoff: config.kafka.retry_backoff(),
+            },
             status,
             config: route.clone(),
             runtime,

@@ -1,0 +1,93 @@
+//! The routes' topics, checked against the brokers' metadata at start and
+//! on every config reload.
+
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::kafka;
+
+/// Routes whose output or dead-letter topics the brokers do not have.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{}; create them (Sluice does not create topics) or change the routes",
+    .missing.iter().map(|(route, field, topic)| format!(
+        "the route for topic {route:?} names {field} {topic:?}, which does not exist on the brokers"
+    )).collect::<Vec<_>>().join("; ")
+)]
+pub struct MissingTopics {
+    /// Per missing topic: the route's input topic, the field, the topic.
+    pub missing: Vec<(String, &'static str, String)>,
+}
+
+/// How long the topic check waits for the brokers' metadata.
+const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Checks through the brokers' metadata that the topics of `routes` exist.
+/// A missing output or dead-letter topic is an error: every message that
+/// reached it would fail. A missing input topic is logged: the route
+/// consumes it once it is created. When no broker answers, nothing can be
+/// checked and nothing is refused. Blocks: call it off the async threads.
+pub(crate) fn check_topics(
+    config: &Config,
+    bootstrap: &str,
+    routes: &[crate::config::RouteConfig],
+) -> Result<(), MissingTopics> {
+    let mut wanted: Vec<(&str, &'static str, &str)> = Vec::new();
+    for r in routes {
+        wanted.push((&r.topic, "topic", &r.topic));
+        wanted.extend(
+            r.output_topics
+                .iter()
+                .map(|t| (r.topic.as_str(), "output_topics", t.as_str())),
+        );
+        if let Some(dlq) = r.dead_letter_topic(&config.kafka) {
+            wanted.push((&r.topic, "dead_letter_topic", dlq));
+        }
+    }
+    let mut names: Vec<&str> = wanted.iter().map(|(_, _, t)| *t).collect();
+    names.sort_unstable();
+    names.dedup();
+    let timeout = config.kafka.timeout().min(TOPIC_CHECK_TIMEOUT);
+    let missing = match kafka::missing_topics(config, bootstrap, &names, timeout) {
+        Ok(missing) => missing,
+        Err(e) => {
+            tracing::warn!("cannot check that the routes' topics exist, no broker answered: {e}");
+            return Ok(());
+        }
+    };
+    let mut refused = Vec::new();
+    for (route, field, topic) in wanted {
+        if !missing.iter().any(|m| m == topic) {
+            continue;
+        }
+        if field == "topic" {
+            tracing::warn!(
+                topic,
+                "input topic does not exist on the brokers: the route consumes it once it is created"
+            );
+        } else {
+            refused.push((route.to_owned(), field, topic.to_owned()));
+        }
+    }
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(MissingTopics { missing: refused })
+    }
+}
+
+/// Every topic the configuration names: inputs, outputs and dead letters.
+pub fn all_topics(config: &Config) -> Vec<String> {
+    let mut topics: Vec<String> = config
+        .routes
+        .iter()
+        .flat_map(|r| {
+            std::iter::once(r.topic.clone())
+                .chain(r.output_topics.iter().cloned())
+                .chain(r.dead_letter_topic(&config.kafka).map(str::to_owned))
+        })
+        .collect();
+    topics.sort();
+    topics.dedup();
+    topics
+}

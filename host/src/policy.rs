@@ -1,0 +1,273 @@
+//! What happens to a message whose handler call failed: the one place that
+//! names the kinds of failure, decides whether a failure is retried and
+//! after how long, and says which dead-letter error type it becomes.
+//!
+//! A leaf module: configuration (`retry_on`), metrics (the `error_type`
+//! label), the dead-letter writer and the delivery core all read it, and it
+//! reads nothing of theirs.
+
+use std::time::Duration;
+
+/// The kind of a failed handler call, as `retry_on` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// The handler returned a retryable error, or no instance could be made
+    /// for it (a full pool: the host's problem, and a retry may succeed).
+    Retryable,
+    /// The call ran past its deadline.
+    Timeout,
+    /// The guest trapped (a panic, a stack overflow, a bad memory access).
+    Trap,
+    /// The guest grew past its memory limit.
+    MemoryLimit,
+    /// What the handler returned breaks the route's output rules: a topic
+    /// outside `output_topics`, an output bound, or a record the broker
+    /// refused for good.
+    InvalidOutput,
+    /// The handler returned a permanent error.
+    Permanent,
+}
+
+impl FailureKind {
+    /// Every kind, in documentation order.
+    pub const ALL: [FailureKind; 6] = [
+        FailureKind::Retryable,
+        FailureKind::Timeout,
+        FailureKind::Trap,
+        FailureKind::MemoryLimit,
+        FailureKind::InvalidOutput,
+        FailureKind::Permanent,
+    ];
+
+    /// The name used in `retry_on`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Retryable => "retryable",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Trap => "trap",
+            FailureKind::MemoryLimit => "memory_limit",
+            FailureKind::InvalidOutput => "invalid_output",
+            FailureKind::Permanent => "permanent",
+        }
+    }
+
+    /// The kind named `name` in `retry_on`.
+    pub fn parse(name: &str) -> Option<FailureKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// Whether the failure, once it is not retried (again), counts against
+    /// the route's handler breaker. Retryable errors and timeouts suggest
+    /// something the handler depends on is down, so the messages behind
+    /// them would fail too; the other kinds are about the message.
+    pub fn trips_breaker(self) -> bool {
+        matches!(self, FailureKind::Retryable | FailureKind::Timeout)
+    }
+
+    /// The dead-letter error type of a failure that is not retried (again).
+    pub fn error_type(self) -> ErrorType {
+        match self {
+            FailureKind::Retryable => ErrorType::RetriesExhausted,
+            FailureKind::Timeout => ErrorType::HandlerTimeout,
+            FailureKind::Trap => ErrorType::HandlerTrap,
+            FailureKind::MemoryLimit => ErrorType::MemoryLimitExceeded,
+            FailureKind::InvalidOutput => ErrorType::InvalidOutput,
+            FailureKind::Permanent => ErrorType::HandlerError,
+        }
+    }
+}
+
+/// Why a message was dead-lettered: a small fixed set, used as the
+/// `error_type` field and header of the dead-letter record and as a metrics
+/// label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorType {
+    /// The handler returned a permanent error.
+    HandlerError,
+    /// The handler kept returning retryable errors (or could not be
+    /// instantiated) until the retries ran out.
+    RetriesExhausted,
+    /// The handler kept timing out until the retries ran out.
+    HandlerTimeout,
+    /// The handler trapped: a panic, a stack overflow, a bad memory access.
+    HandlerTrap,
+    /// The handler grew its memory past the route's limit.
+    MemoryLimitExceeded,
+    /// The handler emitted to a topic that is not in the route's
+    /// `output_topics`, over one of the route's output bounds, or a record
+    /// the broker refused for good.
+    InvalidOutput,
+}
+
+impl ErrorType {
+    /// Every error type, for documentation and metrics.
+    pub const ALL: [ErrorType; 6] = [
+        ErrorType::HandlerError,
+        ErrorType::RetriesExhausted,
+        ErrorType::HandlerTimeout,
+        ErrorType::HandlerTrap,
+        ErrorType::MemoryLimitExceeded,
+        ErrorType::InvalidOutput,
+    ];
+
+    /// The name written into dead-letter records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::HandlerError => "HandlerError",
+            ErrorType::RetriesExhausted => "RetriesExhausted",
+            ErrorType::HandlerTimeout => "HandlerTimeout",
+            ErrorType::HandlerTrap => "HandlerTrap",
+            ErrorType::MemoryLimitExceeded => "MemoryLimitExceeded",
+            ErrorType::InvalidOutput => "InvalidOutput",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The exponential retry backoff: retry `n` (0 for the first) waits
+/// `base * 2^n * jitter`, jitter uniform in [0.5, 1.5], at most `max`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    /// The first retry's delay before jitter.
+    pub base: Duration,
+    /// The longest delay.
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The delay before retry `n` (0 for the first) with a random jitter.
+    pub fn delay(&self, n: u32) -> Duration {
+        self.delay_with_jitter(n, 0.5 + fastrand::f64())
+    }
+
+    /// The delay before retry `n` with the given jitter factor.
+    pub fn delay_with_jitter(&self, n: u32, jitter: f64) -> Duration {
+        let exp = 2f64.powi(i32::try_from(n.min(62)).unwrap_or(62));
+        let secs = self.base.as_secs_f64() * exp * jitter;
+        Duration::try_from_secs_f64(secs).map_or(self.max, |d| d.min(self.max))
+    }
+}
+
+/// A route's retry rules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// The kinds of failure that are retried.
+    pub retry_on: Vec<FailureKind>,
+    /// Retries before the message is given up on.
+    pub max_retry_attempts: u32,
+    /// The delay before each retry.
+    pub backoff: Backoff,
+}
+
+/// What happens to a message after a failed call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Decision {
+    /// Call the handler again with it after the delay.
+    Retry(Duration),
+    /// Give up: the message is dead-lettered, or its partition stops on it
+    /// when the route has no dead-letter topic.
+    GiveUp(ErrorType),
+}
+
+impl RetryPolicy {
+    /// What happens to a message whose call number `attempt` (1 for the
+    /// first) failed with `kind`; `jitter` in [0.5, 1.5] scales the delay.
+    pub fn decide(&self, kind: FailureKind, attempt: u32, jitter: f64) -> Decision {
+        if self.retry_on.contains(&kind) && attempt <= self.max_retry_attempts {
+            Decision::Retry(
+                self.backoff
+                    .delay_with_jitter(attempt.saturating_sub(1), jitter),
+            )
+        } else {
+            Decision::GiveUp(kind.error_type())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(retry_on: &[FailureKind], max: u32) -> RetryPolicy {
+        RetryPolicy {
+            retry_on: retry_on.to_vec(),
+            max_retry_attempts: max,
+            backoff: Backoff {
+                base: Duration::from_millis(100),
+                max: Duration::from_secs(1),
+            },
+        }
+    }
+
+    #[test]
+    fn a_listed_kind_is_retried_until_the_attempts_run_out() {
+        let p = policy(&[FailureKind::Retryable], 2);
+        let decide = |attempt| p.decide(FailureKind::Retryable, attempt, 1.0);
+        assert_eq!(decide(1), Decision::Retry(Duration::from_millis(100)));
+        assert_eq!(decide(2), Decision::Retry(Duration::from_millis(200)));
+        assert_eq!(decide(3), Decision::GiveUp(ErrorType::RetriesExhausted));
+    }
+
+    #[test]
+    fn an_unlisted_kind_is_given_up_at_once_with_its_error_type() {
+        let p = policy(&[FailureKind::Retryable], 5);
+        for kind in FailureKind::ALL {
+            if kind == FailureKind::Retryable {
+                continue;
+            }
+            assert_eq!(p.decide(kind, 1, 1.0), Decision::GiveUp(kind.error_type()));
+        }
+    }
+
+    #[test]
+    fn every_kind_has_its_own_name_and_error_type() {
+        for kind in FailureKind::ALL {
+            assert_eq!(FailureKind::parse(kind.as_str()), Some(kind));
+        }
+        let mut types: Vec<&str> = FailureKind::ALL
+            .iter()
+            .map(|k| k.error_type().as_str())
+            .collect();
+        types.sort_unstable();
+        types.dedup();
+        assert_eq!(types.len(), ErrorType::ALL.len());
+    }
+
+    #[test]
+    fn backoff_doubles_within_the_jitter_bounds_and_is_capped() {
+        let backoff = Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+        };
+        assert_eq!(
+            backoff.delay_with_jitter(0, 1.0),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            backoff.delay_with_jitter(3, 1.0),
+            Duration::from_millis(800)
+        );
+        assert_eq!(
+            backoff.delay_with_jitter(3, 0.5),
+            Duration::from_millis(400)
+        );
+        assert_eq!(
+            backoff.delay_with_jitter(3, 1.5),
+            Duration::from_millis(1200)
+        );
+        assert_eq!(backoff.delay_with_jitter(6, 1.0), Duration::from_secs(5));
+        assert_eq!(backoff.delay_with_jitter(u32::MAX, 1.5), backoff.max);
+        for n in 0..6 {
+            let nominal = backoff.delay_with_jitter(n, 1.0);
+            for _ in 0..1000 {
+                let d = backoff.delay(n);
+                assert!(d >= nominal / 2 && d <= nominal * 3 / 2, "{d:?} for {n}");
+            }
+        }
+    }
+}
