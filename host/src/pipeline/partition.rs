@@ -58,6 +58,9 @@ impl<C: ConsumerContext + 'static> StoreOffset for StreamConsumer<C> {
     }
 }
 
+/// The most settled productions taken in one turn of a worker.
+const ANSWERS_PER_TURN: usize = 256;
+
 /// Handled messages whose records await acknowledgement, per partition. It
 /// bounds how far production may run ahead of the broker.
 const ACK_WINDOW: usize = 4096;
@@ -351,7 +354,10 @@ impl Worker {
                 return Some(WorkerEnd::Done);
             }
             Event::Cancelled | Event::Closed => self.drain(),
-            Event::Answered(refused) => self.answered(now, refused),
+            Event::Answered(refused) => {
+                self.answered(now, refused);
+                self.answered_since(now);
+            }
             Event::Admitted(admitted) => self.admitted(admitted),
             Event::Called(Err(reason)) => return Some(WorkerEnd::Failed(reason)),
             Event::Called(Ok(called)) => self.called(now, called),
@@ -473,6 +479,25 @@ impl Worker {
         self.core.drain();
     }
 
+    /// The answers of the productions after the oldest that are settled
+    /// too reach the core in the same turn: one wake-up for a run of
+    /// messages, as the broker answers them in batches.
+    fn answered_since(&mut self, now: Instant) {
+        for _ in 0..ANSWERS_PER_TURN {
+            let Some(production) = self.productions.front() else {
+                return;
+            };
+            let refused = match &production.receipt {
+                None => Vec::new(),
+                Some(receipt) => match receipt.answers().now_or_never() {
+                    Some(refused) => refused,
+                    None => return,
+                },
+            };
+            self.answered(now, refused);
+        }
+    }
+
     /// The broker's answers for the oldest production reach the core, and
     /// its breaker.
     fn answered(&mut self, now: Instant, refused: Vec<(KafkaError, OwnedMessage)>) {
@@ -548,10 +573,14 @@ impl Worker {
     /// Carries out the core's actions. Returns how the worker ends when a
     /// production is cut short by a revocation.
     async fn carry_out(&mut self) -> Option<WorkerEnd> {
-        loop {
+        // Offsets are stored once per turn: the last covers every message
+        // before it.
+        let mut store = None;
+        let mut stored = 0;
+        let end = loop {
             let actions: Vec<Action> = self.core.actions().collect();
             if actions.is_empty() {
-                return None;
+                break None;
             }
             for action in actions {
                 match action {
@@ -561,14 +590,19 @@ impl Worker {
                         }
                     }
                     Action::Store { offset, messages } => {
-                        self.gate.store(&self.shared, &self.tp, offset);
-                        let in_flight = &self.gate.in_flight;
-                        in_flight.fetch_sub(messages as u64, Ordering::Relaxed);
+                        store = Some(offset);
+                        stored += messages;
                     }
                     Action::Note(note) => self.report(note),
                 }
             }
+        };
+        if let Some(offset) = store {
+            self.gate.store(&self.shared, &self.tp, offset);
+            let in_flight = &self.gate.in_flight;
+            in_flight.fetch_sub(stored as u64, Ordering::Relaxed);
         }
+        end
     }
 
     /// Hands a message's records to the producer; while the broker breaker
