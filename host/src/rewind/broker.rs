@@ -16,15 +16,16 @@ fn client(config: &Config) -> Result<BaseConsumer, RewindError> {
     if config.is_embedded() {
         return Err(RewindError::EmbeddedBroker);
     }
-    let mut c = crate::kafka::consumer_config(config, &config.kafka.bootstrap_servers);
-    c.set("enable.auto.commit", "false");
-    c.create().map_err(|source| RewindError::Kafka {
-        what: format!(
-            "creating a client of consumer group {:?}",
-            config.group_id()
-        ),
-        source,
-    })
+    let bootstrap = &config.kafka.bootstrap_servers;
+    crate::kafka::group_client_config(config, bootstrap, &config.group_id())
+        .create()
+        .map_err(|source| RewindError::Kafka {
+            what: format!(
+                "creating a client of consumer group {:?}",
+                config.group_id()
+            ),
+            source,
+        })
 }
 
 /// The partitions of `topic`, from the broker's metadata.
