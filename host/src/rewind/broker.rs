@@ -131,18 +131,30 @@ pub fn times_to_offsets(
             what: "asking the broker for the offsets of a time".to_owned(),
             source,
         })?;
-    Ok(states
+    states
         .iter()
         .map(|s| {
-            match found
-                .find_partition(&s.topic, s.partition)
-                .map(|e| e.offset())
-            {
-                Some(Offset::Offset(o)) if o >= 0 => Some(o),
+            let Some(e) = found.find_partition(&s.topic, s.partition) else {
+                return Err(RewindError::TimeUnanswered {
+                    topic: s.topic.clone(),
+                    partition: s.partition,
+                });
+            };
+            // A partition the broker could not answer for is an error, not
+            // "no record since": that would skip the whole partition.
+            e.error().map_err(|source| RewindError::Kafka {
+                what: format!(
+                    "asking for the offset of a time on {}/{}",
+                    s.topic, s.partition
+                ),
+                source,
+            })?;
+            Ok(match e.offset() {
+                Offset::Offset(o) if o >= 0 => Some(o),
                 _ => None,
-            }
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Who is in the daemon's consumer group right now.

@@ -79,6 +79,17 @@ pub enum RewindError {
         /// What went wrong.
         reason: String,
     },
+    /// The broker's answer to a time lookup left a partition out.
+    #[error(
+        "the broker did not say which offset of {topic}/{partition} a time falls on; nothing \
+         was moved"
+    )]
+    TimeUnanswered {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+    },
     /// A Kafka client could not be created or a request failed.
     #[error("{what}")]
     Kafka {
