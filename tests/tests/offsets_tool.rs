@@ -304,4 +304,12 @@ async fn bad_arguments_are_refused_before_any_broker_is_asked() {
         let error = offsets_fail(&config, args).await;
         assert!(error.contains(wanted), "{args:?}: {error}");
     }
+
+    // The embedded development broker lives inside a daemon's process.
+    let embedded = write_config(dir.path(), &text.replace("127.0.0.1:9", "embedded"));
+    let error = offsets_fail(&embedded, &["show"]).await;
+    assert!(
+        error.contains("kafka.bootstrap_servers is \"embedded\": the embedded broker lives inside"),
+        "{error}"
+    );
 }
