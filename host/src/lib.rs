@@ -34,8 +34,11 @@
 //! 7. [`replay`] is the dead-letter tool's work (`sluice dlq`): it reads the
 //!    dead-letter topics without joining a group, filters and counts the
 //!    records, and replays them to their original topics.
-//! 8. [`cli`] is the command line (`run`, `check`, `demo`, `dlq`), and
-//!    [`telemetry`] sets up logging.
+//! 8. [`rewind`] is the offsets tool's work (`sluice offsets`): it reads
+//!    where the daemon's group stands on each routed partition and, while
+//!    the group has no live member, moves its committed offsets.
+//! 9. [`cli`] is the command line (`run`, `check`, `demo`, `dlq`,
+//!    `offsets`), and [`telemetry`] sets up logging.
 //!
 //! The WIT contract in `wit/` is the one source of truth for the types that
 //! cross the sandbox boundary; both this crate and the guest SDK generate
@@ -51,6 +54,7 @@ pub mod pipeline;
 pub mod plugins;
 pub mod policy;
 pub mod replay;
+pub mod rewind;
 pub mod route;
 pub mod status;
 pub mod telemetry;

@@ -188,6 +188,11 @@ fn a_minimal_config_gets_the_event_bus_defaults() {
     assert_eq!(k.acks, Acks::All);
     assert!(k.enable_idempotence);
     assert!(k.librdkafka.is_empty());
+    assert_eq!(k.group_instance_id, None, "a new member at each start");
+    assert_eq!(
+        k.partition_assignment_strategy, None,
+        "librdkafka's default"
+    );
     assert_eq!(config.plugins_dir(), dir.path().join("plugins"));
     let route = &config.routes[0];
     assert_eq!(
@@ -219,6 +224,7 @@ consumer_sleep_interval = 0.2
 enable_auto_commit = true
 acks = "all"
 enable_idempotence = true
+group_instance_id = "file-1"
 
 [[routes]]
 topic = "orders"
@@ -240,11 +246,17 @@ module = "uppercase"
         ("KAFKA_ACKS", "1"),
         ("KAFKA_ENABLE_IDEMPOTENCE", "false"),
         ("KAFKA_DEAD_LETTER_TOPIC", "dlq-events"),
+        ("KAFKA_GROUP_INSTANCE_ID", "orders-{hostname}"),
+        ("HOSTNAME", "sluice-2"),
     ]
     .into_iter()
     .map(|(var, value)| (var.to_owned(), value.to_owned()))
     .collect();
-    let tested: Vec<&str> = env.keys().map(String::as_str).collect();
+    let tested: Vec<&str> = env
+        .keys()
+        .map(String::as_str)
+        .filter(|var| var.starts_with("KAFKA_"))
+        .collect();
     let mut documented = KAFKA_VARIABLES.to_vec();
     documented.sort_unstable();
     assert_eq!(tested, documented, "this test sets exactly KAFKA_VARIABLES");
@@ -268,6 +280,11 @@ module = "uppercase"
     assert_eq!(k.acks, Acks::Leader);
     assert!(!k.enable_idempotence);
     assert_eq!(k.dead_letter_topic.as_deref(), Some("dlq-events"));
+    assert_eq!(
+        k.group_instance_id.as_deref(),
+        Some("orders-sluice-2"),
+        "{{hostname}} is filled in from HOSTNAME"
+    );
 }
 
 #[test]

@@ -136,7 +136,7 @@ struct ReplayArgs {
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Format {
+pub(super) enum Format {
     /// Aligned columns for people.
     Table,
     /// One JSON document with stable field names.
@@ -534,7 +534,7 @@ fn result_json(r: &ReplayResult<'_>) -> Value {
     v
 }
 
-fn print_json(value: &Value) {
+pub(super) fn print_json(value: &Value) {
     // Serialising a Value cannot fail; fall back to compact output anyway.
     println!(
         "{}",
@@ -543,7 +543,7 @@ fn print_json(value: &Value) {
 }
 
 /// Prints aligned columns; the last column is not padded.
-fn print_table(titles: &[&str], rows: Vec<Vec<String>>) {
+pub(super) fn print_table(titles: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = titles.iter().map(|t| t.chars().count()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {

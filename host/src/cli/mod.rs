@@ -5,6 +5,7 @@
 mod check;
 mod demo;
 mod dlq;
+mod offsets;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +52,11 @@ enum Command {
     /// them back to their original topics. Reads the dead-letter topics
     /// named by the config file without joining a consumer group.
     Dlq(dlq::DlqArgs),
+    /// Show or move the consumer group's committed offsets: reprocess
+    /// from the start, an offset or a point in time after fixing a
+    /// handler, or skip ahead. Moves nothing while the group has live
+    /// members.
+    Offsets(offsets::OffsetsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -90,6 +96,7 @@ impl Cli {
             }
             Command::Demo(args) => demo::demo(args),
             Command::Dlq(args) => dlq::dlq(args),
+            Command::Offsets(args) => offsets::offsets(args),
         }
     }
 }

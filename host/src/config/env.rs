@@ -63,11 +63,12 @@ const VARIABLES: &[(&str, &str, Kind)] = &[
     ("KAFKA_ACKS", "acks", Kind::Acks),
     ("KAFKA_ENABLE_IDEMPOTENCE", "enable_idempotence", Kind::Bool),
     ("KAFKA_DEAD_LETTER_TOPIC", "dead_letter_topic", Kind::Text),
+    ("KAFKA_GROUP_INSTANCE_ID", "group_instance_id", Kind::Text),
 ];
 
 /// The names of the variables Sluice reads.
-pub const KAFKA_VARIABLES: [&str; 15] = {
-    let mut names = [""; 15];
+pub const KAFKA_VARIABLES: [&str; 16] = {
+    let mut names = [""; 16];
     let mut i = 0;
     while i < VARIABLES.len() {
         names[i] = VARIABLES[i].0;

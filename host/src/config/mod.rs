@@ -7,6 +7,7 @@
 //! `docs/configuration.md` follows it.
 
 mod env;
+mod membership;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ use crate::telemetry::LogFormat;
 use crate::wasm::{Isolation, OutputLimits};
 
 pub use env::KAFKA_VARIABLES;
+pub use membership::{AssignmentStrategy, HOSTNAME_PLACEHOLDER};
 
 /// Why a configuration was refused. Each message names the field (or
 /// variable), the value and what is allowed.
@@ -171,6 +173,27 @@ pub struct KafkaConfig {
     /// `KAFKA_ENABLE_IDEMPOTENCE`.
     #[serde(default = "default_true")]
     pub enable_idempotence: bool,
+    /// Static membership: this daemon's own, stable member id in the group
+    /// (librdkafka's `group.instance.id`), unique to each daemon. A daemon
+    /// restarted under the same id within the session timeout
+    /// (`"session.timeout.ms"` in `[kafka.librdkafka]`) gets its partitions
+    /// back without a rebalance of the group; one that stops leaves them
+    /// unconsumed until the session timeout ends. `{hostname}` is replaced
+    /// with the host name (`HOSTNAME`, which Kubernetes sets to the pod's
+    /// name, else the kernel's), so `"sluice-{hostname}"` in a StatefulSet
+    /// gives each pod its own id for good. Unset: a new member at each
+    /// start. `KAFKA_GROUP_INSTANCE_ID`.
+    #[serde(default)]
+    pub group_instance_id: Option<String>,
+    /// How the group's leader spreads partitions over the members:
+    /// `"range"`, `"roundrobin"` or `"cooperative-sticky"` (recommended: a
+    /// rebalance moves only the partitions that change hands, and the rest
+    /// keep flowing). Unset: librdkafka's default, range with round-robin
+    /// allowed. The members of a group must have a strategy in common: to
+    /// move a group from an eager strategy to `"cooperative-sticky"`, stop
+    /// every daemon of the group, then start them with the new setting.
+    #[serde(default)]
+    pub partition_assignment_strategy: Option<AssignmentStrategy>,
     /// Any other librdkafka property, passed through to both the consumer and
     /// the producer (for example `"security.protocol" = "ssl"`): a string,
     /// number or boolean. The properties Sluice manages itself are refused.
@@ -635,8 +658,9 @@ impl Config {
         Ok(config)
     }
 
-    /// Parses and validates config text; `env` answers `KAFKA_*` lookups and
-    /// `base_dir` anchors relative paths.
+    /// Parses and validates config text; `env` answers `KAFKA_*` lookups
+    /// (and `HOSTNAME`, for `kafka.group_instance_id`) and `base_dir`
+    /// anchors relative paths.
     pub fn parse(
         text: &str,
         base_dir: &Path,
@@ -649,6 +673,12 @@ impl Config {
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string().trim().to_owned()))?;
         config.base_dir = base_dir.to_owned();
+        if let Some(template) = config.kafka.group_instance_id.take() {
+            let id = membership::resolve_instance_id(&template, env)
+                .and_then(|id| membership::check_instance_id(&id, &template).map(|()| id))
+                .map_err(|e| env::name_variable(e, &overridden))?;
+            config.kafka.group_instance_id = Some(id);
+        }
         validate::validate(&config).map_err(|e| env::name_variable(e, &overridden))?;
         Ok(config)
     }

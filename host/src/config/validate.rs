@@ -20,6 +20,11 @@ const MANAGED_PROPERTIES: &[(&str, &str)] = &[
     ("auto.offset.reset", "set kafka.auto_offset_reset"),
     ("acks", "set kafka.acks"),
     ("enable.idempotence", "set kafka.enable_idempotence"),
+    ("group.instance.id", "set kafka.group_instance_id"),
+    (
+        "partition.assignment.strategy",
+        "set kafka.partition_assignment_strategy",
+    ),
 ];
 
 fn invalid(

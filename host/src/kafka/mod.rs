@@ -45,12 +45,30 @@ pub fn consumer_config(config: &Config, bootstrap: &str) -> ClientConfig {
             OffsetReset::Latest => "latest",
         },
     );
+    if let Some(id) = &k.group_instance_id {
+        c.set("group.instance.id", id);
+    }
+    if let Some(strategy) = k.partition_assignment_strategy {
+        c.set("partition.assignment.strategy", strategy.as_str());
+    }
     let fetch_wait_ms = (k.consumer_sleep_interval * 1000.0).round() as u64;
     c.set_default("fetch.wait.max.ms", fetch_wait_ms.max(1).to_string());
     // Consumer lag and broker reachability for health and metrics.
     c.set_default("statistics.interval.ms", "5000");
     // Topics that do not exist yet are reported, not fatal: they may be created later.
     c.set_default("allow.auto.create.topics", "false");
+    c
+}
+
+/// A client of `group` that reads or commits its offsets without ever
+/// joining it (the dead-letter and offsets tools): the consumer's settings
+/// without the daemon's static member id, which would make the broker take
+/// it for that daemon (and fence one of them).
+pub fn group_client_config(config: &Config, bootstrap: &str, group: &str) -> ClientConfig {
+    let mut c = consumer_config(config, bootstrap);
+    c.remove("group.instance.id");
+    c.set("group.id", group);
+    c.set("enable.auto.commit", "false");
     c
 }
 
@@ -104,5 +122,50 @@ impl SetDefault for ClientConfig {
             self.set(key, value);
         }
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config with one route and `kafka` as the `[kafka]` table's body,
+    /// read with `HOSTNAME=sluice-2`.
+    fn config(kafka: &str) -> Config {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("plugins")).expect("plugins dir");
+        std::fs::write(dir.path().join("plugins/m.wasm"), b"").expect("module file");
+        let text = format!("[kafka]\n{kafka}\n[[routes]]\ntopic = \"t\"\nmodule = \"m\"\n");
+        let env = |var: &str| (var == "HOSTNAME").then(|| "sluice-2".to_owned());
+        Config::parse(&text, dir.path(), &env).expect("a valid config")
+    }
+
+    #[test]
+    fn static_membership_and_the_strategy_reach_the_consumer_only() {
+        let c = config(
+            "group_instance_id = \"orders-{hostname}\"\n\
+             partition_assignment_strategy = \"cooperative-sticky\"",
+        );
+        let member = consumer_config(&c, "b:9092");
+        assert_eq!(member.get("group.instance.id"), Some("orders-sluice-2"));
+        assert_eq!(
+            member.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
+        // The tools' clients must not pass for the daemon's member.
+        let tool = group_client_config(&c, "b:9092", "local.default.sluice-dlq-replay");
+        assert_eq!(tool.get("group.instance.id"), None);
+        assert_eq!(
+            tool.get("group.id"),
+            Some("local.default.sluice-dlq-replay")
+        );
+        assert_eq!(producer_config(&c, "b:9092").get("group.instance.id"), None);
+    }
+
+    #[test]
+    fn without_the_settings_librdkafka_keeps_its_defaults() {
+        let member = consumer_config(&config(""), "b:9092");
+        assert_eq!(member.get("group.instance.id"), None);
+        assert_eq!(member.get("partition.assignment.strategy"), None);
     }
 }

@@ -296,12 +296,8 @@ pub fn read_dead_letters(
 /// librdkafka requires) that never commits. An offset out of range starts
 /// from the earliest one. `what` names the reader in errors.
 fn reader(config: &Config, bootstrap: &str, what: &str) -> Result<BaseConsumer, ReplayError> {
-    let mut c = crate::kafka::consumer_config(config, bootstrap);
-    c.set(
-        "group.id",
-        format!("sluice-dlq-tool-{}", uuid::Uuid::new_v4()),
-    );
-    c.set("enable.auto.commit", "false");
+    let group = format!("sluice-dlq-tool-{}", uuid::Uuid::new_v4());
+    let mut c = crate::kafka::group_client_config(config, bootstrap, &group);
     c.set("enable.auto.offset.store", "false");
     c.set("auto.offset.reset", "earliest");
     c.set("enable.partition.eof", "true");

@@ -31,13 +31,12 @@ pub fn group(config: &Config) -> String {
 
 /// A client of the position group that never joins it.
 fn client(config: &Config, bootstrap: &str, group: &str) -> Result<BaseConsumer, ReplayError> {
-    let mut c = crate::kafka::consumer_config(config, bootstrap);
-    c.set("group.id", group);
-    c.set("enable.auto.commit", "false");
-    c.create().map_err(|source| ReplayError::Kafka {
-        what: format!("creating a client of consumer group {group:?}"),
-        source,
-    })
+    crate::kafka::group_client_config(config, bootstrap, group)
+        .create()
+        .map_err(|source| ReplayError::Kafka {
+            what: format!("creating a client of consumer group {group:?}"),
+            source,
+        })
 }
 
 /// The committed positions of `partitions`; a partition without one is
