@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -210,7 +210,7 @@ async fn health(State(s): State<Shared>) -> Response {
         .routes()
         .iter()
         .map(|r| {
-            let module = r.module.lock().unwrap_or_else(PoisonError::into_inner);
+            let module = r.module();
             json!({
                 "topic": r.topic,
                 "module": module.as_ref().map(|m| m.name.clone()),
@@ -286,7 +286,7 @@ async fn metrics(State(s): State<Shared>) -> Response {
 async fn plugins(State(s): State<Shared>) -> axum::Json<Value> {
     let mut modules: std::collections::BTreeMap<String, Value> = Default::default();
     for r in s.status.routes() {
-        let module = r.module.lock().unwrap_or_else(PoisonError::into_inner);
+        let module = r.module();
         let Some(m) = module.as_ref() else { continue };
         let entry = modules.entry(m.name.clone()).or_insert_with(|| {
             json!({

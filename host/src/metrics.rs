@@ -6,8 +6,8 @@
 //! topic, route and module names.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError};
 
 use crate::breaker::CircuitState;
 use crate::policy::ErrorType;
@@ -323,10 +323,7 @@ pub fn render(status: &Status) -> String {
         status.stalled().len() as u64,
     );
 
-    let loads = status
-        .plugin_loads
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
+    let loads = status.all_plugin_loads();
     out.family("sluice_plugin_loads_total", "Modules loaded, by module.");
     for (module, (ok, _)) in loads.iter() {
         out.sample("sluice_plugin_loads_total", &[("module", module)], *ok);
@@ -342,7 +339,6 @@ pub fn render(status: &Status) -> String {
             *failed,
         );
     }
-    drop(loads);
     out.family(
         "sluice_guest_log_lines_dropped_total",
         "Log lines (log calls, stdout and stderr lines) of the module serving each route that \
@@ -350,8 +346,7 @@ pub fn render(status: &Status) -> String {
          loaded.",
     );
     for r in &routes {
-        let module = r.module.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(m) = module.as_ref() {
+        if let Some(m) = r.module() {
             out.sample(
                 "sluice_guest_log_lines_dropped_total",
                 &[("route", &r.topic)],

@@ -37,7 +37,7 @@ pub struct Status {
     /// finished, and whether it is paused for a full queue.
     in_flight: Mutex<BTreeMap<TopicPartition, PartitionFlags>>,
     /// Consumer lag per partition, from librdkafka's statistics.
-    pub(crate) lag: Mutex<BTreeMap<TopicPartition, Lag>>,
+    lag: Mutex<BTreeMap<TopicPartition, Lag>>,
     /// `processing.stall_timeout_seconds`.
     stall_timeout: Option<Duration>,
     /// Records that could not be produced (each failed attempt).
@@ -47,7 +47,7 @@ pub struct Status {
     /// Partition workers that ended early and were restarted.
     pub(crate) worker_restarts: AtomicU64,
     /// Per module: successful loads and refused files.
-    pub(crate) plugin_loads: Mutex<BTreeMap<String, (u64, u64)>>,
+    plugin_loads: Mutex<BTreeMap<String, (u64, u64)>>,
     started: AtomicBool,
     consumed: AtomicU64,
     /// Whether a broker answers: unknown until librdkafka says.
@@ -96,7 +96,7 @@ pub struct RouteStatus {
     /// The handler breaker.
     pub breaker: Arc<Breaker>,
     /// The module currently handling the route.
-    pub module: Mutex<Option<ModuleInfo>>,
+    module: Mutex<Option<ModuleInfo>>,
     /// Counters and the handler latency histogram.
     pub metrics: RouteMetrics,
 }
@@ -105,6 +105,14 @@ impl RouteStatus {
     /// Records the module version serving the route (`None`: deleted).
     pub(crate) fn set_module(&self, module: Option<ModuleInfo>) {
         *self.module.lock().unwrap_or_else(PoisonError::into_inner) = module;
+    }
+
+    /// The module version serving the route, if its file is loaded.
+    pub fn module(&self) -> Option<ModuleInfo> {
+        self.module
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn new(config: &Config, route: &RouteConfig) -> Arc<RouteStatus> {
@@ -374,7 +382,16 @@ impl Status {
         self.plugin_event();
     }
 
-    /// Module loads and refusals so far, per module: `(loaded, refused)`.
+    /// Loads and refusals so far of every module, by name:
+    /// `(loaded, refused)`.
+    pub fn all_plugin_loads(&self) -> BTreeMap<String, (u64, u64)> {
+        self.plugin_loads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Module loads and refusals so far of `module`: `(loaded, refused)`.
     pub fn plugin_loads(&self, module: &str) -> (u64, u64) {
         self.plugin_loads
             .lock()

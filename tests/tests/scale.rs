@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use sluice_tests::broker::Broker;
-use sluice_tests::daemon::{Daemon, config_text, module_route, parse};
+use sluice_tests::daemon::{Daemon, DaemonProcess, config_text, module_route, parse};
 use sluice_tests::kafka::{Record, Send, produce, read_until, wait_committed};
 
 const PARTITIONS: i32 = 4;
@@ -80,15 +80,21 @@ fn read_names(
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backlog_many_times_the_partition_queue_is_delivered_whole() {
+/// The scenarios of this file each start a broker and a daemon working
+/// through 20,000 messages: run one at a time, or two of them would share
+/// the machine's cores and time out their brokers' sessions.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A broker holding the input `load` (and empty `load.out` and `dlq`), and
+/// how long producing the input took.
+async fn loaded_broker() -> (Broker, Duration) {
     let broker = Broker::start_persistent();
     let bootstrap = broker.bootstrap();
     for topic in ["load", "load.out", "dlq"] {
         broker.create_topic(topic, PARTITIONS);
     }
-    let inputs = inputs();
     let started = Instant::now();
+    let inputs = inputs();
     produce(
         &bootstrap,
         "load",
@@ -100,41 +106,53 @@ async fn a_backlog_many_times_the_partition_queue_is_delivered_whole() {
         }),
     )
     .await;
-    let produced_in = started.elapsed();
+    (broker, started.elapsed())
+}
 
+/// The daemon's config: the `refusals` fixture handles `load`, failing every
+/// tenth message for good into `dlq`, with a partition queue a twentieth of
+/// each partition's backlog.
+fn backlog_config(bootstrap: &str, group: &str) -> String {
     // Tansu's group coordinator, on SQLite storage under this load, can take
     // longer than the tests' usual 6 s session timeout to answer a heartbeat.
     // The client then rejoins under a new member id, and Tansu 0.6.0 was seen
     // to keep naming the old, gone member as the group's leader in every
     // later generation, so the group never assigned a partition again.
     // Kafka's default of 45 s here.
-    let text = config_text(
-        &bootstrap,
-        "backlog",
+    config_text(
+        bootstrap,
+        group,
         "dead_letter_topic = \"dlq\"",
         &module_route("refusals", "load", "load.out", "max_retry_attempts = 0"),
     )
     .replace(
         "\"session.timeout.ms\" = 6000",
         "\"session.timeout.ms\" = 45000",
-    );
-    let mut config = parse(&text);
-    config.processing.partition_queue = PARTITION_QUEUE;
-    let started = Instant::now();
-    let daemon = Daemon::start(config);
+    )
+    .replace(
+        "[processing]\n",
+        &format!("[processing]\npartition_queue = {PARTITION_QUEUE}\n"),
+    )
+}
+
+/// Waits until every message of `load` is committed for `group`.
+fn all_committed(bootstrap: &str, group: &str) {
     let every = vec![PER_PARTITION as i64; PARTITIONS as usize];
     assert_eq!(
-        wait_committed(&bootstrap, "test.backlog", "load", &every, LONG),
+        wait_committed(bootstrap, &format!("test.{group}"), "load", &every, LONG),
         every.iter().map(|n| Some(*n)).collect::<Vec<_>>(),
         "every message of every partition is committed"
     );
-    let handled_in = started.elapsed();
-    daemon.stop().await;
+}
 
+/// Reads every output and dead letter, asserts that each message is there
+/// (none missing, none made up) and returns the duplicates.
+fn delivered_whole(bootstrap: &str) -> usize {
+    let inputs = inputs();
     let failing = inputs.len() / FAILING_EVERY;
     let passing = inputs.len() - failing;
-    let outputs = read_names(&bootstrap, "load.out", passing, Record::text);
-    let letters = read_names(&bootstrap, "dlq", failing, dead_letter_name);
+    let outputs = read_names(bootstrap, "load.out", passing, Record::text);
+    let letters = read_names(bootstrap, "dlq", failing, dead_letter_name);
     let outputs = tally(outputs.iter().map(Record::text));
     let letters = tally(letters.iter().map(dead_letter_name));
 
@@ -160,10 +178,7 @@ async fn a_backlog_many_times_the_partition_queue_is_delivered_whole() {
         .map(|n| n - 1)
         .sum();
     eprintln!(
-        "backlog: {} messages over {PARTITIONS} partitions, partition queue {PARTITION_QUEUE}: \
-         produced in {produced_in:?}, handled in {handled_in:?}; {} outputs, {} dead letters, \
-         {duplicates} duplicates, {} missing",
-        inputs.len(),
+        "{} outputs, {} dead letters, {duplicates} duplicates, {} missing",
         outputs.len(),
         letters.len(),
         missing_out.len() + missing_dlq.len()
@@ -180,4 +195,75 @@ async fn a_backlog_many_times_the_partition_queue_is_delivered_whole() {
         failing,
         "no dead letter that was not asked for"
     );
+    duplicates
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_many_times_the_partition_queue_is_delivered_whole() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let (broker, produced_in) = loaded_broker().await;
+    let bootstrap = broker.bootstrap();
+    let started = Instant::now();
+    let daemon = Daemon::start(parse(&backlog_config(&bootstrap, "backlog")));
+    all_committed(&bootstrap, "backlog");
+    let handled_in = started.elapsed();
+    daemon.stop().await;
+    eprintln!(
+        "backlog: {} messages over {PARTITIONS} partitions, partition queue {PARTITION_QUEUE}: \
+         produced in {produced_in:?}, handled in {handled_in:?}",
+        inputs().len()
+    );
+    delivered_whole(&bootstrap);
+}
+
+/// The daemon binary, for a test that kills it.
+const DAEMON: &str = env!("CARGO_BIN_EXE_sluice-test-daemon");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_killed_mid_backlog_and_started_again_loses_nothing() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let (broker, _) = loaded_broker().await;
+    let bootstrap = broker.bootstrap();
+    // A static member: the daemon started again takes the killed one's
+    // place at once. A new member would wait out the killed one's session
+    // (45 s here), and Tansu 0.6.0 then keeps the gone member as the
+    // group's leader and assigns nothing (see `backlog_config`).
+    let text = backlog_config(&bootstrap, "killed").replace(
+        "dead_letter_topic = \"dlq\"",
+        "dead_letter_topic = \"dlq\"\ngroup_instance_id = \"killed-0\"",
+    );
+    let started = Instant::now();
+    let first = DaemonProcess::start(DAEMON, &text);
+    // Killed once a quarter of the messages are committed: its offsets sit
+    // inside the input's record batches, where the next daemon resumes.
+    let quarter = (PER_PARTITION * PARTITIONS as usize / 4) as i64;
+    let committed_at_kill = loop {
+        let committed = sluice::pipeline::committed_offsets(
+            &bootstrap,
+            "test.killed",
+            "load",
+            PARTITIONS,
+            Duration::from_secs(5),
+        )
+        .unwrap_or_default();
+        let sum: i64 = committed.iter().flatten().sum();
+        if sum >= quarter {
+            break committed;
+        }
+        assert!(
+            started.elapsed() < LONG,
+            "a quarter of the messages is handled"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    first.kill();
+    let second = DaemonProcess::start(DAEMON, &text);
+    all_committed(&bootstrap, "killed");
+    eprintln!(
+        "kill -9 with offsets {committed_at_kill:?} committed, started again: all committed \
+         after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(second.terminate(), Some(0), "SIGTERM drains and exits 0");
+    delivered_whole(&bootstrap);
 }
