@@ -164,6 +164,12 @@ struct Partition {
     fates: BTreeMap<i64, bool>,
     /// The messages the partition is stopped on.
     stopped: BTreeSet<i64>,
+    /// When each message's outputs were last handed to the producer (a
+    /// count of productions), by incarnation and offset.
+    handed: BTreeMap<(u32, i64), u64>,
+    /// When the outputs of the last stored message with outputs were
+    /// handed over.
+    last_handed: u64,
 }
 
 impl Partition {
@@ -178,6 +184,17 @@ impl Partition {
                 ));
             };
             self.fates.insert(o, dead_letter);
+            // The outputs of the stored messages were last handed to the
+            // producer in input order.
+            if let (false, Some(&at)) = (dead_letter, self.handed.get(&(incarnation, o))) {
+                if at < self.last_handed {
+                    return Err(format!(
+                        "partition {p}: the outputs of offset {o} were last handed to the \
+                         producer before those of an earlier message"
+                    ));
+                }
+                self.last_handed = at;
+            }
         }
         self.committed = offset + 1;
         Ok(())
@@ -241,6 +258,8 @@ struct World {
     /// Productions by (partition, incarnation, offset, generation): their
     /// records, and which were acknowledged.
     productions: BTreeMap<Production, (Vec<Rec>, usize)>,
+    /// Productions so far.
+    handed_count: u64,
     /// Messages that fail whatever the handler version.
     poison: BTreeSet<(usize, i64)>,
     /// Messages whose outputs are too large.
@@ -292,6 +311,8 @@ impl World {
                 call: None,
                 done: BTreeMap::new(),
                 fates: BTreeMap::new(),
+                handed: BTreeMap::new(),
+                last_handed: 0,
                 stopped: BTreeSet::new(),
             });
         }
@@ -309,6 +330,7 @@ impl World {
             answers: Vec::new(),
             logs: BTreeMap::new(),
             productions: BTreeMap::new(),
+            handed_count: 0,
             poison,
             oversized,
             calm: false,
@@ -758,6 +780,12 @@ impl World {
         }
         self.receipts.insert(key, (records.len(), Answer::acked()));
         self.productions.insert(key, (records.clone(), 0));
+        self.handed_count += 1;
+        if !records[0].dead_letter {
+            self.partitions[p]
+                .handed
+                .insert((incarnation, offset), self.handed_count);
+        }
         for rec in records {
             let q = if rec.dead_letter {
                 usize::from(OUTPUT_PARTITIONS)
