@@ -111,6 +111,25 @@ pub fn missing_topics(
         .collect())
 }
 
+/// The partitions of `topic` that `client`'s brokers report, in order:
+/// none when the topic does not exist. Fails when no broker answers within
+/// `timeout`.
+pub fn partitions_of<C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    timeout: std::time::Duration,
+) -> rdkafka::error::KafkaResult<Vec<i32>> {
+    let metadata = client.fetch_metadata(Some(topic), timeout)?;
+    let mut partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    partitions.sort_unstable();
+    Ok(partitions)
+}
+
 trait SetDefault {
     fn set_default(&mut self, key: &str, value: impl Into<String>) -> &mut Self;
 }

@@ -316,18 +316,11 @@ fn read_topic(
     out: &mut Vec<DlqRecord>,
 ) -> Result<(), ReplayError> {
     let consumer = reader(config, bootstrap, "dead-letter reader")?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), config.kafka.timeout())
+    let partitions = crate::kafka::partitions_of(consumer.client(), topic, config.kafka.timeout())
         .map_err(|source| ReplayError::Kafka {
             what: format!("reading the metadata of {topic:?} from {bootstrap}"),
             source,
         })?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
     if partitions.is_empty() {
         return Err(ReplayError::TopicMissing {
             topic: topic.to_owned(),

@@ -35,25 +35,17 @@ fn partitions_of(
     topic: &str,
 ) -> Result<Vec<i32>, RewindError> {
     let bootstrap = &config.kafka.bootstrap_servers;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), config.kafka.timeout())
+    let partitions = crate::kafka::partitions_of(consumer.client(), topic, config.kafka.timeout())
         .map_err(|source| RewindError::Kafka {
             what: format!("reading the metadata of {topic:?} from {bootstrap}"),
             source,
         })?;
-    let mut partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
     if partitions.is_empty() {
         return Err(RewindError::TopicMissing {
             topic: topic.to_owned(),
             bootstrap: bootstrap.clone(),
         });
     }
-    partitions.sort_unstable();
     Ok(partitions)
 }
 

@@ -173,6 +173,18 @@ struct Partition {
 }
 
 impl Partition {
+    /// The core of `incarnation`: the current one, or a revoked one still
+    /// fed its late events.
+    fn core_of(&mut self, incarnation: u32) -> Option<&mut Core<Msg, Rec>> {
+        if incarnation == self.incarnation {
+            return Some(&mut self.core);
+        }
+        self.revoked
+            .iter_mut()
+            .find(|(i, _)| *i == incarnation)
+            .map(|(_, core)| core)
+    }
+
     /// Checks a stored offset: every message up to it has a production of
     /// this incarnation whose records were all acknowledged.
     fn stored(&mut self, p: usize, incarnation: u32, offset: i64) -> Result<(), String> {
@@ -542,13 +554,8 @@ impl World {
             probe,
             &mut self.rng,
         );
-        let core = if incarnation == part.incarnation {
-            &mut part.core
-        } else {
-            match part.revoked.iter_mut().find(|(i, _)| *i == incarnation) {
-                Some((_, core)) => core,
-                None => return Ok(()),
-            }
+        let Some(core) = part.core_of(incarnation) else {
+            return Ok(());
         };
         core.called(now, outcomes, unhandled, &mut env);
         if env.probe {
@@ -623,13 +630,8 @@ impl World {
             false,
             &mut self.rng,
         );
-        let core = if incarnation == part.incarnation {
-            &mut part.core
-        } else {
-            match part.revoked.iter_mut().find(|(i, _)| *i == incarnation) {
-                Some((_, core)) => core,
-                None => return Ok(()),
-            }
+        let Some(core) = part.core_of(incarnation) else {
+            return Ok(());
         };
         core.answered(now, offset, generation, answer, &mut env);
         self.apply(p, Some(incarnation))
@@ -709,13 +711,8 @@ impl World {
         let part = &mut self.partitions[p];
         let current = incarnation.is_none_or(|i| i == part.incarnation);
         let incarnation = incarnation.unwrap_or(part.incarnation);
-        let core = if current {
-            &mut part.core
-        } else {
-            match part.revoked.iter_mut().find(|(i, _)| *i == incarnation) {
-                Some((_, core)) => core,
-                None => return Ok(()),
-            }
+        let Some(core) = part.core_of(incarnation) else {
+            return Ok(());
         };
         check_cursors(p, core)?;
         let actions: Vec<Action> = core.actions().collect();
