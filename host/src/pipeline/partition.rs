@@ -695,8 +695,12 @@ impl Worker {
             .stop(tp, format!("offset {offset}: {shown}"));
     }
 
-    /// What the core decided, on the message's span.
+    /// What the core decided, on the message's span (there is one only
+    /// when spans are exported).
     fn trace_outcome(&self, note: &Note) {
+        if self.shared.tracer.is_none() {
+            return;
+        }
         let (offset, outcome) = match *note {
             Note::Handled { offset, .. } => (offset, Outcome::Ok),
             Note::Retry { offset, .. } => (offset, Outcome::Retried),
