@@ -39,6 +39,9 @@
 //!    the group has no live member, moves its committed offsets.
 //! 9. [`cli`] is the command line (`run`, `check`, `demo`, `dlq`,
 //!    `offsets`), and [`telemetry`] sets up logging.
+//! 10. [`trace`] reads an input's W3C trace context, gives its outputs and
+//!     dead letter a child of it, and exports each message's span over OTLP
+//!     when `telemetry.otlp_endpoint` is set.
 //!
 //! The WIT contract in `wit/` is the one source of truth for the types that
 //! cross the sandbox boundary; both this crate and the guest SDK generate
@@ -58,6 +61,7 @@ pub mod rewind;
 pub mod route;
 pub mod status;
 pub mod telemetry;
+pub mod trace;
 pub mod wasm;
 
 pub use pipeline::run;

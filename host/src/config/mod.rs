@@ -81,6 +81,9 @@ pub struct Config {
     /// How the daemon logs.
     #[serde(default)]
     pub logging: LoggingConfig,
+    /// Where message spans are exported.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// Which module handles which topic; at least one, and a topic appears
     /// in one route only.
     #[serde(default)]
@@ -313,6 +316,18 @@ pub struct LoggingConfig {
     /// `"human"` (default) or `"json"`; `--log-format` overrides it.
     #[serde(default, deserialize_with = "deserialize_log_format")]
     pub format: LogFormat,
+}
+
+/// Where message spans are exported.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The URL of an OpenTelemetry collector's OTLP/HTTP traces resource,
+    /// such as `"http://127.0.0.1:4318/v1/traces"`: each message's span is
+    /// exported there (protobuf, in batches). Unset (the default): nothing
+    /// is exported, and only inputs that carry a `traceparent` header pass
+    /// a trace context on to their outputs and dead letters.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// How messages are scheduled onto handlers.

@@ -187,6 +187,23 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         ));
     }
 
+    if let Some(endpoint) = &config.telemetry.otlp_endpoint {
+        let rest = endpoint.strip_prefix("http://").unwrap_or("");
+        let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+        if host.is_empty()
+            || endpoint
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid(
+                "telemetry.otlp_endpoint",
+                format!("{endpoint:?}"),
+                "an http:// URL of a collector's OTLP/HTTP traces resource, such as \
+                 \"http://127.0.0.1:4318/v1/traces\" (https is not supported: run the \
+                 collector beside the daemon)",
+            ));
+        }
+    }
     if config.http.enabled && config.http.listen.parse::<std::net::SocketAddr>().is_err() {
         return Err(invalid(
             "http.listen",

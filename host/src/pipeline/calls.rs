@@ -12,26 +12,45 @@ use tokio_util::sync::CancellationToken;
 use super::core::{Failed, Item, Outcome};
 use crate::policy::FailureKind;
 use crate::route::{Route, TURN};
+use crate::trace::{MessageTrace, Site, Tracer};
 use crate::wasm::{self, Failure, Invoker, Message, Output, Plugin};
 use tokio::sync::Semaphore;
 
 /// The header that carries a message's correlation id.
 pub const CORRELATION_HEADER: &str = "correlation_id";
 
-/// A message fetched from its partition, with its correlation id: from its
-/// header, or made up for it once, so that its retries, outputs and dead
-/// letter share it.
+/// A message fetched from its partition, with its correlation id (from its
+/// header, or made up for it once) and its trace context, so that its
+/// retries, outputs and dead letter share them.
 pub struct Fetched {
     pub message: Message,
     pub correlation: String,
+    /// What its outputs and dead letter carry in `traceparent` and
+    /// `tracestate`, and its span; `None` when it has no trace context.
+    pub trace: Option<Box<MessageTrace>>,
 }
 
 impl Fetched {
-    pub fn new(message: Message) -> Fetched {
+    /// The message as fetched for the route's `module`; with `tracer`, its
+    /// span starts now.
+    pub fn new(message: Message, tracer: Option<&Tracer>, module: &str) -> Fetched {
         let correlation = correlation_id(&message);
+        let site = Site {
+            topic: &message.topic,
+            partition: message.partition,
+            offset: message.offset,
+            module,
+            correlation_id: &correlation,
+        };
+        let headers = message
+            .headers
+            .iter()
+            .map(|h| (h.key.as_str(), &h.value[..]));
+        let trace = MessageTrace::of(headers, tracer, &site);
         Fetched {
             message,
             correlation,
+            trace,
         }
     }
 }
@@ -89,6 +108,7 @@ pub async fn call(
             done: Vec::new(),
             chunk: Vec::new(),
             ids: Vec::new(),
+            traces: Vec::new(),
         };
         calls.run(limit, &cancel);
         let Calls {
@@ -113,10 +133,11 @@ struct Calls<'a> {
     route: &'a Route,
     queue: VecDeque<Fetched>,
     done: Vec<(Fetched, Outcome<Output>)>,
-    /// The messages of a `handle-batch` call, and their correlation ids;
-    /// kept to reuse their buffers.
+    /// The messages of a `handle-batch` call, their correlation ids and
+    /// trace contexts; kept to reuse their buffers.
     chunk: Vec<Message>,
     ids: Vec<String>,
+    traces: Vec<Option<Box<MessageTrace>>>,
 }
 
 impl Calls<'_> {
@@ -185,9 +206,11 @@ impl Calls<'_> {
         let route = self.route;
         self.chunk.clear();
         self.ids.clear();
+        self.traces.clear();
         for fetched in self.queue.drain(..run) {
             self.chunk.push(fetched.message);
             self.ids.push(fetched.correlation);
+            self.traces.push(fetched.trace);
         }
         let started = Instant::now();
         let outcomes = self
@@ -219,14 +242,18 @@ impl Calls<'_> {
         let mut stop = false;
         let mut messages = std::mem::take(&mut self.chunk).into_iter();
         let mut ids = std::mem::take(&mut self.ids).into_iter();
+        let mut traces = std::mem::take(&mut self.traces).into_iter();
         for outcome in outcomes {
-            let (Some(message), Some(correlation)) = (messages.next(), ids.next()) else {
+            let (Some(message), Some(correlation), Some(trace)) =
+                (messages.next(), ids.next(), traces.next())
+            else {
                 break;
             };
             metrics.observe(each);
             let fetched = Fetched {
                 message,
                 correlation,
+                trace,
             };
             stop = self.push(fetched, outcome);
             if stop {
@@ -236,6 +263,7 @@ impl Calls<'_> {
         // Messages the call did not get to go back, in order.
         self.chunk.extend(messages);
         self.ids.extend(ids);
+        self.traces.extend(traces);
         self.unchunk(0);
         Some(stop)
     }
@@ -245,11 +273,14 @@ impl Calls<'_> {
     fn unchunk(&mut self, from: usize) {
         let messages = self.chunk.drain(from..);
         let ids = self.ids.drain(from..);
+        let traces = self.traces.drain(from..);
         let back: Vec<Fetched> = messages
             .zip(ids)
-            .map(|(message, correlation)| Fetched {
+            .zip(traces)
+            .map(|((message, correlation), trace)| Fetched {
                 message,
                 correlation,
+                trace,
             })
             .collect();
         for fetched in back.into_iter().rev() {

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::calls::CORRELATION_HEADER;
 use super::refusal::{Refusal, Refused};
+use crate::trace::{MessageTrace, TRACEPARENT, TRACESTATE};
 use crate::wasm::{Header, Output};
 
 /// The producer of outputs and dead-letter records, with a thread that
@@ -222,25 +223,45 @@ pub enum NotProduced {
 }
 
 /// The headers the handler returned for an output; with `correlation`, that
-/// id in place of any `correlation_id` header of the handler's own.
-fn kafka_headers(headers: &[Header], correlation: Option<&str>) -> OwnedHeaders {
-    let mut out = OwnedHeaders::new_with_capacity(headers.len() + 1);
-    for h in headers
-        .iter()
-        .filter(|h| correlation.is_none() || h.key != CORRELATION_HEADER)
-    {
+/// id in place of any `correlation_id` header of the handler's own; with
+/// `trace`, the message's child context in place of any `traceparent` and
+/// `tracestate` of the handler's own (a handler passing its input's headers
+/// on would otherwise pass on the parent).
+fn kafka_headers(
+    headers: &[Header],
+    correlation: Option<&str>,
+    trace: Option<&MessageTrace>,
+) -> OwnedHeaders {
+    let mut out = OwnedHeaders::new_with_capacity(headers.len() + 3);
+    let replaced = |key: &str| {
+        (correlation.is_some() && key == CORRELATION_HEADER)
+            || (trace.is_some() && (key == TRACEPARENT || key == TRACESTATE))
+    };
+    for h in headers.iter().filter(|h| !replaced(&h.key)) {
         out = out.insert(KafkaHeader {
             key: &h.key,
             value: Some(&h.value),
         });
     }
-    match correlation {
-        Some(id) => out.insert(KafkaHeader {
+    if let Some(id) = correlation {
+        out = out.insert(KafkaHeader {
             key: CORRELATION_HEADER,
             value: Some(id),
-        }),
-        None => out,
+        });
     }
+    if let Some(trace) = trace {
+        out = out.insert(KafkaHeader {
+            key: TRACEPARENT,
+            value: Some(&trace.traceparent),
+        });
+        if let Some(state) = &trace.tracestate {
+            out = out.insert(KafkaHeader {
+                key: TRACESTATE,
+                value: Some(state),
+            });
+        }
+    }
+    out
 }
 
 /// A message's records, handed to the producer.
@@ -253,12 +274,13 @@ pub struct Produced {
 }
 
 /// Enqueues a message's records with the producer, waiting while its queue
-/// is full, and stopping at a record refused for good. Fails only when
-/// cancelled.
+/// is full, and stopping at a record refused for good. Each record carries
+/// `correlation` and `trace` when given. Fails only when cancelled.
 pub async fn produce_all(
     producer: &Producer,
     records: &[Output],
     correlation: Option<&str>,
+    trace: Option<&MessageTrace>,
     cancel: &CancellationToken,
 ) -> Result<Produced, NotProduced> {
     if records.is_empty() {
@@ -270,8 +292,8 @@ pub async fn produce_all(
     let receipt = Arc::new(Receipt::default());
     for record in records {
         let mut base = Record::with_opaque_to(&record.topic, receipt.clone());
-        if correlation.is_some() || !record.headers.is_empty() {
-            base = base.headers(kafka_headers(&record.headers, correlation));
+        if correlation.is_some() || trace.is_some() || !record.headers.is_empty() {
+            base = base.headers(kafka_headers(&record.headers, correlation, trace));
         }
         if let Some(key) = &record.key {
             base = base.key(key);
@@ -377,6 +399,58 @@ mod tests {
             .await
             .expect("the last answer wakes the waiter")
             .expect("the waiter did not panic")
+    }
+
+    fn header_pairs(headers: &OwnedHeaders) -> Vec<(String, String)> {
+        use rdkafka::message::Headers as _;
+        headers
+            .iter()
+            .map(|h| {
+                let value = String::from_utf8_lossy(h.value.unwrap_or_default());
+                (h.key.to_owned(), value.into_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn records_carry_the_child_context_in_place_of_the_handlers_own() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let input = [
+            Header {
+                key: "traceparent".into(),
+                value: parent.into(),
+            },
+            Header {
+                key: "tracestate".into(),
+                value: b"a=1".to_vec(),
+            },
+            Header {
+                key: "kept".into(),
+                value: b"yes".to_vec(),
+            },
+        ];
+        let site = crate::trace::Site {
+            topic: "orders",
+            partition: 0,
+            offset: 1,
+            module: "m",
+            correlation_id: "c",
+        };
+        let headers = input.iter().map(|h| (h.key.as_str(), &h.value[..]));
+        let trace = MessageTrace::of(headers, None, &site).expect("a context");
+        let pairs = header_pairs(&kafka_headers(&input, Some("c"), Some(&trace)));
+        let names: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["kept", "correlation_id", "traceparent", "tracestate"]
+        );
+        assert_eq!(pairs[2].1, trace.traceparent);
+        assert_ne!(pairs[2].1, parent, "the child, not the parent");
+        assert_eq!(pairs[3].1, "a=1");
+        // Without a trace context the handler's headers stay as they are.
+        let pairs = header_pairs(&kafka_headers(&input, None, None));
+        assert_eq!(pairs[0], ("traceparent".to_owned(), parent.to_owned()));
+        assert_eq!(pairs.len(), 3);
     }
 
     #[tokio::test(start_paused = true)]

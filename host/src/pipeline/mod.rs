@@ -54,6 +54,7 @@ pub use crate::policy::Backoff;
 use crate::route::{Route, admit};
 use crate::status::ModuleInfo;
 pub use crate::status::Status;
+use crate::trace::Tracer;
 use crate::wasm::{Plugin, Runtime, RuntimeConfig};
 
 /// Loads the module of every route, refusing to start when one is invalid.
@@ -157,7 +158,15 @@ pub async fn run_with_bootstrap(
     } else {
         None
     };
-    let parts = start(&config, bootstrap, &status).await?;
+    let tracer = match &config.telemetry.otlp_endpoint {
+        Some(endpoint) => {
+            let tracer = Tracer::new(endpoint, config.group_id()).map_err(anyhow::Error::msg)?;
+            tracing::info!(otlp_endpoint = endpoint, "exporting message spans");
+            Some(Arc::new(tracer))
+        }
+        None => None,
+    };
+    let parts = start(&config, bootstrap, &status, tracer.clone()).await?;
     tracing::info!(
         group = %config.group_id(), bootstrap_servers = bootstrap,
         topics = ?parts.live.topics(), "consuming"
@@ -170,13 +179,22 @@ pub async fn run_with_bootstrap(
     if let Some(http) = http {
         let _ = http.await;
     }
+    if let Some(tracer) = tracer {
+        // Sends the spans still batched; it waits for the collector.
+        let _ = tokio::task::spawn_blocking(move || tracer.shutdown()).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
 
 /// Checks the routes' topics, loads their modules, creates the clients and
 /// subscribes.
-async fn start(config: &Config, bootstrap: &str, status: &Arc<Status>) -> anyhow::Result<Parts> {
+async fn start(
+    config: &Config,
+    bootstrap: &str,
+    status: &Arc<Status>,
+    tracer: Option<Arc<Tracer>>,
+) -> anyhow::Result<Parts> {
     let p = &config.processing;
     let runtime_config = RuntimeConfig {
         max_instances: crate::route::pool_for(config.routes.len(), p.concurrency),
@@ -225,6 +243,7 @@ async fn start(config: &Config, bootstrap: &str, status: &Arc<Status>) -> anyhow
         output_correlation_id: p.output_correlation_id,
         max_record_bytes: usize::try_from(config.kafka.max_record_bytes()).unwrap_or(usize::MAX),
         status: status.clone(),
+        tracer,
     });
     Ok(Parts {
         consumer,

@@ -25,6 +25,7 @@ use crate::breaker::{Admission, CircuitState};
 use crate::policy::RetryPolicy;
 use crate::route::{Route, RouteSlot};
 use crate::status::{PartitionFlags, Status, TopicPartition};
+use crate::trace::{Outcome, Tracer};
 use crate::wasm::{Message, Output, Plugin};
 
 /// State shared by the consumer loop and every partition worker.
@@ -43,6 +44,8 @@ pub struct Shared {
     /// letters are cut to fit in it.
     pub max_record_bytes: usize,
     pub status: Arc<Status>,
+    /// Exports each message's span; `None` without `telemetry.otlp_endpoint`.
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 /// Stores a partition's processed offset for the next commit: the
@@ -452,7 +455,9 @@ impl Worker {
     /// free slot: every resume makes the consumer fetch again.
     fn received(&mut self, inbox: &mut Vec<Message>) {
         for message in inbox.drain(..) {
-            self.core.fetched(Fetched::new(message));
+            let tracer = self.shared.tracer.as_deref();
+            let fetched = Fetched::new(message, tracer, self.route.module_name());
+            self.core.fetched(fetched);
         }
         if self.gate.paused.load(Ordering::Relaxed) && self.rx.len() <= self.rx.max_capacity() / 2 {
             let _ = self.room.send(self.tp.clone());
@@ -622,15 +627,15 @@ impl Worker {
             }
         }
         let records = self.core.records(offset);
-        let correlation = self
-            .core
-            .message(offset)
-            .map_or("", |f| f.correlation.as_str());
+        let message = self.core.message(offset);
+        let correlation = message.map_or("", |f| f.correlation.as_str());
         let correlation = self.shared.output_correlation_id.then_some(correlation);
+        let trace = message.and_then(|f| f.trace.as_deref());
         let produced = produce_all(
             &self.shared.producer,
             records,
             correlation,
+            trace,
             &self.gate.cancel,
         )
         .await;
@@ -690,8 +695,38 @@ impl Worker {
             .stop(tp, format!("offset {offset}: {shown}"));
     }
 
-    /// What the core decided, in the logs, the metrics and health.
+    /// What the core decided, on the message's span (there is one only
+    /// when spans are exported).
+    fn trace_outcome(&self, note: &Note) {
+        if self.shared.tracer.is_none() {
+            return;
+        }
+        let (offset, outcome) = match *note {
+            Note::Handled { offset, .. } => (offset, Outcome::Ok),
+            Note::Retry { offset, .. } => (offset, Outcome::Retried),
+            Note::Held { offset, .. } => (offset, Outcome::Held),
+            Note::DeadLetter { offset, .. } => (offset, Outcome::DeadLettered),
+            Note::Stopped { offset, .. } => (offset, Outcome::Stopped),
+            _ => return,
+        };
+        let Some(fetched) = self.core.message(offset) else {
+            return;
+        };
+        if let Some(trace) = &fetched.trace {
+            let attempts = fetched.message.attempt;
+            // Handled after a retry: the retry is what it took.
+            let outcome = match outcome {
+                Outcome::Ok if attempts > 1 => Outcome::Retried,
+                outcome => outcome,
+            };
+            trace.outcome(outcome, attempts);
+        }
+    }
+
+    /// What the core decided, in the logs, the metrics, health and the
+    /// message's span.
     fn report(&self, note: Note) {
+        self.trace_outcome(&note);
         let tp = &self.tp;
         let route = &self.route;
         let metrics = &route.status.metrics;
@@ -827,7 +862,13 @@ impl Env<Fetched, Output> for RouteEnv<'_> {
             module_hash,
             failed_at: SystemTime::now(),
         };
-        let record = letter.record(self.max_record_bytes);
+        // Room for the trace headers the record gets when it is produced.
+        let room = if fetched.trace.is_some() {
+            crate::trace::HEADER_ROOM
+        } else {
+            0
+        };
+        let record = letter.record(self.max_record_bytes.saturating_sub(room));
         Output {
             topic: self.route.dead_letter_topic.clone().unwrap_or_default(),
             key: record.key,

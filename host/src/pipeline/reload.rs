@@ -112,6 +112,7 @@ impl Routes {
             ("[plugins]", old.plugins != new.plugins),
             ("[http]", old.http != new.http),
             ("[logging]", old.logging != new.logging),
+            ("[telemetry]", old.telemetry != new.telemetry),
         ]
         .into_iter()
         .filter_map(|(section, changed)| changed.then_some(section))
