@@ -245,6 +245,22 @@ fn check_cursors(p: usize, core: &Core<Msg, Rec>) -> Result<(), String> {
     Ok(())
 }
 
+/// The environment of a call's or an answer's outcomes at `now`, with the
+/// handler breaker's probe when the call was one: a macro, so that it
+/// borrows the world's fields and not the whole world.
+macro_rules! sim_env {
+    ($world:ident, $now:expr, $probe:expr) => {
+        SimEnv {
+            now: $now,
+            policy: &$world.policy,
+            dead_letter_topic: $world.dead_letter_topic,
+            breaker: &mut $world.breaker,
+            probe: $probe,
+            rng: &mut $world.rng,
+        }
+    };
+}
+
 /// The whole simulated world.
 struct World {
     rng: fastrand::Rng,
@@ -352,24 +368,6 @@ impl World {
             rng,
             partitions,
             policy,
-        }
-    }
-
-    fn env<'a>(
-        now: Instant,
-        policy: &'a RetryPolicy,
-        dead_letter_topic: bool,
-        breaker: &'a mut Breaker,
-        probe: bool,
-        rng: &'a mut fastrand::Rng,
-    ) -> SimEnv<'a> {
-        SimEnv {
-            now,
-            policy,
-            dead_letter_topic,
-            breaker,
-            probe,
-            rng,
         }
     }
 
@@ -546,14 +544,7 @@ impl World {
         ));
         let now = self.now;
         let part = &mut self.partitions[p];
-        let mut env = Self::env(
-            now,
-            &self.policy,
-            self.dead_letter_topic,
-            &mut self.breaker,
-            probe,
-            &mut self.rng,
-        );
+        let mut env = sim_env!(self, now, probe);
         let Some(core) = part.core_of(incarnation) else {
             return Ok(());
         };
@@ -622,14 +613,7 @@ impl World {
         ));
         let now = self.now;
         let part = &mut self.partitions[p];
-        let mut env = Self::env(
-            now,
-            &self.policy,
-            self.dead_letter_topic,
-            &mut self.breaker,
-            false,
-            &mut self.rng,
-        );
+        let mut env = sim_env!(self, now, false);
         let Some(core) = part.core_of(incarnation) else {
             return Ok(());
         };
@@ -640,14 +624,7 @@ impl World {
     fn advance(&mut self) -> Result<(), String> {
         self.now += Duration::from_millis(self.rng.u64(1..700));
         for p in 0..PARTITIONS {
-            let mut env = Self::env(
-                self.now,
-                &self.policy,
-                self.dead_letter_topic,
-                &mut self.breaker,
-                false,
-                &mut self.rng,
-            );
+            let mut env = sim_env!(self, self.now, false);
             let part = &mut self.partitions[p];
             if part.core.next_wake().is_some_and(|at| at <= self.now) {
                 part.core.tick(self.now, &mut env);
@@ -691,14 +668,7 @@ impl World {
             self.dead_letter_topic, self.letters_refused, self.policy.max_retry_attempts
         ));
         for p in 0..PARTITIONS {
-            let mut env = Self::env(
-                self.now,
-                &self.policy,
-                self.dead_letter_topic,
-                &mut self.breaker,
-                false,
-                &mut self.rng,
-            );
+            let mut env = sim_env!(self, self.now, false);
             self.partitions[p].core.config_changed(self.now, &mut env);
             self.apply(p, None)?;
         }
