@@ -13,10 +13,11 @@
 //!   in offset order;
 //! - an offset is stored only once every record of its message, and of
 //!   every message before it, is acknowledged by the broker;
-//! - a record refused for now is produced again together with the records
-//!   of every later message of the partition not yet stored, in order, so
-//!   that for each key the last copy of each output on the broker is in
-//!   input order;
+//! - a record refused for now is produced again, and after it the outputs
+//!   of every later message of the partition already produced and not yet
+//!   stored (the same when a message is called again after a stop), so that
+//!   for each key the last copy of each output on the broker is in input
+//!   order;
 //! - every message ends in its outputs, its dead letter, or its partition
 //!   stopped or held on it, never dropped; after a revocation or shutdown
 //!   nothing more is stored, and what was not stored is delivered again.
@@ -463,20 +464,14 @@ impl<M: Item, R> Core<M, R> {
                 });
                 true
             }
-            Decision::GiveUp(_) => self.give_up(i, now, failed, env),
+            Decision::GiveUp(_) => self.give_up(i, failed, env),
         }
     }
 
     /// A message that will not be called again: it is dead-lettered, or,
     /// without a dead-letter topic, its partition stops on it. Returns
     /// whether the messages after it must wait.
-    fn give_up<E: Env<M, R>>(
-        &mut self,
-        i: usize,
-        now: Instant,
-        failed: Failed,
-        env: &mut E,
-    ) -> bool {
+    fn give_up<E: Env<M, R>>(&mut self, i: usize, failed: Failed, env: &mut E) -> bool {
         let offset = self.entries[i].offset;
         if !env.has_dead_letter_topic() {
             let reason = format!(
@@ -494,7 +489,6 @@ impl<M: Item, R> Core<M, R> {
             reason: failed.reason.clone(),
         });
         self.write_letter(i, failed, env);
-        let _ = now;
         false
     }
 
@@ -582,7 +576,7 @@ impl<M: Item, R> Core<M, R> {
             kind: FailureKind::InvalidOutput,
             reason: format!("an output could not be produced: {reason}"),
         };
-        self.give_up(i, now, failed, env);
+        self.give_up(i, failed, env);
     }
 
     /// A record refused for now: the message's records are produced again
