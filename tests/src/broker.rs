@@ -29,7 +29,8 @@ pub struct Broker {
 const INSTALL_HINT: &str = "install it with `cargo install tansu --locked --version 0.6.0 \
      --features libsql,dynostore` (scripts/test does this)";
 
-fn free_port() -> u16 {
+/// A loopback port free at the time of asking.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -123,6 +124,11 @@ impl Broker {
         self._dir.path().join("tansu.log")
     }
 
+    /// What the broker has written since it was last started.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_file()).unwrap_or_default()
+    }
+
     /// The address clients connect to.
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
@@ -178,7 +184,7 @@ impl Drop for Broker {
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten());
-            let log = std::fs::read_to_string(self.log_file()).unwrap_or_default();
+            let log = self.log();
             let tail: String = log
                 .lines()
                 .rev()

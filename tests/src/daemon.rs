@@ -161,9 +161,10 @@ impl DaemonProcess {
             .arg(file.path())
             .env(
                 "RUST_LOG",
-                // A captured log is read by the test: everything from info.
+                // A captured log is read by the test: everything from info,
+                // but for the client statistics logged twice a second.
                 match log {
-                    Some(_) => "info".to_owned(),
+                    Some(_) => "info,rdkafka::client=warn".to_owned(),
                     None => std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
                 },
             )
@@ -186,12 +187,23 @@ impl DaemonProcess {
         let _ = self.child.wait();
     }
 
-    /// Sends SIGTERM and waits; returns the exit code.
+    /// Sends SIGTERM and waits up to a minute; returns the exit code, or
+    /// `None` (after killing it) if it did not exit, or exited on a signal.
     pub fn terminate(mut self) -> Option<i32> {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        self.child.wait().ok().and_then(|s| s.code())
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        // A child's exit cannot be awaited with a deadline: look every 50 ms.
+        while std::time::Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status.code(),
+                Ok(None) => std::thread::sleep(std::time::Duration::from_millis(50)),
+                Err(_) => return None,
+            }
+        }
+        eprintln!("the daemon did not exit within a minute of SIGTERM: killed");
+        None
     }
 }
 

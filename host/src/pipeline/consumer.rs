@@ -304,12 +304,16 @@ impl ConsumerLoop {
         if drained.is_err() {
             tracing::warn!("drain timeout reached: unfinished messages will be delivered again");
             self.workers.abort_all();
+        } else {
+            tracing::info!("in-flight messages drained");
         }
         commit(&*self.consumer, CommitMode::Sync);
+        tracing::info!("stored offsets committed");
         if let Err(e) = self.shared.producer.flush(self.flush_timeout) {
             tracing::warn!("producer flush incomplete: {e}");
         }
         self.consumer.unsubscribe();
+        tracing::info!("left the consumer group");
     }
 }
 
@@ -388,6 +392,29 @@ impl ConsumerContext for RebalanceContext {
                 tracing::info!(partitions = list.count(), "partitions assigned");
             }
             Rebalance::Error(e) => tracing::warn!("rebalance error: {e}"),
+        }
+    }
+
+    /// A partition this daemon paused for a full queue and lost keeps that
+    /// pause inside librdkafka: given back, it would never be fetched again
+    /// (its old worker and queue are gone, so nothing would resume it). Every
+    /// partition assigned is therefore set to fetch, or held paused while
+    /// the broker circuit is open.
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Assign(list) = rebalance else {
+            return;
+        };
+        let open = self.status.broker.state() == CircuitState::Open;
+        let result = if open {
+            consumer.pause(list)
+        } else {
+            consumer.resume(list)
+        };
+        if let Err(e) = result {
+            tracing::warn!(
+                paused = open,
+                "cannot set the pause state of assigned partitions: {e}"
+            );
         }
     }
 

@@ -174,11 +174,13 @@ pub async fn run_with_bootstrap(
     status.set_bootstrap_servers(bootstrap);
     status.set_started(true);
     ConsumerLoop::new(&config, parts).run(shutdown).await;
+    tracing::info!("consumer closed");
     status.set_started(false);
     http_stop.cancel();
     if let Some(http) = http {
         let _ = http.await;
     }
+    tracing::info!("HTTP endpoint closed");
     if let Some(tracer) = tracer {
         // Sends the spans still batched; it waits for the collector.
         let _ = tokio::task::spawn_blocking(move || tracer.shutdown()).await;
