@@ -160,6 +160,14 @@ impl ConsumerLoop {
                         refill(&self.consumer, &tp, handle, self.status.broker.state());
                     }
                 }
+                // Before the messages: under a backlog fetched in large
+                // batches a message is always ready, and a branch after them
+                // would wait until librdkafka's local queue ran dry (commits
+                // fell seconds behind the outputs that way).
+                _ = tick(&mut self.commit_timer) => commit(&*self.consumer, CommitMode::Async),
+                Some(joined) = self.workers.join_next_with_id(), if !self.workers.is_empty() => {
+                    self.worker_ended(joined);
+                }
                 Some(received) = messages.next() => {
                     self.received(received);
                     // Messages already fetched are taken in a burst, without
@@ -170,10 +178,6 @@ impl ConsumerLoop {
                             _ => break,
                         }
                     }
-                }
-                _ = tick(&mut self.commit_timer) => commit(&*self.consumer, CommitMode::Async),
-                Some(joined) = self.workers.join_next_with_id(), if !self.workers.is_empty() => {
-                    self.worker_ended(joined);
                 }
             }
         }
