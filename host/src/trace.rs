@@ -156,15 +156,21 @@ impl MessageTrace {
         if traceparent.is_none() && tracer.is_none() {
             return None;
         }
+        let ignored = |value: &[u8], why: &str| {
+            tracing::debug!(
+                topic = site.topic,
+                partition = site.partition,
+                offset = site.offset,
+                bytes = value.len(),
+                "{why}"
+            );
+        };
         let parent = traceparent.and_then(|value| {
             let parent = parse_traceparent(value);
             if parent.is_none() {
-                tracing::debug!(
-                    topic = site.topic,
-                    partition = site.partition,
-                    offset = site.offset,
-                    bytes = value.len(),
-                    "ignoring a malformed traceparent header: the message starts a new trace"
+                ignored(
+                    value,
+                    "ignoring a malformed traceparent header: the message starts a new trace",
                 );
             }
             parent
@@ -172,13 +178,12 @@ impl MessageTrace {
         let tracestate = parent.and(tracestate).and_then(|value| {
             let usable = usable_tracestate(value);
             if usable.is_none() {
-                tracing::debug!(
-                    topic = site.topic,
-                    partition = site.partition,
-                    offset = site.offset,
-                    bytes = value.len(),
-                    "not passing on a tracestate header that is not \
-                    printable ASCII of at most {MAX_TRACESTATE} bytes"
+                ignored(
+                    value,
+                    &format!(
+                        "not passing on a tracestate header that is not printable ASCII of at \
+                         most {MAX_TRACESTATE} bytes"
+                    ),
                 );
             }
             usable.map(str::to_owned)

@@ -184,16 +184,7 @@ impl Drop for Broker {
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten());
-            let log = self.log();
-            let tail: String = log
-                .lines()
-                .rev()
-                .take(40)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join("\n");
+            let tail = crate::logs::tail(&self.log(), 40);
             eprintln!(
                 "the test broker {}; the end of its log:\n{tail}",
                 match exited {

@@ -31,3 +31,9 @@ pub fn during<R>(level: tracing::Level, f: impl FnOnce() -> R) -> (R, Vec<String
     let text = String::from_utf8(lines.0.lock().expect("log buffer").clone()).expect("UTF-8");
     (result, text.lines().map(str::to_owned).collect())
 }
+
+/// The last `n` lines of `text`, joined by newlines.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use sluice_tests::broker::{Broker, free_port};
 use sluice_tests::daemon::{DaemonProcess, config_text, module_route};
-use sluice_tests::kafka::{Record, Send, produce_with, read_until, wait_committed};
+use sluice_tests::kafka::{Record, Send, produce_with, read_until, tally, wait_committed};
 
 const PARTITIONS: i32 = 4;
 const PER_PARTITION: usize = 5_000;
@@ -126,15 +126,6 @@ fn seq_of(name: &str) -> usize {
         .next()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("a message name: {name}"))
-}
-
-/// How many times each name was seen.
-fn tally(names: impl IntoIterator<Item = String>) -> BTreeMap<String, usize> {
-    let mut seen = BTreeMap::new();
-    for name in names {
-        *seen.entry(name).or_insert(0) += 1;
-    }
-    seen
 }
 
 /// Reads `topic` from its start until `wanted` different names (by
@@ -267,12 +258,11 @@ impl Drop for Member {
                 std::fs::read_to_string(self.log.path().join("sluice.log")).unwrap_or_default();
             let kept = std::env::temp_dir().join(format!("sluice-scale-{}.log", self.http.port()));
             let _ = std::fs::write(&kept, &log);
-            let lines: Vec<&str> = log.lines().collect();
             eprintln!(
                 "the end of the log of the daemon on {} (all of it in {}):\n{}",
                 self.http,
                 kept.display(),
-                lines[lines.len().saturating_sub(30)..].join("\n")
+                sluice_tests::logs::tail(&log, 30)
             );
         }
     }
@@ -397,15 +387,17 @@ fn delivered_whole(bootstrap: &str, scenario: &str, took: Duration) {
     let outputs = read_names(bootstrap, "load.out", expected_out.len(), output_name);
     let letters = read_names(bootstrap, "dlq", expected_dlq.len(), dead_letter_name);
     let disorder = out_of_order(&outputs);
-    let outputs = tally(outputs.iter().map(output_name));
-    let letters = tally(letters.iter().map(dead_letter_name));
+    let output_names: Vec<String> = outputs.iter().map(output_name).collect();
+    let letter_names: Vec<String> = letters.iter().map(dead_letter_name).collect();
+    let outputs = tally(output_names.iter().map(String::as_str));
+    let letters = tally(letter_names.iter().map(String::as_str));
     let missing_out: Vec<&String> = expected_out
         .iter()
-        .filter(|n| !outputs.contains_key(*n))
+        .filter(|n| !outputs.contains_key(n.as_str()))
         .collect();
     let missing_dlq: Vec<&String> = expected_dlq
         .iter()
-        .filter(|n| !letters.contains_key(*n))
+        .filter(|n| !letters.contains_key(n.as_str()))
         .collect();
     let duplicates: usize = outputs
         .values()
