@@ -57,7 +57,7 @@ pub async fn bind(
     tracing::info!(%addr, "serving health, metrics and admin on http://{addr}");
     let app = router(Shared {
         status,
-        admin_token: config.admin_token.as_deref().map(Arc::from),
+        admin_token: config.admin_token.as_ref().map(|t| Arc::from(t.expose())),
     });
     let server = Server {
         listener,

@@ -13,8 +13,10 @@
 //!    [`wasm::Invoker`] calls the handler's `handle` under a deadline, a
 //!    memory limit and a stack limit, and returns a typed [`wasm::Outcome`]:
 //!    the outputs, or a [`wasm::Failure`] saying exactly what went wrong.
-//! 3. [`kafka`] configures the consumer and the producer (and starts the
-//!    embedded development broker).
+//! 3. [`kafka`] configures every client (the consumer, the producer and the
+//!    tools' clients), TLS and SASL included, reading the certificate and
+//!    secret files the config names, and starts the embedded development
+//!    broker.
 //! 4. [`pipeline`] consumes the routed topics. A message's path reads in
 //!    five files, in this order: `pipeline/consumer.rs` (the consumer loop
 //!    hands it to its partition's worker), `pipeline/partition.rs` (the

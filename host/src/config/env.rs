@@ -1,6 +1,7 @@
 //! `KAFKA_*` environment variables: each overrides its `[kafka]` field, as
 //! the event bus's variables did.
 
+use super::security::{ChoiceOf, check_choice};
 use super::{ACKS, ConfigError, OFFSET_RESETS};
 
 /// The type a variable's value must parse as.
@@ -16,9 +17,14 @@ enum Kind {
     Acks,
     /// One of `kafka.auto_offset_reset`'s strings.
     OffsetReset,
+    /// One of the strings of a security setting or of `kafka.compression`.
+    Choice(ChoiceOf),
 }
 
-/// Every variable, the `[kafka]` field it overrides, and its type.
+/// Every variable, the `[kafka]` field it overrides (a dotted path into
+/// `[kafka.tls]` or `[kafka.sasl]`: setting one adds its table), and its
+/// type. `[kafka.tls]`'s variables are `KAFKA_SSL_*`, after Kafka's own
+/// `ssl.*` names and the event bus's "SSL" port.
 const VARIABLES: &[(&str, &str, Kind)] = &[
     ("KAFKA_BOOTSTRAP_SERVERS", "bootstrap_servers", Kind::Text),
     ("KAFKA_ENVIRONMENT", "environment", Kind::Text),
@@ -64,11 +70,56 @@ const VARIABLES: &[(&str, &str, Kind)] = &[
     ("KAFKA_ENABLE_IDEMPOTENCE", "enable_idempotence", Kind::Bool),
     ("KAFKA_DEAD_LETTER_TOPIC", "dead_letter_topic", Kind::Text),
     ("KAFKA_GROUP_INSTANCE_ID", "group_instance_id", Kind::Text),
+    (
+        "KAFKA_COMPRESSION",
+        "compression",
+        Kind::Choice(ChoiceOf::Compression),
+    ),
+    (
+        "KAFKA_SECURITY_PROTOCOL",
+        "security_protocol",
+        Kind::Choice(ChoiceOf::SecurityProtocol),
+    ),
+    ("KAFKA_SSL_CA_FILE", "tls.ca_file", Kind::Text),
+    ("KAFKA_SSL_CERT_FILE", "tls.cert_file", Kind::Text),
+    ("KAFKA_SSL_KEY_FILE", "tls.key_file", Kind::Text),
+    ("KAFKA_SSL_KEY_PASSWORD", "tls.key_password", Kind::Text),
+    (
+        "KAFKA_SSL_KEY_PASSWORD_FILE",
+        "tls.key_password_file",
+        Kind::Text,
+    ),
+    (
+        "KAFKA_SSL_VERIFY_HOSTNAME",
+        "tls.verify_hostname",
+        Kind::Bool,
+    ),
+    (
+        "KAFKA_SASL_MECHANISM",
+        "sasl.mechanism",
+        Kind::Choice(ChoiceOf::SaslMechanism),
+    ),
+    ("KAFKA_SASL_USERNAME", "sasl.username", Kind::Text),
+    ("KAFKA_SASL_PASSWORD", "sasl.password", Kind::Text),
+    ("KAFKA_SASL_PASSWORD_FILE", "sasl.password_file", Kind::Text),
+    (
+        "KAFKA_SASL_TOKEN_ENDPOINT",
+        "sasl.token_endpoint",
+        Kind::Text,
+    ),
+    ("KAFKA_SASL_CLIENT_ID", "sasl.client_id", Kind::Text),
+    ("KAFKA_SASL_CLIENT_SECRET", "sasl.client_secret", Kind::Text),
+    (
+        "KAFKA_SASL_CLIENT_SECRET_FILE",
+        "sasl.client_secret_file",
+        Kind::Text,
+    ),
+    ("KAFKA_SASL_SCOPE", "sasl.scope", Kind::Text),
 ];
 
 /// The names of the variables Sluice reads.
-pub const KAFKA_VARIABLES: [&str; 16] = {
-    let mut names = [""; 16];
+pub const KAFKA_VARIABLES: [&str; VARIABLES.len()] = {
+    let mut names = [""; VARIABLES.len()];
     let mut i = 0;
     while i < VARIABLES.len() {
         names[i] = VARIABLES[i].0;
@@ -125,11 +176,35 @@ pub(super) fn apply_overrides(
             Kind::OffsetReset => {
                 choice(OFFSET_RESETS.find(value).is_some(), OFFSET_RESETS.expected)?
             }
+            Kind::Choice(of) => match check_choice(of, value) {
+                Ok(()) => toml::Value::String(value.to_owned()),
+                Err(expected) => return Err(bad(expected)),
+            },
         };
-        kafka.insert(field.to_owned(), typed);
-        overridden.push((var, field));
+        if insert(kafka, field, typed) {
+            overridden.push((var, field));
+        }
     }
     Ok(overridden)
+}
+
+/// Writes `value` at the dotted `path` inside `table`, adding the tables on
+/// the way; `false` when one of them is not a table (deserialisation then
+/// reports the type error).
+fn insert(table: &mut toml::Table, path: &str, value: toml::Value) -> bool {
+    match path.split_once('.') {
+        None => {
+            table.insert(path.to_owned(), value);
+            true
+        }
+        Some((head, rest)) => match table
+            .entry(head)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        {
+            toml::Value::Table(inner) => insert(inner, rest, value),
+            _ => false,
+        },
+    }
 }
 
 /// Adds the variable to a validation error about a field it set, so the

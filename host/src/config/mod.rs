@@ -8,6 +8,7 @@
 
 mod env;
 mod membership;
+mod security;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ use crate::wasm::{Isolation, OutputLimits};
 
 pub use env::KAFKA_VARIABLES;
 pub use membership::{AssignmentStrategy, HOSTNAME_PLACEHOLDER};
+pub use security::{Compression, SaslConfig, SaslMechanism, Secret, SecurityProtocol, TlsConfig};
 
 /// Why a configuration was refused. Each message names the field (or
 /// variable), the value and what is allowed.
@@ -47,6 +49,20 @@ pub enum ConfigError {
         value: String,
         /// What it must be.
         expected: &'static str,
+    },
+    /// A file that a field names (a certificate, a key, a mounted secret)
+    /// cannot be read; found when the clients are built.
+    #[error(
+        "{field} = {path:?} cannot be read: {reason}; the file must be readable by the daemon \
+         when it starts (mount the Secret there, or correct the path)"
+    )]
+    File {
+        /// The field, as a TOML path (`kafka.sasl.password_file`).
+        field: String,
+        /// The file, resolved against the config file's directory.
+        path: PathBuf,
+        /// What the operating system said.
+        reason: String,
     },
     /// A value is out of its range or conflicts with another.
     #[error("{field} = {value} is not allowed: {allowed}")]
@@ -197,9 +213,34 @@ pub struct KafkaConfig {
     /// every daemon of the group, then start them with the new setting.
     #[serde(default)]
     pub partition_assignment_strategy: Option<AssignmentStrategy>,
+    /// The codec of the batches of outputs and dead letters (the producer's
+    /// `compression.type`): `"none"`, `"gzip"`, `"snappy"`, `"lz4"` or
+    /// `"zstd"`. Default `"lz4"`: it costs little CPU to compress and next to
+    /// none to read, shrinks text and JSON records to a half or a third, and
+    /// every broker and client since Kafka 0.10 reads it (zstd needs 2.1).
+    /// Inputs are read whatever their codec. `KAFKA_COMPRESSION`.
+    #[serde(default)]
+    pub compression: Compression,
+    /// librdkafka's `security.protocol`: `"plaintext"`, `"ssl"`,
+    /// `"sasl_plaintext"` or `"sasl_ssl"`. Unset: derived from the tables
+    /// present, `ssl` with `[kafka.tls]`, `sasl_` with `[kafka.sasl]`. Set it
+    /// to use TLS with the system's CA certificates without a `[kafka.tls]`
+    /// table, as `KAFKA_SECURITY_PROTOCOL=SASL_SSL` does.
+    /// `KAFKA_SECURITY_PROTOCOL`.
+    #[serde(default)]
+    pub security_protocol: Option<SecurityProtocol>,
+    /// TLS to the brokers: the CA, a client certificate and key, hostname
+    /// verification. Present: the connection is encrypted.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// SASL authentication: PLAIN, SCRAM or OAUTHBEARER (OpenID Connect).
+    #[serde(default)]
+    pub sasl: Option<SaslConfig>,
     /// Any other librdkafka property, passed through to both the consumer and
-    /// the producer (for example `"security.protocol" = "ssl"`): a string,
-    /// number or boolean. The properties Sluice manages itself are refused.
+    /// the producer (for example `"socket.keepalive.enable" = true`): a
+    /// string, number or boolean. The properties Sluice manages itself, and
+    /// those of `security_protocol`, `tls`, `sasl` and `compression`, are
+    /// refused with the field to use instead.
     #[serde(default)]
     pub librdkafka: BTreeMap<String, toml::Value>,
 }
@@ -278,7 +319,7 @@ pub struct HttpConfig {
     /// The bearer token `POST /admin/...` requires. Without one the admin
     /// API answers only requests from loopback addresses.
     #[serde(default)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     /// How long a client may take to send a request's headers, and how long
     /// a kept-alive connection may stay idle before its next request, in
     /// seconds, 0.1 to 300: a slow or silent client is cut off after it.
@@ -681,12 +722,14 @@ impl Config {
         base_dir: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let mut table: toml::Table = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse(e.to_string().trim().to_owned()))?;
+        let parse_error = |e: toml::de::Error| {
+            ConfigError::Parse(security::redact_parse_error(
+                e.to_string().trim().to_owned(),
+            ))
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(parse_error)?;
         let overridden = env::apply_overrides(&mut table, env)?;
-        let mut config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string().trim().to_owned()))?;
+        let mut config: Config = toml::Value::Table(table).try_into().map_err(parse_error)?;
         config.base_dir = base_dir.to_owned();
         if let Some(template) = config.kafka.group_instance_id.take() {
             let id = membership::resolve_instance_id(&template, env)

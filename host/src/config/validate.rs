@@ -25,7 +25,71 @@ const MANAGED_PROPERTIES: &[(&str, &str)] = &[
         "partition.assignment.strategy",
         "set kafka.partition_assignment_strategy",
     ),
+    (
+        "security.protocol",
+        "add [kafka.tls] and/or [kafka.sasl], or set kafka.security_protocol",
+    ),
+    ("ssl.ca.location", "set kafka.tls.ca_file"),
+    (
+        "ssl.ca.pem",
+        "set kafka.tls.ca_file to a file that holds it",
+    ),
+    ("ssl.certificate.location", "set kafka.tls.cert_file"),
+    (
+        "ssl.certificate.pem",
+        "set kafka.tls.cert_file to a file that holds it",
+    ),
+    ("ssl.key.location", "set kafka.tls.key_file"),
+    (
+        "ssl.key.pem",
+        "set kafka.tls.key_file to a file that holds it",
+    ),
+    (
+        "ssl.key.password",
+        "set kafka.tls.key_password_file (or key_password)",
+    ),
+    (
+        "ssl.keystore.location",
+        "convert the PKCS#12 keystore to PEM files and set kafka.tls.cert_file and key_file",
+    ),
+    (
+        "ssl.keystore.password",
+        "convert the PKCS#12 keystore to PEM files and set kafka.tls.key_password_file",
+    ),
+    (
+        "ssl.endpoint.identification.algorithm",
+        "set kafka.tls.verify_hostname",
+    ),
+    ("compression.type", "set kafka.compression"),
+    ("compression.codec", "set kafka.compression"),
 ];
+
+/// The `[kafka.sasl]` field that stands for a `sasl.*` property: every one
+/// is refused, since a SASL setting may hold a credential.
+fn sasl_field(property: &str) -> Option<&'static str> {
+    let field = match property.strip_prefix("sasl.")? {
+        "mechanism" | "mechanisms" => "kafka.sasl.mechanism",
+        "username" => "kafka.sasl.username",
+        "password" => "kafka.sasl.password_file (or password)",
+        "oauthbearer.token.endpoint.url" => "kafka.sasl.token_endpoint",
+        "oauthbearer.client.id" => "kafka.sasl.client_id",
+        "oauthbearer.client.secret" => "kafka.sasl.client_secret_file (or client_secret)",
+        "oauthbearer.scope" => "kafka.sasl.scope",
+        "oauthbearer.extensions" => "kafka.sasl.extensions",
+        "oauthbearer.method" => "kafka.sasl.mechanism = \"OAUTHBEARER\" with token_endpoint",
+        _ => "[kafka.sasl] (the SASL settings it has no field for are not supported)",
+    };
+    Some(field)
+}
+
+/// Whether a librdkafka property's value may be a credential, so that an
+/// error quoting it must not.
+fn is_sensitive(property: &str) -> bool {
+    property.starts_with("sasl.")
+        || property.contains("password")
+        || property.contains("secret")
+        || property == "ssl.key.pem"
+}
 
 fn invalid(
     field: impl Into<String>,
@@ -127,18 +191,30 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
              in-sync replica to acknowledge); set acks = \"all\" or enable_idempotence = false",
         ));
     }
+    super::security::validate(k)?;
     for (key, value) in &k.librdkafka {
+        let shown = |value: &toml::Value| match is_sensitive(key) {
+            true => super::Secret::REDACTED.to_owned(),
+            false => value.to_string(),
+        };
         if let Some((_, instead)) = MANAGED_PROPERTIES.iter().find(|(p, _)| p == key) {
             return Err(invalid(
                 format!("kafka.librdkafka.{key:?}"),
-                value,
+                shown(value),
                 format!("nothing: Sluice manages this property ({instead})"),
+            ));
+        }
+        if let Some(field) = sasl_field(key) {
+            return Err(invalid(
+                format!("kafka.librdkafka.{key:?}"),
+                shown(value),
+                format!("nothing: Sluice manages this property (set {field})"),
             ));
         }
         if key == "transactional.id" {
             return Err(invalid(
                 format!("kafka.librdkafka.{key:?}"),
-                value,
+                shown(value),
                 "nothing: Sluice's producer is not transactional (outputs are made safe by the \
                  idempotent producer and by committing an offset only after its outputs are \
                  acknowledged); remove the property",
@@ -147,7 +223,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         if matches!(value, toml::Value::Table(_) | toml::Value::Array(_)) {
             return Err(invalid(
                 format!("kafka.librdkafka.{key:?}"),
-                value,
+                shown(value),
                 "a string, number or boolean",
             ));
         }
@@ -222,7 +298,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         1..=10_000,
     )?;
     if let Some(token) = &config.http.admin_token
-        && token.trim().len() < 16
+        && token.expose().trim().len() < 16
     {
         return Err(invalid(
             "http.admin_token",

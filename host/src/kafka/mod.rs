@@ -1,23 +1,30 @@
-//! Kafka clients: the consumer and producer settings derived from the
-//! configuration, and the embedded development broker.
+//! Kafka clients: the settings of every client Sluice makes (the daemon's
+//! consumer and producer, the tools' clients), derived from the
+//! configuration with its TLS and SASL, and the embedded development broker.
 //!
 //! Owns librdkafka configuration only; what is consumed and produced, and
 //! when offsets are stored, belongs to the pipeline.
 
 mod embedded;
 pub mod headers;
+pub mod security;
 
 use rdkafka::ClientConfig;
 
-use crate::config::{Config, OffsetReset};
+use crate::config::{Config, ConfigError, OffsetReset};
 
 pub use embedded::EmbeddedBroker;
 
-/// Properties both clients share: the brokers and the pass-through table.
-fn common(config: &Config, bootstrap: &str) -> ClientConfig {
+/// Properties every client shares: the brokers, TLS and SASL (with the
+/// secret files read now), and the pass-through table. Fails when a file
+/// the settings name cannot be read.
+fn common(config: &Config, bootstrap: &str) -> Result<ClientConfig, ConfigError> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap);
     c.set("client.id", format!("sluice-{}", config.group_id()));
+    for (key, value) in security::properties(config)? {
+        c.set(key, value);
+    }
     for (key, value) in &config.kafka.librdkafka {
         let value = match value {
             toml::Value::String(s) => s.clone(),
@@ -25,14 +32,14 @@ fn common(config: &Config, bootstrap: &str) -> ClientConfig {
         };
         c.set(key, value);
     }
-    c
+    Ok(c)
 }
 
 /// The consumer: offsets are stored by Sluice only once a message's outputs
 /// and dead-letter records are acknowledged, never by librdkafka on delivery.
-pub fn consumer_config(config: &Config, bootstrap: &str) -> ClientConfig {
+pub fn consumer_config(config: &Config, bootstrap: &str) -> Result<ClientConfig, ConfigError> {
     let k = &config.kafka;
-    let mut c = common(config, bootstrap);
+    let mut c = common(config, bootstrap)?;
     c.set("group.id", config.group_id());
     c.set("enable.auto.offset.store", "false");
     c.set("enable.auto.commit", k.enable_auto_commit.to_string());
@@ -57,31 +64,36 @@ pub fn consumer_config(config: &Config, bootstrap: &str) -> ClientConfig {
     c.set_default("statistics.interval.ms", "5000");
     // Topics that do not exist yet are reported, not fatal: they may be created later.
     c.set_default("allow.auto.create.topics", "false");
-    c
+    Ok(c)
 }
 
 /// A client of `group` that reads or commits its offsets without ever
 /// joining it (the dead-letter and offsets tools): the consumer's settings
 /// without the daemon's static member id, which would make the broker take
 /// it for that daemon (and fence one of them).
-pub fn group_client_config(config: &Config, bootstrap: &str, group: &str) -> ClientConfig {
-    let mut c = consumer_config(config, bootstrap);
+pub fn group_client_config(
+    config: &Config,
+    bootstrap: &str,
+    group: &str,
+) -> Result<ClientConfig, ConfigError> {
+    let mut c = consumer_config(config, bootstrap)?;
     c.remove("group.instance.id");
     c.set("group.id", group);
     c.set("enable.auto.commit", "false");
-    c
+    Ok(c)
 }
 
-/// The producer for outputs and dead-letter records.
-pub fn producer_config(config: &Config, bootstrap: &str) -> ClientConfig {
+/// The producer for outputs and dead-letter records (and the replay tool's).
+pub fn producer_config(config: &Config, bootstrap: &str) -> Result<ClientConfig, ConfigError> {
     let k = &config.kafka;
-    let mut c = common(config, bootstrap);
+    let mut c = common(config, bootstrap)?;
     c.set("acks", k.acks.as_str());
     c.set("enable.idempotence", k.enable_idempotence.to_string());
+    c.set("compression.type", k.compression.as_str());
     // A record not acknowledged within the operation timeout has failed.
     c.set_default("message.timeout.ms", (k.timeout_seconds * 1000).to_string());
     c.set_default("linger.ms", "5");
-    c
+    Ok(c)
 }
 
 /// Which of `topics` the brokers do not have, from their metadata. Fails
@@ -93,7 +105,10 @@ pub fn missing_topics(
     timeout: std::time::Duration,
 ) -> rdkafka::error::KafkaResult<Vec<String>> {
     use rdkafka::consumer::{BaseConsumer, Consumer as _};
-    let mut c = common(config, bootstrap);
+    // The settings were read once already, when the daemon's clients were
+    // configured; a file gone since is reported as a client error.
+    let mut c = common(config, bootstrap)
+        .map_err(|e| rdkafka::error::KafkaError::ClientCreation(e.to_string()))?;
     // A client of its own that joins no group: it only reads metadata.
     c.set("group.id", format!("{}.topic-check", config.group_id()));
     let client: BaseConsumer = c.create()?;
@@ -165,25 +180,27 @@ mod tests {
             "group_instance_id = \"orders-{hostname}\"\n\
              partition_assignment_strategy = \"cooperative-sticky\"",
         );
-        let member = consumer_config(&c, "b:9092");
+        let member = consumer_config(&c, "b:9092").expect("settings");
         assert_eq!(member.get("group.instance.id"), Some("orders-sluice-2"));
         assert_eq!(
             member.get("partition.assignment.strategy"),
             Some("cooperative-sticky")
         );
         // The tools' clients must not pass for the daemon's member.
-        let tool = group_client_config(&c, "b:9092", "local.default.sluice-dlq-replay");
+        let tool =
+            group_client_config(&c, "b:9092", "local.default.sluice-dlq-replay").expect("settings");
         assert_eq!(tool.get("group.instance.id"), None);
         assert_eq!(
             tool.get("group.id"),
             Some("local.default.sluice-dlq-replay")
         );
-        assert_eq!(producer_config(&c, "b:9092").get("group.instance.id"), None);
+        let producer = producer_config(&c, "b:9092").expect("settings");
+        assert_eq!(producer.get("group.instance.id"), None);
     }
 
     #[test]
     fn without_the_settings_librdkafka_keeps_its_defaults() {
-        let member = consumer_config(&config(""), "b:9092");
+        let member = consumer_config(&config(""), "b:9092").expect("settings");
         assert_eq!(member.get("group.instance.id"), None);
         assert_eq!(member.get("partition.assignment.strategy"), None);
     }

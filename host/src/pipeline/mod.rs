@@ -198,6 +198,12 @@ async fn start(
     tracer: Option<Arc<Tracer>>,
 ) -> anyhow::Result<Parts> {
     let p = &config.processing;
+    // The clients' settings first: a certificate or secret file that cannot
+    // be read stops the daemon before it loads a module.
+    let producer_config =
+        kafka::producer_config(config, bootstrap).context("configuring the Kafka producer")?;
+    let consumer_config =
+        kafka::consumer_config(config, bootstrap).context("configuring the Kafka consumer")?;
     let runtime_config = RuntimeConfig {
         max_instances: crate::route::pool_for(config.routes.len(), p.concurrency),
         max_memory_bytes: usize::try_from(p.max_memory_mb << 20).unwrap_or(usize::MAX),
@@ -227,10 +233,10 @@ async fn start(
         status.clone(),
         &stop_all,
     );
-    let producer = delivery::Producer::new(&kafka::producer_config(config, bootstrap))
-        .context("creating the Kafka producer")?;
+    let producer =
+        delivery::Producer::new(&producer_config).context("creating the Kafka producer")?;
     let consumer: Arc<StreamConsumer<RebalanceContext>> = Arc::new(
-        kafka::consumer_config(config, bootstrap)
+        consumer_config
             .create_with_context(RebalanceContext::new(status.clone()))
             .context("creating the Kafka consumer")?,
     );

@@ -87,6 +87,10 @@ pub enum ReplayError {
         #[source]
         source: KafkaError,
     },
+    /// A file the connection settings name (a certificate, a mounted
+    /// secret) cannot be read.
+    #[error(transparent)]
+    Settings(#[from] crate::config::ConfigError),
 }
 
 /// One record read from a dead-letter topic.
@@ -297,7 +301,7 @@ pub fn read_dead_letters(
 /// from the earliest one. `what` names the reader in errors.
 fn reader(config: &Config, bootstrap: &str, what: &str) -> Result<BaseConsumer, ReplayError> {
     let group = format!("sluice-dlq-tool-{}", uuid::Uuid::new_v4());
-    let mut c = crate::kafka::group_client_config(config, bootstrap, &group);
+    let mut c = crate::kafka::group_client_config(config, bootstrap, &group)?;
     c.set("enable.auto.offset.store", "false");
     c.set("auto.offset.reset", "earliest");
     c.set("enable.partition.eof", "true");

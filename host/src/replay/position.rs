@@ -31,7 +31,7 @@ pub fn group(config: &Config) -> String {
 
 /// A client of the position group that never joins it.
 fn client(config: &Config, bootstrap: &str, group: &str) -> Result<BaseConsumer, ReplayError> {
-    crate::kafka::group_client_config(config, bootstrap, group)
+    crate::kafka::group_client_config(config, bootstrap, group)?
         .create()
         .map_err(|source| ReplayError::Kafka {
             what: format!("creating a client of consumer group {group:?}"),

@@ -318,7 +318,7 @@ fn replay_headers(
 /// An idempotent producer that needs every in-sync replica's acknowledgement,
 /// whatever the configuration says: a replay must not lose nor duplicate.
 fn producer(config: &Config, bootstrap: &str) -> Result<FutureProducer, ReplayError> {
-    let mut c = crate::kafka::producer_config(config, bootstrap);
+    let mut c = crate::kafka::producer_config(config, bootstrap)?;
     c.set("acks", "all");
     c.set("enable.idempotence", "true");
     c.create().map_err(|source| ReplayError::Kafka {

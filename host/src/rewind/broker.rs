@@ -17,7 +17,7 @@ fn client(config: &Config) -> Result<BaseConsumer, RewindError> {
         return Err(RewindError::EmbeddedBroker);
     }
     let bootstrap = &config.kafka.bootstrap_servers;
-    crate::kafka::group_client_config(config, bootstrap, &config.group_id())
+    crate::kafka::group_client_config(config, bootstrap, &config.group_id())?
         .create()
         .map_err(|source| RewindError::Kafka {
             what: format!(

@@ -99,6 +99,10 @@ pub enum RewindError {
         #[source]
         source: KafkaError,
     },
+    /// A file the connection settings name (a certificate, a mounted
+    /// secret) cannot be read.
+    #[error(transparent)]
+    Settings(#[from] crate::config::ConfigError),
 }
 
 /// Where to move a group's offsets.
