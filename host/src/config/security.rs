@@ -523,16 +523,25 @@ fn validate_sasl(sasl: &SaslConfig) -> Result<(), ConfigError> {
         set("password", sasl.password.is_some()),
         set("password_file", sasl.password_file.is_some()),
     ];
-    let (foreign, needs): (&[Option<String>], &str) = match sasl.mechanism {
-        SaslMechanism::OauthBearer => (&password_only, "PLAIN or SCRAM"),
-        _ => (&oauth_only, "OAUTHBEARER"),
+    let (foreign, meant_for, instead) = match sasl.mechanism {
+        SaslMechanism::OauthBearer => (
+            &password_only[..],
+            "\"PLAIN\" or a SCRAM one",
+            "token_endpoint, client_id and a client secret",
+        ),
+        _ => (
+            &oauth_only[..],
+            "\"OAUTHBEARER\"",
+            "username and a password",
+        ),
     };
     if let Some(name) = foreign.iter().flatten().next() {
         return Err(invalid(
             &format!("{s}.mechanism"),
             &mechanism,
             format!(
-                "{needs}, the mechanism {s}.{name} is for; with {mechanism}, remove {s}.{name}"
+                "{meant_for}, the mechanism {s}.{name} is for; {mechanism} logs in with \
+                 {instead}: remove {name}, or set the mechanism it was meant for"
             ),
         ));
     }
@@ -659,8 +668,17 @@ pub(super) fn redact_parse_error(message: String) -> String {
     let about_a_secret = message
         .lines()
         .any(|line| line.starts_with("in `") && names_a_secret(line));
-    let mut out = Vec::new();
+    let mut out: Vec<String> = Vec::new();
+    let mut redacted_line = false;
     for line in message.lines() {
+        // The carets under a redacted value would tell its length.
+        if std::mem::take(&mut redacted_line)
+            && line.trim_start_matches([' ', '|']).starts_with('^')
+        {
+            let indent = line.len() - line.trim_start_matches([' ', '|']).len();
+            out.push(format!("{}^", &line[..indent]));
+            continue;
+        }
         let source = line.split_once(" | ").filter(|(number, _)| {
             let number = number.trim();
             !number.is_empty() && number.chars().all(|c| c.is_ascii_digit())
@@ -670,6 +688,7 @@ pub(super) fn redact_parse_error(message: String) -> String {
             && names_a_secret(&key.to_ascii_lowercase())
         {
             out.push(format!("{number} | {}= {}", key, Secret::REDACTED));
+            redacted_line = true;
             continue;
         }
         if about_a_secret

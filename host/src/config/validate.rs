@@ -64,20 +64,20 @@ const MANAGED_PROPERTIES: &[(&str, &str)] = &[
     ("compression.codec", "set kafka.compression"),
 ];
 
-/// The `[kafka.sasl]` field that stands for a `sasl.*` property: every one
-/// is refused, since a SASL setting may hold a credential.
+/// What to set instead of a `sasl.*` property: every one is refused, since
+/// a SASL setting may hold a credential.
 fn sasl_field(property: &str) -> Option<&'static str> {
     let field = match property.strip_prefix("sasl.")? {
-        "mechanism" | "mechanisms" => "kafka.sasl.mechanism",
-        "username" => "kafka.sasl.username",
-        "password" => "kafka.sasl.password_file (or password)",
-        "oauthbearer.token.endpoint.url" => "kafka.sasl.token_endpoint",
-        "oauthbearer.client.id" => "kafka.sasl.client_id",
-        "oauthbearer.client.secret" => "kafka.sasl.client_secret_file (or client_secret)",
-        "oauthbearer.scope" => "kafka.sasl.scope",
-        "oauthbearer.extensions" => "kafka.sasl.extensions",
-        "oauthbearer.method" => "kafka.sasl.mechanism = \"OAUTHBEARER\" with token_endpoint",
-        _ => "[kafka.sasl] (the SASL settings it has no field for are not supported)",
+        "mechanism" | "mechanisms" => "set kafka.sasl.mechanism",
+        "username" => "set kafka.sasl.username",
+        "password" => "set kafka.sasl.password_file (or password)",
+        "oauthbearer.token.endpoint.url" => "set kafka.sasl.token_endpoint",
+        "oauthbearer.client.id" => "set kafka.sasl.client_id",
+        "oauthbearer.client.secret" => "set kafka.sasl.client_secret_file (or client_secret)",
+        "oauthbearer.scope" => "set kafka.sasl.scope",
+        "oauthbearer.extensions" => "set kafka.sasl.extensions",
+        "oauthbearer.method" => "set kafka.sasl.mechanism = \"OAUTHBEARER\" and token_endpoint",
+        _ => "use [kafka.sasl]; a SASL setting it has no field for is not supported",
     };
     Some(field)
 }
@@ -204,11 +204,11 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
                 format!("nothing: Sluice manages this property ({instead})"),
             ));
         }
-        if let Some(field) = sasl_field(key) {
+        if let Some(instead) = sasl_field(key) {
             return Err(invalid(
                 format!("kafka.librdkafka.{key:?}"),
                 shown(value),
-                format!("nothing: Sluice manages this property (set {field})"),
+                format!("nothing: Sluice manages this property ({instead})"),
             ));
         }
         if key == "transactional.id" {
