@@ -7,7 +7,10 @@
 //! sees: the process environment is never read). The file is parsed in a fresh
 //! directory whose `plugins/` holds empty `uppercase.wasm` and `misbehave.wasm`,
 //! so a route's module exists unless the case names another one. That
-//! directory's path is written `$CONFIG_DIR` in `.err` files.
+//! directory's path is written `$CONFIG_DIR` in `.err` files. A file that
+//! parses is also made into the clients' settings, which is where the
+//! certificate and secret files it names are read: a case may pin that
+//! error too.
 //!
 //! To accept the current messages after changing one on purpose, run
 //! `UPDATE_GOLDEN=1 cargo test -p sluice-tests --test config_errors` and
@@ -17,7 +20,9 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use sluice::config::{Acks, Config, KAFKA_VARIABLES, OffsetReset};
+use sluice::config::{
+    Acks, Compression, Config, KAFKA_VARIABLES, OffsetReset, SaslMechanism, SecurityProtocol,
+};
 
 /// Modules present in every case's plugins directory.
 const MODULES: [&str; 2] = ["uppercase", "misbehave"];
@@ -85,6 +90,18 @@ fn parse_with_modules(
     (result, dir)
 }
 
+/// Makes the settings of the consumer and the producer, reading the files
+/// the config names, as `sluice run` does before it connects.
+fn configure_clients(config: &Config, dir: &tempfile::TempDir) -> Result<(), String> {
+    sluice::kafka::consumer_config(config, "localhost:9092")
+        .and_then(|_| sluice::kafka::producer_config(config, "localhost:9092"))
+        .map(|_| ())
+        .map_err(|e| {
+            e.to_string()
+                .replace(&dir.path().display().to_string(), CONFIG_DIR)
+        })
+}
+
 #[test]
 fn every_config_error_message_matches_its_golden_file() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1");
@@ -105,8 +122,9 @@ fn every_config_error_message_matches_its_golden_file() {
             .into_owned();
         let text = fs::read_to_string(toml_path).expect("read the case");
         let env = read_env(&toml_path.with_extension("env"));
-        let actual = match parse(&text, &env).0 {
-            Ok(_) => "(no error: the config was accepted)".to_owned(),
+        let (result, dir) = parse(&text, &env);
+        let actual = match result.and_then(|config| configure_clients(&config, &dir)) {
+            Ok(()) => "(no error: the config was accepted)".to_owned(),
             Err(message) => message.trim().to_owned(),
         };
         let err_path = toml_path.with_extension("err");
@@ -136,6 +154,27 @@ fn every_config_error_message_matches_its_golden_file() {
         tomls.len(),
         failures.join("\n\n")
     );
+}
+
+/// The credentials the cases write (in the file or in a variable): no
+/// message may quote them.
+const CASE_SECRETS: [&str; 2] = ["hunter2-secret", "73519"];
+
+#[test]
+fn no_config_error_message_quotes_a_secret() {
+    for entry in fs::read_dir(cases_dir()).expect("tests/config_errors exists") {
+        let path = entry.expect("a directory entry").path();
+        if path.extension().is_some_and(|ext| ext == "err") {
+            let message = fs::read_to_string(&path).expect("read the .err file");
+            for secret in CASE_SECRETS {
+                assert!(
+                    !message.contains(secret),
+                    "{} quotes the secret {secret}: {message}",
+                    path.display()
+                );
+            }
+        }
+    }
 }
 
 /// Aligns the continuation lines of a multi-line message under its first.
@@ -252,14 +291,24 @@ module = "uppercase"
     .into_iter()
     .map(|(var, value)| (var.to_owned(), value.to_owned()))
     .collect();
-    let tested: Vec<&str> = env
+    let mut tested: Vec<&str> = env
         .keys()
         .map(String::as_str)
         .filter(|var| var.starts_with("KAFKA_"))
+        .chain(
+            SECURITY_OVERRIDES
+                .iter()
+                .flat_map(|(_, env)| env.iter().map(|(var, _)| *var)),
+        )
         .collect();
+    tested.sort_unstable();
+    tested.dedup();
     let mut documented = KAFKA_VARIABLES.to_vec();
     documented.sort_unstable();
-    assert_eq!(tested, documented, "this test sets exactly KAFKA_VARIABLES");
+    assert_eq!(
+        tested, documented,
+        "this test and every_security_variable_overrides_its_field set exactly KAFKA_VARIABLES"
+    );
 
     let (config, _dir) = parse(file, &env);
     let config = config.expect("the overridden config is valid");
@@ -285,6 +334,160 @@ module = "uppercase"
         Some("orders-sluice-2"),
         "{{hostname}} is filled in from HOSTNAME"
     );
+}
+
+/// Files whose `[kafka]` security settings differ from what the variables
+/// set, and the variables; the secrets and their files cannot all be set at
+/// once (one of a password and its file, one mechanism), hence four cases.
+const SECURITY_OVERRIDES: &[(&str, &[(&str, &str)])] = &[
+    (
+        "compression = \"gzip\"\nsecurity_protocol = \"sasl_plaintext\"\n\
+         [kafka.tls]\nenabled = true\nca_file = \"file-ca.pem\"\n\
+         [kafka.sasl]\nmechanism = \"PLAIN\"\nusername = \"file\"\npassword = \"file\"",
+        &[
+            ("KAFKA_COMPRESSION", "zstd"),
+            ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("KAFKA_SSL_CA_FILE", "/etc/kafka/ca.pem"),
+            ("KAFKA_SSL_CERT_FILE", "/etc/kafka/client.pem"),
+            ("KAFKA_SSL_KEY_FILE", "/etc/kafka/client.key"),
+            ("KAFKA_SSL_KEY_PASSWORD", "env-key-password"),
+            ("KAFKA_SSL_VERIFY_HOSTNAME", "false"),
+            ("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
+            ("KAFKA_SASL_USERNAME", "env-user"),
+            ("KAFKA_SASL_PASSWORD", "env-password"),
+        ],
+    ),
+    (
+        "[kafka.tls]\ncert_file = \"c.pem\"\nkey_file = \"c.key\"\n\
+         [kafka.sasl]\nmechanism = \"PLAIN\"",
+        &[
+            ("KAFKA_SSL_KEY_PASSWORD_FILE", "/run/secrets/key-password"),
+            ("KAFKA_SASL_MECHANISM", "OAUTHBEARER"),
+            ("KAFKA_SASL_TOKEN_ENDPOINT", "https://idp.example.com/token"),
+            ("KAFKA_SASL_CLIENT_ID", "env-client"),
+            (
+                "KAFKA_SASL_CLIENT_SECRET_FILE",
+                "/run/secrets/client-secret",
+            ),
+            ("KAFKA_SASL_SCOPE", "kafka"),
+        ],
+    ),
+    (
+        "[kafka.sasl]\nmechanism = \"OAUTHBEARER\"\n\
+         token_endpoint = \"https://idp.example.com/token\"\nclient_id = \"c\"",
+        &[("KAFKA_SASL_CLIENT_SECRET", "env-client-secret")],
+    ),
+    (
+        "[kafka.sasl]\nmechanism = \"SCRAM-SHA-256\"\nusername = \"u\"",
+        &[("KAFKA_SASL_PASSWORD_FILE", "/run/secrets/password")],
+    ),
+];
+
+#[test]
+fn every_security_variable_overrides_its_field() {
+    let configs: Vec<Config> = SECURITY_OVERRIDES
+        .iter()
+        .map(|(kafka, env)| {
+            let text = MINIMAL.replace("[kafka]", &format!("[kafka]\n{kafka}"));
+            let env = env
+                .iter()
+                .map(|(var, value)| ((*var).to_owned(), (*value).to_owned()))
+                .collect();
+            parse(&text, &env)
+                .0
+                .unwrap_or_else(|e| panic!("{kafka}: the overridden config is refused: {e}"))
+        })
+        .collect();
+
+    let k = &configs[0].kafka;
+    assert_eq!(k.compression, Compression::Zstd);
+    assert_eq!(k.security_protocol, Some(SecurityProtocol::SaslSsl));
+    let tls = k.tls.as_ref().expect("[kafka.tls]");
+    assert_eq!(tls.ca_file, Some("/etc/kafka/ca.pem".into()));
+    assert_eq!(tls.cert_file, Some("/etc/kafka/client.pem".into()));
+    assert_eq!(tls.key_file, Some("/etc/kafka/client.key".into()));
+    let key_password = tls.key_password.as_ref().map(|s| s.expose());
+    assert_eq!(key_password, Some("env-key-password"));
+    assert!(!tls.verify_hostname);
+    let sasl = k.sasl.as_ref().expect("[kafka.sasl]");
+    assert_eq!(sasl.mechanism, SaslMechanism::ScramSha512);
+    assert_eq!(sasl.username.as_deref(), Some("env-user"));
+    assert_eq!(
+        sasl.password.as_ref().map(|s| s.expose()),
+        Some("env-password")
+    );
+
+    let k = &configs[1].kafka;
+    let tls = k.tls.as_ref().expect("[kafka.tls]");
+    assert_eq!(
+        tls.key_password_file,
+        Some("/run/secrets/key-password".into())
+    );
+    let sasl = k.sasl.as_ref().expect("[kafka.sasl]");
+    assert_eq!(sasl.mechanism, SaslMechanism::OauthBearer);
+    assert_eq!(
+        sasl.token_endpoint.as_deref(),
+        Some("https://idp.example.com/token")
+    );
+    assert_eq!(sasl.client_id.as_deref(), Some("env-client"));
+    assert_eq!(
+        sasl.client_secret_file,
+        Some("/run/secrets/client-secret".into())
+    );
+    assert_eq!(sasl.scope.as_deref(), Some("kafka"));
+
+    let sasl = configs[2].kafka.sasl.as_ref().expect("[kafka.sasl]");
+    let client_secret = sasl.client_secret.as_ref().map(|s| s.expose());
+    assert_eq!(client_secret, Some("env-client-secret"));
+
+    let sasl = configs[3].kafka.sasl.as_ref().expect("[kafka.sasl]");
+    assert_eq!(sasl.password_file, Some("/run/secrets/password".into()));
+}
+
+#[test]
+fn without_security_settings_the_clients_speak_plaintext_and_compress_with_lz4() {
+    let (config, _dir) = parse(MINIMAL, &BTreeMap::new());
+    let k = config.expect("the minimal config is valid").kafka;
+    assert_eq!(k.security_protocol, None);
+    assert_eq!(k.effective_security_protocol(), SecurityProtocol::Plaintext);
+    assert_eq!((k.tls, k.sasl), (None, None));
+    assert_eq!(k.compression, Compression::Lz4);
+}
+
+#[test]
+fn every_connection_example_is_valid() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/connect");
+    let doc =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/connecting.md"))
+            .expect("docs/connecting.md exists");
+    let mut names: Vec<PathBuf> = fs::read_dir(&examples)
+        .expect("examples/connect exists")
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+        .collect();
+    names.sort();
+    assert!(
+        names.len() >= 5,
+        "examples/connect has {} files",
+        names.len()
+    );
+    for path in &names {
+        let name = path.file_name().expect("a file name").to_string_lossy();
+        let text = fs::read_to_string(path).expect("read the example");
+        let config = parse(&text, &BTreeMap::new())
+            .0
+            .unwrap_or_else(|e| panic!("examples/connect/{name} is refused: {e}"));
+        let k = &config.kafka;
+        assert_ne!(
+            k.effective_security_protocol(),
+            SecurityProtocol::Plaintext,
+            "examples/connect/{name} connects without TLS or SASL"
+        );
+        assert!(
+            doc.contains(&format!("examples/connect/{name}")),
+            "docs/connecting.md does not show examples/connect/{name}"
+        );
+    }
 }
 
 #[test]
