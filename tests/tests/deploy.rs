@@ -51,7 +51,12 @@ fn text(bytes: &[u8]) -> String {
 /// Parses config text as `sluice run` would, with its plugins directory
 /// moved to a fresh one holding (empty) `modules`, and `HOSTNAME` set to
 /// `hostname`. Returns the config and the directory's guard.
-fn parse_shipped(text: &str, modules: &[&str], hostname: &str) -> (Config, tempfile::TempDir) {
+fn parse_shipped(
+    text: &str,
+    modules: &[&str],
+    hostname: &str,
+    vars: &BTreeMap<String, String>,
+) -> (Config, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     for m in modules {
         std::fs::write(dir.path().join(format!("{m}.wasm")), b"").expect("module file");
@@ -65,7 +70,10 @@ fn parse_shipped(text: &str, modules: &[&str], hostname: &str) -> (Config, tempf
         shipped,
         &format!("dir = {:?}", dir.path().display().to_string()),
     );
-    let env = |var: &str| (var == "HOSTNAME").then(|| hostname.to_owned());
+    let env = |var: &str| match var {
+        "HOSTNAME" => Some(hostname.to_owned()),
+        _ => vars.get(var).cloned(),
+    };
     let config = Config::parse(&moved, dir.path(), &env)
         .unwrap_or_else(|e| panic!("the shipped config is refused: {e}\n{text}"));
     (config, dir)
@@ -255,7 +263,7 @@ fn the_container_image_is_built_in_two_stages_and_runs_unprivileged_with_a_healt
     assert!(!matches!(uid, "0" | "root" | ""), "runs as {uid}");
 
     let shipped = read("deploy/sluice.toml");
-    let (config, _dir) = parse_shipped(&shipped, &["uppercase"], "a-host");
+    let (config, _dir) = parse_shipped(&shipped, &["uppercase"], "a-host", &BTreeMap::new());
     let port = listen_port(&config);
     assert_eq!(find("EXPOSE "), [format!("EXPOSE {port}")]);
     let health = find("HEALTHCHECK ");
@@ -354,7 +362,25 @@ fn the_kubernetes_manifests_agree_with_the_config_they_ship() {
     let toml = all["ConfigMap"]["data"]["sluice.toml"]
         .as_str()
         .expect("the ConfigMap holds sluice.toml");
-    let (config, _dir) = parse_shipped(toml, &["uppercase"], "sluice-1");
+    // The pod's variables: a value as written, one from a Secret as a
+    // stand-in naming the Secret and its key.
+    let vars: BTreeMap<String, String> =
+        all["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| {
+                let value = match v["value"].as_str() {
+                    Some(value) => value.to_owned(),
+                    None => {
+                        let from = &v["valueFrom"]["secretKeyRef"];
+                        format!("<{}/{}>", from["name"], from["key"])
+                    }
+                };
+                (v["name"].as_str().unwrap_or_default().to_owned(), value)
+            })
+            .collect();
+    let (config, _dir) = parse_shipped(toml, &["uppercase"], "sluice-1", &vars);
     assert_eq!(
         config.kafka.group_instance_id.as_deref(),
         Some("orders-sluice-1"),
@@ -424,6 +450,31 @@ fn the_kubernetes_manifests_agree_with_the_config_they_ship() {
     assert_ne!(cache["readOnly"], true, "the compile cache is writable");
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+
+    // The Kafka credentials come from a Secret: the password as the file
+    // kafka.sasl.password_file names, the user as a variable.
+    let sasl = config
+        .kafka
+        .sasl
+        .as_ref()
+        .expect("the shipped config logs in");
+    let password_file = sasl.password_file.as_ref().expect("a password file");
+    let credentials = mount(password_file);
+    assert_eq!(credentials["readOnly"], true);
+    let secret = &volume(&credentials["name"])["secret"];
+    let secret_name = secret["secretName"].as_str().expect("a Secret volume");
+    let env = container["env"].as_array().expect("variables");
+    let user = env
+        .iter()
+        .find(|v| v["name"] == "KAFKA_SASL_USERNAME")
+        .expect("KAFKA_SASL_USERNAME is set");
+    assert_eq!(user["valueFrom"]["secretKeyRef"]["name"], secret_name);
+    assert!(
+        env.iter().all(|v| v.get("value").is_none_or(|value| {
+            !v["name"].as_str().unwrap_or("").contains("PASSWORD") && value.is_string()
+        })),
+        "no password is written in the manifest: {env:?}"
+    );
 
     let labels = &pod["metadata"]["labels"];
     assert_eq!(set["spec"]["selector"]["matchLabels"], *labels);
