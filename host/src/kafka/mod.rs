@@ -22,6 +22,7 @@ fn common(config: &Config, bootstrap: &str) -> Result<ClientConfig, ConfigError>
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap);
     c.set("client.id", format!("sluice-{}", config.group_id()));
+    security::check_supported(config)?;
     for (key, value) in security::properties(config)? {
         c.set(key, value);
     }
@@ -111,7 +112,7 @@ pub fn missing_topics(
         .map_err(|e| rdkafka::error::KafkaError::ClientCreation(e.to_string()))?;
     // A client of its own that joins no group: it only reads metadata.
     c.set("group.id", format!("{}.topic-check", config.group_id()));
-    let client: BaseConsumer = c.create()?;
+    let client: BaseConsumer = c.create().map_err(security::redact)?;
     let metadata = client.fetch_metadata(None, timeout)?;
     let present: std::collections::HashSet<&str> = metadata
         .topics()

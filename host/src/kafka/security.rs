@@ -10,8 +10,66 @@
 //! out.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use rdkafka::error::KafkaError;
 
 use crate::config::{Config, ConfigError, SaslMechanism, Secret};
+
+/// The features this build's librdkafka has (`builtin.features`: `ssl`,
+/// `sasl_scram`, `oidc`, `zstd`, ...).
+pub fn builtin_features() -> &'static [String] {
+    static FEATURES: OnceLock<Vec<String>> = OnceLock::new();
+    FEATURES.get_or_init(|| {
+        rdkafka::ClientConfig::new()
+            .create_native_config()
+            .and_then(|native| native.get("builtin.features"))
+            .map(|list| list.split(',').map(str::to_owned).collect())
+            .unwrap_or_default()
+    })
+}
+
+/// A client creation error without the value librdkafka was given, when
+/// the property may hold a credential: librdkafka refuses a property this
+/// build lacks (an OAUTHBEARER client secret without OIDC) by quoting it.
+pub fn redact(error: KafkaError) -> KafkaError {
+    match error {
+        KafkaError::ClientConfig(code, description, key, _) if sensitive(&key) => {
+            KafkaError::ClientConfig(code, description, key, Secret::REDACTED.to_owned())
+        }
+        other => other,
+    }
+}
+
+/// Whether a librdkafka property's value may be a credential.
+fn sensitive(property: &str) -> bool {
+    property.starts_with("sasl.")
+        || property.contains("password")
+        || property.contains("secret")
+        || property.ends_with(".pem")
+}
+
+/// Refuses a setting this build's librdkafka cannot carry out, before a
+/// client is made: without OIDC (libcurl), OAUTHBEARER could only fail
+/// later, with librdkafka quoting the property it refused.
+pub fn check_supported(config: &Config) -> Result<(), ConfigError> {
+    let oauth = config
+        .kafka
+        .sasl
+        .as_ref()
+        .is_some_and(|s| s.mechanism == SaslMechanism::OauthBearer);
+    if oauth && !config.is_embedded() && !builtin_features().iter().any(|f| f == "oidc") {
+        return Err(ConfigError::Invalid {
+            field: "kafka.sasl.mechanism".to_owned(),
+            value: "\"OAUTHBEARER\"".to_owned(),
+            allowed: "a mechanism this build of Sluice supports: its librdkafka was built \
+                      without OpenID Connect token fetches (libcurl); use PLAIN or SCRAM, or a \
+                      build that has them"
+                .to_owned(),
+        });
+    }
+    Ok(())
+}
 
 /// The librdkafka properties of the connection's security, in the order
 /// they are set. Secret values come from their fields or are read from
@@ -396,6 +454,101 @@ mod tests {
         assert!(shown.contains("mount the Secret there"), "{shown}");
     }
 
+    #[test]
+    #[ignore = "this build's librdkafka has no libcurl, so no OIDC: its configure script does \
+                not find the static libcurl that rdkafka-sys's curl-static feature builds"]
+    fn this_build_has_tls_sasl_oidc_and_every_codec() {
+        let features = builtin_features();
+        for feature in [
+            "ssl",
+            "sasl_plain",
+            "sasl_scram",
+            "sasl_oauthbearer",
+            "oidc",
+        ] {
+            assert!(
+                features.iter().any(|f| f == feature),
+                "{feature} is missing from {features:?}"
+            );
+        }
+        for codec in ["gzip", "snappy", "lz4", "zstd"] {
+            assert!(features.iter().any(|f| f == codec), "{codec}: {features:?}");
+        }
+    }
+
+    #[test]
+    fn oauthbearer_in_a_build_without_oidc_is_refused_with_the_reason() {
+        if builtin_features().iter().any(|f| f == "oidc") {
+            return;
+        }
+        let dir = dir();
+        let config = parse(
+            &dir,
+            "[kafka.sasl]\nmechanism = \"OAUTHBEARER\"\n\
+             token_endpoint = \"https://idp.example.com/token\"\nclient_id = \"c\"\n\
+             client_secret_file = \"client-secret\"",
+            &[],
+        );
+        let error = producer_config(&config, "b:9092").expect_err("no OIDC in this build");
+        let shown = error.to_string();
+        assert!(shown.contains("without OpenID Connect"), "{shown}");
+        assert!(!shown.contains(CLIENT_SECRET), "{shown}");
+    }
+
+    #[test]
+    fn a_refused_credential_is_not_quoted_in_a_client_error() {
+        // A property this build lacks is refused with its value.
+        let mut c = ClientConfig::new();
+        c.set("sasl.oauthbearer.client.secret", CLIENT_SECRET);
+        c.set("sasl.password.no.such.property", PASSWORD);
+        let created: Result<rdkafka::producer::BaseProducer, _> = c.create();
+        let error = redact(created.err().expect("an unknown property is refused"));
+        let shown = error.to_string();
+        assert!(
+            !shown.contains(CLIENT_SECRET) && !shown.contains(PASSWORD),
+            "{shown}"
+        );
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
+
+    #[test]
+    fn librdkafka_accepts_the_settings_of_every_mechanism() {
+        use rdkafka::consumer::BaseConsumer;
+        use rdkafka::producer::BaseProducer;
+        let dir = dir();
+        let mechanisms = [
+            // (ca.pem here holds no certificate, which librdkafka would refuse.)
+            "[kafka.tls]\nverify_hostname = false",
+            "[kafka.tls]\n[kafka.sasl]\nmechanism = \"PLAIN\"\nusername = \"u\"\n\
+             password_file = \"password\"",
+            "[kafka.sasl]\nmechanism = \"SCRAM-SHA-256\"\nusername = \"u\"\npassword = \"p\"",
+            "[kafka.tls]\n[kafka.sasl]\nmechanism = \"SCRAM-SHA-512\"\nusername = \"u\"\n\
+             password = \"p\"",
+            "compression = \"zstd\"\n[kafka.tls]\n[kafka.sasl]\nmechanism = \"OAUTHBEARER\"\n\
+             token_endpoint = \"http://127.0.0.1:9/token\"\nclient_id = \"c\"\n\
+             client_secret_file = \"client-secret\"\nscope = \"kafka\"\n\
+             [kafka.sasl.extensions]\nlogicalCluster = \"lkc-1\"",
+        ];
+        let oidc = builtin_features().iter().any(|f| f == "oidc");
+        for body in mechanisms {
+            if body.contains("OAUTHBEARER") && !oidc {
+                // Refused before librdkafka sees it: see the test above.
+                continue;
+            }
+            let config = parse(&dir, body, &[]);
+            // Made, not connected: librdkafka checks every property (and
+            // that this build has TLS, SASL, OIDC and the codec) here.
+            let consumer: Result<BaseConsumer, _> = consumer_config(&config, "127.0.0.1:9")
+                .expect("settings")
+                .create();
+            let producer: Result<BaseProducer, _> = producer_config(&config, "127.0.0.1:9")
+                .expect("settings")
+                .create();
+            assert!(consumer.is_ok(), "{body}: {:?}", consumer.err());
+            assert!(producer.is_ok(), "{body}: {:?}", producer.err());
+        }
+    }
+
     /// What a client's settings show when they are printed.
     fn shown(client: &ClientConfig) -> String {
         format!("{client:?}")
@@ -423,11 +576,17 @@ mod tests {
         );
         for config in [&tls_and_scram, &oauth] {
             let mut printed = vec![format!("{config:?}"), format!("{config:#?}")];
-            for client in [
-                consumer_config(config, "b:9093").expect("consumer"),
-                producer_config(config, "b:9093").expect("producer"),
-            ] {
-                printed.push(shown(&client));
+            // The security properties alone, for the OAUTHBEARER settings
+            // even in a build that refuses them.
+            let security: ClientConfig = properties(config)
+                .expect("the files are readable")
+                .into_iter()
+                .map(|(key, value)| (key.to_owned(), value))
+                .collect();
+            printed.push(shown(&security));
+            if config.kafka.sasl.as_ref().map(|s| s.mechanism) != Some(SaslMechanism::OauthBearer) {
+                printed.push(shown(&consumer_config(config, "b:9093").expect("consumer")));
+                printed.push(shown(&producer_config(config, "b:9093").expect("producer")));
             }
             for text in printed {
                 for secret in [PASSWORD, KEY_PASSWORD, CLIENT_SECRET] {

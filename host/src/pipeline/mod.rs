@@ -233,11 +233,13 @@ async fn start(
         status.clone(),
         &stop_all,
     );
-    let producer =
-        delivery::Producer::new(&producer_config).context("creating the Kafka producer")?;
+    let producer = delivery::Producer::new(&producer_config)
+        .map_err(kafka::security::redact)
+        .context("creating the Kafka producer")?;
     let consumer: Arc<StreamConsumer<RebalanceContext>> = Arc::new(
         consumer_config
             .create_with_context(RebalanceContext::new(status.clone()))
+            .map_err(kafka::security::redact)
             .context("creating the Kafka consumer")?,
     );
     consumer

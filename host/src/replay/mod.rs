@@ -305,10 +305,12 @@ fn reader(config: &Config, bootstrap: &str, what: &str) -> Result<BaseConsumer, 
     c.set("enable.auto.offset.store", "false");
     c.set("auto.offset.reset", "earliest");
     c.set("enable.partition.eof", "true");
-    c.create().map_err(|source| ReplayError::Kafka {
-        what: format!("creating the {what}"),
-        source,
-    })
+    c.create()
+        .map_err(crate::kafka::security::redact)
+        .map_err(|source| ReplayError::Kafka {
+            what: format!("creating the {what}"),
+            source,
+        })
 }
 
 /// Appends every record of one topic to `out`.

@@ -33,6 +33,7 @@ pub fn group(config: &Config) -> String {
 fn client(config: &Config, bootstrap: &str, group: &str) -> Result<BaseConsumer, ReplayError> {
     crate::kafka::group_client_config(config, bootstrap, group)?
         .create()
+        .map_err(crate::kafka::security::redact)
         .map_err(|source| ReplayError::Kafka {
             what: format!("creating a client of consumer group {group:?}"),
             source,

@@ -321,10 +321,12 @@ fn producer(config: &Config, bootstrap: &str) -> Result<FutureProducer, ReplayEr
     let mut c = crate::kafka::producer_config(config, bootstrap)?;
     c.set("acks", "all");
     c.set("enable.idempotence", "true");
-    c.create().map_err(|source| ReplayError::Kafka {
-        what: "creating the replay producer".into(),
-        source,
-    })
+    c.create()
+        .map_err(crate::kafka::security::redact)
+        .map_err(|source| ReplayError::Kafka {
+            what: "creating the replay producer".into(),
+            source,
+        })
 }
 
 /// How many partitions `topic` has, or why it cannot be written.

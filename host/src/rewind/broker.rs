@@ -19,6 +19,7 @@ fn client(config: &Config) -> Result<BaseConsumer, RewindError> {
     let bootstrap = &config.kafka.bootstrap_servers;
     crate::kafka::group_client_config(config, bootstrap, &config.group_id())?
         .create()
+        .map_err(crate::kafka::security::redact)
         .map_err(|source| RewindError::Kafka {
             what: format!(
                 "creating a client of consumer group {:?}",
