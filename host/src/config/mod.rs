@@ -8,7 +8,9 @@
 
 mod env;
 mod membership;
+mod secret;
 mod security;
+mod security_checks;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -22,7 +24,8 @@ use crate::wasm::{Isolation, OutputLimits};
 
 pub use env::KAFKA_VARIABLES;
 pub use membership::{AssignmentStrategy, HOSTNAME_PLACEHOLDER};
-pub use security::{Compression, SaslConfig, SaslMechanism, Secret, SecurityProtocol, TlsConfig};
+pub use secret::Secret;
+pub use security::{Compression, SaslConfig, SaslMechanism, SecurityProtocol, TlsConfig};
 
 /// Why a configuration was refused. Each message names the field (or
 /// variable), the value and what is allowed.
@@ -723,9 +726,7 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let parse_error = |e: toml::de::Error| {
-            ConfigError::Parse(security::redact_parse_error(
-                e.to_string().trim().to_owned(),
-            ))
+            ConfigError::Parse(secret::redact_parse_error(e.to_string().trim().to_owned()))
         };
         let mut table: toml::Table = toml::from_str(text).map_err(parse_error)?;
         let overridden = env::apply_overrides(&mut table, env)?;

@@ -191,7 +191,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
              in-sync replica to acknowledge); set acks = \"all\" or enable_idempotence = false",
         ));
     }
-    super::security::validate(k)?;
+    super::security_checks::validate(k)?;
     for (key, value) in &k.librdkafka {
         let shown = |value: &toml::Value| match is_sensitive(key) {
             true => super::Secret::REDACTED.to_owned(),
