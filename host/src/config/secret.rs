@@ -9,9 +9,10 @@ use std::fmt;
 
 use serde::Deserialize;
 
-/// A password, client secret, key password or admin token. `Debug` and `Display` print
-/// `<redacted>`, so a config or an error that holds one never shows it; the
-/// value is read only through [`Secret::expose`], where it is handed on.
+/// A password, client secret, key password or admin token. `Debug` and
+/// `Display` print `<redacted>`, so a config or an error that holds one never
+/// shows it; the value is read only through [`Secret::expose`], where it is
+/// handed on.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
@@ -25,7 +26,8 @@ impl Secret {
         Secret(value.into())
     }
 
-    /// The value itself, for the one place that hands it to librdkafka.
+    /// The value itself, for the code that hands it on (to librdkafka, or
+    /// to the admin API's token check).
     pub fn expose(&self) -> &str {
         &self.0
     }
