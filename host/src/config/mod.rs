@@ -24,7 +24,7 @@ use crate::wasm::{Isolation, OutputLimits};
 
 pub use env::KAFKA_VARIABLES;
 pub use membership::{AssignmentStrategy, HOSTNAME_PLACEHOLDER};
-pub use secret::Secret;
+pub use secret::{Secret, is_sensitive_property};
 pub use security::{Compression, SaslConfig, SaslMechanism, SecurityProtocol, TlsConfig};
 
 /// Why a configuration was refused. Each message names the field (or

@@ -45,6 +45,16 @@ impl fmt::Display for Secret {
     }
 }
 
+/// Whether a librdkafka property's value may be a credential: every
+/// `sasl.*` one, and those whose name says password or secret, or that
+/// hold a PEM key.
+pub fn is_sensitive_property(property: &str) -> bool {
+    property.starts_with("sasl.")
+        || property.contains("password")
+        || property.contains("secret")
+        || property.ends_with(".pem")
+}
+
 /// Whether a field's value is a credential: its name says password,
 /// secret or token.
 fn names_a_secret(field: &str) -> bool {

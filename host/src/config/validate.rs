@@ -82,15 +82,6 @@ fn sasl_field(property: &str) -> Option<&'static str> {
     Some(field)
 }
 
-/// Whether a librdkafka property's value may be a credential, so that an
-/// error quoting it must not.
-fn is_sensitive(property: &str) -> bool {
-    property.starts_with("sasl.")
-        || property.contains("password")
-        || property.contains("secret")
-        || property == "ssl.key.pem"
-}
-
 fn invalid(
     field: impl Into<String>,
     value: impl Display,
@@ -193,7 +184,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     }
     super::security_checks::validate(k)?;
     for (key, value) in &k.librdkafka {
-        let shown = |value: &toml::Value| match is_sensitive(key) {
+        let shown = |value: &toml::Value| match super::secret::is_sensitive_property(key) {
             true => super::Secret::REDACTED.to_owned(),
             false => value.to_string(),
         };

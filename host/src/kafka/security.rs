@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use rdkafka::error::KafkaError;
 
-use crate::config::{Config, ConfigError, SaslMechanism, Secret};
+use crate::config::{Config, ConfigError, SaslMechanism, Secret, is_sensitive_property};
 
 /// The features this build's librdkafka has (`builtin.features`: `ssl`,
 /// `sasl_scram`, `oidc`, `zstd`, ...).
@@ -34,19 +34,11 @@ pub fn builtin_features() -> &'static [String] {
 /// build lacks (an OAUTHBEARER client secret without OIDC) by quoting it.
 pub fn redact(error: KafkaError) -> KafkaError {
     match error {
-        KafkaError::ClientConfig(code, description, key, _) if sensitive(&key) => {
+        KafkaError::ClientConfig(code, description, key, _) if is_sensitive_property(&key) => {
             KafkaError::ClientConfig(code, description, key, Secret::REDACTED.to_owned())
         }
         other => other,
     }
-}
-
-/// Whether a librdkafka property's value may be a credential.
-fn sensitive(property: &str) -> bool {
-    property.starts_with("sasl.")
-        || property.contains("password")
-        || property.contains("secret")
-        || property.ends_with(".pem")
 }
 
 /// Refuses a setting this build's librdkafka cannot carry out, before a
