@@ -546,4 +546,32 @@ mod tests {
         stop.cancel();
         task.await.expect("the server ends");
     }
+
+    #[tokio::test]
+    async fn no_endpoint_shows_a_configured_secret() {
+        let secrets = ["admin-token-5e1d-b7a0", "sasl-password-9b2f"];
+        let (addr, stop, task, _dir) = serve(&format!(
+            "admin_token = \"{}\"\n[kafka.tls]\n[kafka.sasl]\nmechanism = \"PLAIN\"\n\
+             username = \"u\"\npassword = \"{}\"",
+            secrets[0], secrets[1]
+        ))
+        .await;
+        for path in ["/health/event-bus", "/health/ready", "/metrics", "/plugins"] {
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.expect("send");
+            let mut raw = Vec::new();
+            let _ = stream.read_to_end(&mut raw).await;
+            let raw = String::from_utf8_lossy(&raw);
+            assert!(
+                raw.contains(" 200 ") || raw.contains(" 503 "),
+                "{path}: {raw}"
+            );
+            for secret in secrets {
+                assert!(!raw.contains(secret), "{path} shows {secret}: {raw}");
+            }
+        }
+        stop.cancel();
+        task.await.expect("the server ends");
+    }
 }
