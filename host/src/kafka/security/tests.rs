@@ -242,8 +242,6 @@ fn a_missing_secret_file_names_the_field_and_the_path() {
 }
 
 #[test]
-#[ignore = "this build's librdkafka has no libcurl, so no OIDC: its configure script does \
-            not find the static libcurl that rdkafka-sys's curl-static feature builds"]
 fn this_build_has_tls_sasl_oidc_and_every_codec() {
     let features = builtin_features();
     for feature in [
