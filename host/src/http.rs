@@ -248,6 +248,7 @@ async fn health(State(s): State<Shared>) -> Response {
         "bootstrap_servers": status.bootstrap_servers(),
         "circuit_state": status.broker.state().as_str(),
         "broker_reachable": status.is_reachable(),
+        "broker_error": status.connect_failure().map(|f| f.to_string()),
         "subscriber_count": if started { topics } else { 0 },
         "topic_count": topics,
         "consumer_count": if started { topics } else { 0 },

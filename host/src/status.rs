@@ -52,6 +52,10 @@ pub struct Status {
     consumed: AtomicU64,
     /// Whether a broker answers: unknown until librdkafka says.
     reachable: watch::Sender<Option<bool>>,
+    /// Why the daemon's clients cannot reach the brokers with their
+    /// settings (a refused login, an untrusted certificate), until a broker
+    /// answers again.
+    connect_failure: Mutex<Option<crate::kafka::ConnectFailure>>,
     http_addr: watch::Sender<Option<SocketAddr>>,
     /// Counts plugin directory events: loads, refusals, deletions.
     plugin_events: watch::Sender<u64>,
@@ -261,6 +265,7 @@ impl Status {
             started: AtomicBool::new(false),
             consumed: AtomicU64::new(0),
             reachable: watch::Sender::new(None),
+            connect_failure: Mutex::new(None),
             http_addr: watch::Sender::new(None),
             plugin_events: watch::Sender::new(0),
             config_reloads: watch::Sender::new((0, 0)),
@@ -347,6 +352,9 @@ impl Status {
             *known = Some(up);
             changed
         });
+        if up {
+            self.set_connect_failure(None);
+        }
         if changed && up {
             tracing::info!("Kafka brokers reachable");
         } else if changed {
@@ -355,6 +363,33 @@ impl Status {
                  begins when one answers"
             );
         }
+    }
+
+    /// Records why the brokers refuse the daemon's clients, or that they no
+    /// longer do; each new reason is logged once.
+    pub(crate) fn set_connect_failure(&self, failure: Option<crate::kafka::ConnectFailure>) {
+        let mut current = self
+            .connect_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *current == failure {
+            return;
+        }
+        if let Some(failure) = &failure {
+            tracing::error!(
+                "cannot connect to Kafka: {failure}; consumption waits and resumes by itself \
+                 once the brokers accept the client"
+            );
+        }
+        *current = failure;
+    }
+
+    /// Why the brokers refuse the daemon's clients, while they do.
+    pub fn connect_failure(&self) -> Option<crate::kafka::ConnectFailure> {
+        self.connect_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The address the HTTP endpoint listens on, once it does.

@@ -5,6 +5,8 @@
 //! Owns librdkafka configuration only; what is consumed and produced, and
 //! when offsets are stored, belongs to the pipeline.
 
+pub mod connect;
+pub mod credentials;
 mod embedded;
 pub mod headers;
 pub mod security;
@@ -13,6 +15,7 @@ use rdkafka::ClientConfig;
 
 use crate::config::{Config, ConfigError, OffsetReset};
 
+pub use connect::ConnectFailure;
 pub use embedded::EmbeddedBroker;
 
 /// Properties every client shares: the brokers, TLS and SASL (with the
@@ -97,14 +100,27 @@ pub fn producer_config(config: &Config, bootstrap: &str) -> Result<ClientConfig,
     Ok(c)
 }
 
+/// Why the brokers' topics could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum MetadataError {
+    /// The settings cannot reach the brokers (a refused login, an untrusted
+    /// certificate, the wrong protocol for the listener).
+    #[error(transparent)]
+    Connect(#[from] ConnectFailure),
+    /// No broker answered in time.
+    #[error(transparent)]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
 /// Which of `topics` the brokers do not have, from their metadata. Fails
-/// when no broker answers within `timeout`.
+/// when no broker answers within `timeout`, saying why when the settings
+/// are the cause.
 pub fn missing_topics(
     config: &Config,
     bootstrap: &str,
     topics: &[&str],
     timeout: std::time::Duration,
-) -> rdkafka::error::KafkaResult<Vec<String>> {
+) -> Result<Vec<String>, MetadataError> {
     use rdkafka::consumer::{BaseConsumer, Consumer as _};
     // The settings were read once already, when the daemon's clients were
     // configured; a file gone since is reported as a client error.
@@ -112,8 +128,25 @@ pub fn missing_topics(
         .map_err(|e| rdkafka::error::KafkaError::ClientCreation(e.to_string()))?;
     // A client of its own that joins no group: it only reads metadata.
     c.set("group.id", format!("{}.topic-check", config.group_id()));
-    let client: BaseConsumer = c.create().map_err(security::redact)?;
-    let metadata = client.fetch_metadata(None, timeout)?;
+    let watch = connect::Watch::new(&c);
+    let client: BaseConsumer<connect::Watch> =
+        c.create_with_context(watch).map_err(security::redact)?;
+    let metadata = match client.fetch_metadata(None, timeout) {
+        Ok(metadata) => metadata,
+        Err(e) => {
+            // librdkafka's errors and logs reach the context when the
+            // client is polled; a poll serves one event and answers
+            // nothing for it, so poll for a moment rather than until empty.
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(200);
+            while client.context().failure().is_none() && std::time::Instant::now() < until {
+                let _ = client.poll(std::time::Duration::from_millis(10));
+            }
+            return Err(match client.context().failure() {
+                Some(failure) => MetadataError::Connect(failure),
+                None => MetadataError::Kafka(e),
+            });
+        }
+    };
     let present: std::collections::HashSet<&str> = metadata
         .topics()
         .iter()

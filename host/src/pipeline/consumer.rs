@@ -341,21 +341,36 @@ pub struct RebalanceContext {
     /// every message, and takes the locks only when it is set.
     revocations: AtomicBool,
     status: Arc<Status>,
+    /// The client's settings, to say why the brokers refuse it.
+    identity: kafka::connect::Identity,
 }
 
 impl RebalanceContext {
-    /// The context of the daemon's consumer, reporting into `status`.
-    pub fn new(status: Arc<Status>) -> RebalanceContext {
+    /// The context of the daemon's consumer made with `config`, reporting
+    /// into `status`.
+    pub fn new(status: Arc<Status>, config: &rdkafka::ClientConfig) -> RebalanceContext {
         RebalanceContext {
             gates: Mutex::new(HashMap::new()),
             revoked: Mutex::new(Vec::new()),
             revocations: AtomicBool::new(false),
             status,
+            identity: kafka::connect::Identity::of(config),
         }
     }
 }
 
 impl ClientContext for RebalanceContext {
+    /// A connection failure that the settings cause (a refused login, an
+    /// untrusted certificate) shows in health, logged once; librdkafka's
+    /// other errors are logged as they come.
+    fn error(&self, error: KafkaError, reason: &str) {
+        let failure = self.identity.classify(error.rdkafka_error_code(), reason);
+        match failure {
+            Some(failure) => self.status.set_connect_failure(Some(failure)),
+            None => tracing::error!("librdkafka: {error}: {reason}"),
+        }
+    }
+
     /// librdkafka's periodic statistics: consumer lag per partition, and
     /// whether any broker is up.
     fn stats(&self, statistics: rdkafka::Statistics) {

@@ -19,6 +19,17 @@ pub struct MissingTopics {
     pub missing: Vec<(String, &'static str, String)>,
 }
 
+/// Why the routes' topics were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicCheckError {
+    #[error(transparent)]
+    Missing(#[from] MissingTopics),
+    /// The brokers cannot be reached with these settings: retrying would
+    /// not help.
+    #[error("cannot connect to Kafka: {0}")]
+    Connect(#[from] kafka::ConnectFailure),
+}
+
 /// How long the topic check waits for the brokers' metadata.
 const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -26,12 +37,14 @@ const TOPIC_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// A missing output or dead-letter topic is an error: every message that
 /// reached it would fail. A missing input topic is logged: the route
 /// consumes it once it is created. When no broker answers, nothing can be
-/// checked and nothing is refused. Blocks: call it off the async threads.
+/// checked and nothing is refused, unless the settings are why (a refused
+/// login, an untrusted certificate, the wrong protocol). Blocks: call it
+/// off the async threads.
 pub(crate) fn check_topics(
     config: &Config,
     bootstrap: &str,
     routes: &[crate::config::RouteConfig],
-) -> Result<(), MissingTopics> {
+) -> Result<(), TopicCheckError> {
     let mut wanted: Vec<(&str, &'static str, &str)> = Vec::new();
     for r in routes {
         wanted.push((&r.topic, "topic", &r.topic));
@@ -50,7 +63,8 @@ pub(crate) fn check_topics(
     let timeout = config.kafka.timeout().min(TOPIC_CHECK_TIMEOUT);
     let missing = match kafka::missing_topics(config, bootstrap, &names, timeout) {
         Ok(missing) => missing,
-        Err(e) => {
+        Err(kafka::MetadataError::Connect(failure)) => return Err(failure.into()),
+        Err(kafka::MetadataError::Kafka(e)) => {
             tracing::warn!("cannot check that the routes' topics exist, no broker answered: {e}");
             return Ok(());
         }
@@ -72,7 +86,7 @@ pub(crate) fn check_topics(
     if refused.is_empty() {
         Ok(())
     } else {
-        Err(MissingTopics { missing: refused })
+        Err(MissingTopics { missing: refused }.into())
     }
 }
 
