@@ -236,9 +236,10 @@ async fn start(
     let producer = delivery::Producer::new(&producer_config)
         .map_err(kafka::security::redact)
         .context("creating the Kafka producer")?;
+    let context = RebalanceContext::new(status.clone(), &consumer_config);
     let consumer: Arc<StreamConsumer<RebalanceContext>> = Arc::new(
         consumer_config
-            .create_with_context(RebalanceContext::new(status.clone()))
+            .create_with_context(context)
             .map_err(kafka::security::redact)
             .context("creating the Kafka consumer")?,
     );
@@ -255,6 +256,24 @@ async fn start(
         status: status.clone(),
         tracer,
     });
+    if let Some(file) = kafka::security::password_file(config) {
+        let (shared, consumer) = (shared.clone(), consumer.clone());
+        tokio::spawn(kafka::credentials::follow(
+            file,
+            stop_all.clone(),
+            move |user, password| {
+                use rdkafka::producer::Producer as _;
+                for set in [
+                    kafka::credentials::set_credentials(consumer.client(), user, password),
+                    kafka::credentials::set_credentials(shared.producer.client(), user, password),
+                ] {
+                    if let Err(e) = set {
+                        tracing::error!("cannot give the Kafka clients the new SASL password: {e}");
+                    }
+                }
+            },
+        ));
+    }
     Ok(Parts {
         consumer,
         shared,

@@ -181,11 +181,8 @@ fn secret(
     }
     let Some(path) = file else { return Ok(None) };
     let full = config.base_dir.join(path);
-    let text = std::fs::read_to_string(&full).map_err(|e| unreadable(file_field, &full, &e))?;
-    let text = text
-        .strip_suffix("\r\n")
-        .or_else(|| text.strip_suffix('\n'))
-        .unwrap_or(&text);
+    let text =
+        super::credentials::read_secret(&full).map_err(|e| unreadable(file_field, &full, &e))?;
     if text.is_empty() {
         return Err(ConfigError::File {
             field: file_field.to_owned(),
@@ -193,7 +190,23 @@ fn secret(
             reason: "the file is empty".to_owned(),
         });
     }
-    Ok(Some(text.to_owned()))
+    Ok(Some(text))
+}
+
+/// The file the SASL password is read from, with its user, when the
+/// clients log in with one (PLAIN or SCRAM): followed while the daemon runs.
+pub fn password_file(config: &Config) -> Option<super::credentials::PasswordFile> {
+    if config.is_embedded() {
+        return None;
+    }
+    let sasl = config.kafka.sasl.as_ref()?;
+    if sasl.mechanism == SaslMechanism::OauthBearer || sasl.password.is_some() {
+        return None;
+    }
+    Some(super::credentials::PasswordFile {
+        username: sasl.username.clone()?,
+        path: config.base_dir.join(sasl.password_file.as_ref()?),
+    })
 }
 
 fn unreadable(field: &str, path: &Path, error: &std::io::Error) -> ConfigError {
