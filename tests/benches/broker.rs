@@ -1,6 +1,7 @@
-//! What the test broker can take: produce and fetch rates of Tansu with
-//! each storage engine the suite uses, for input produced one record per
-//! batch and in librdkafka's default batches (`linger.ms` 5).
+//! What the test broker can take: produce and fetch rates of Nisshi with
+//! each storage engine the suite uses, beside Tansu 0.6.0 (the broker the
+//! suite ran on before) when it is installed too, in one run, for input in
+//! librdkafka's batches (`linger.ms` 5, as the tests produce it).
 //!
 //! Each run starts a broker, produces `SLUICE_BENCH_MESSAGES` (default
 //! 20,000) small keyed records over 4 partitions with an idempotent
@@ -10,18 +11,19 @@
 //!
 //! ```sh
 //! cargo bench -p sluice-tests --bench broker
+//! cargo install tansu --locked --version 0.6.0 --features libsql,dynostore  # to compare
 //! ```
 
 use std::time::{Duration, Instant};
 
-use sluice_tests::broker::Broker;
-use sluice_tests::kafka::{Counter, Send, produce_with};
+use sluice_tests::broker::{Broker, Program, Storage};
+use sluice_tests::kafka::{Counter, Send, produce};
 
 const PARTITIONS: i32 = 4;
 
 /// Produces `messages` records and reads them back; returns both rates in
 /// messages per second.
-async fn rates(broker: &Broker, messages: usize, batched: bool) -> (f64, f64) {
+async fn rates(broker: &Broker, messages: usize) -> (f64, f64) {
     let bootstrap = broker.bootstrap();
     broker.create_topic("rate", PARTITIONS);
     let records: Vec<(i32, String, String)> = (0..messages)
@@ -31,7 +33,7 @@ async fn rates(broker: &Broker, messages: usize, batched: bool) -> (f64, f64) {
         })
         .collect();
     let started = Instant::now();
-    produce_with(
+    produce(
         &bootstrap,
         "rate",
         records.iter().map(|(p, key, value)| Send {
@@ -40,7 +42,6 @@ async fn rates(broker: &Broker, messages: usize, batched: bool) -> (f64, f64) {
             value: value.as_bytes(),
             headers: &[],
         }),
-        batched,
     )
     .await;
     let produced = started.elapsed();
@@ -68,17 +69,26 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    println!("{messages} records of about 30 bytes over {PARTITIONS} partitions, Tansu 0.6.0");
-    println!("| storage | input batches | produce (msg/s) | fetch from start (msg/s) |");
+    let installed = |program: &str| {
+        std::process::Command::new(program)
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    let mut programs = vec![(Program::Nisshi, sluice_tests::broker::VERSION)];
+    if installed("tansu") {
+        programs.push((Program::Tansu, "0.6.0"));
+    } else {
+        println!("tansu is not installed: Nisshi alone");
+    }
+    println!("{messages} records of about 30 bytes over {PARTITIONS} partitions, linger.ms 5");
+    println!("| broker | storage | produce (msg/s) | fetch from start (msg/s) |");
     println!("|---|---|---|---|");
-    for (storage, start) in [
-        ("sqlite://", Broker::start_persistent as fn() -> Broker),
-        ("memory://", Broker::start as fn() -> Broker),
-    ] {
-        for (batches, batched) in [("one record each", false), ("linger.ms 5", true)] {
-            let broker = start();
-            let (produce, fetch) = runtime.block_on(rates(&broker, messages, batched));
-            println!("| {storage} | {batches} | {produce:.0} | {fetch:.0} |");
+    for (program, version) in programs {
+        for storage in [Storage::Sqlite, Storage::Memory] {
+            let broker = Broker::start_program(program, storage);
+            let (produce, fetch) = runtime.block_on(rates(&broker, messages));
+            println!("| {program:?} {version} | {storage:?} | {produce:.0} | {fetch:.0} |");
         }
     }
 }

@@ -2,7 +2,7 @@
 //! plugins directory to the first message handled by it, with messages
 //! flowing, for a small component and for one of about 2 MB.
 //!
-//! Starts Tansu, runs Sluice in this process on the tagged test handler, and
+//! Starts Nisshi, runs Sluice in this process on the tagged test handler, and
 //! keeps a message flowing every few milliseconds while it renames new
 //! versions into place. Prints every swap's latency and the median.
 //!

@@ -2,7 +2,7 @@
 //! rdkafka loop (twice: as it is, and adding to each output the
 //! `correlation_id` header that sluice's outputs carry, as `bare + id`) and
 //! `sluice` with the `uppercase` example, one after another on the same data
-//! and the same Tansu broker, each as a process of its own.
+//! and the same Nisshi broker, each as a process of its own.
 //! All three upper-case 100-byte (then 1 KiB) values at least once: an
 //! offset is stored only after its output is acknowledged. Then `sluice`
 //! with the `json-router` example against `python_json_consumer.py` (next to
@@ -57,7 +57,7 @@ use std::time::{Duration, Instant};
 
 use sluice_tests::broker::Broker;
 use sluice_tests::daemon::{module_route, plugins_dir};
-use sluice_tests::kafka::{Counter, Send, bench_properties, produce_with};
+use sluice_tests::kafka::{Counter, Send, bench_properties, produce};
 use tempfile::TempDir;
 
 const PARTITIONS: i32 = 3;
@@ -119,7 +119,7 @@ struct Run {
     name: &'static str,
     per_second: f64,
     /// From the first output to the last: the rate once running, without
-    /// start-up and the group join (which takes Tansu 0.8 or 1.5 s).
+    /// start-up and the group join.
     running_per_second: f64,
     cpu_per_message: Duration,
 }
@@ -209,9 +209,7 @@ fn python_peer() -> Option<String> {
 
 /// `sluice run` on a config with `routes` and production defaults (not the
 /// test harness's short timers), its partition queue as large as the input
-/// (the input shares record batches, and Tansu serves fetches only from
-/// batch boundaries, so a partition must never be paused and resumed
-/// mid-batch), plus any `SLUICE_BENCH_PROCESSING` lines and
+/// (so that the bench measures the message path, not pauses), plus any `SLUICE_BENCH_PROCESSING` lines and
 /// `SLUICE_BENCH_LIBRDKAFKA` properties. The directory holds the config
 /// file and must outlive the run.
 fn sluice_command(
@@ -355,7 +353,7 @@ fn run(broker: &Broker, size: usize, count: usize, peer: Option<(&str, &str)>) -
     let value: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
     let keys: Vec<Vec<u8>> = (0..64).map(|i| format!("key-{i}").into_bytes()).collect();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    runtime.block_on(produce_with(
+    runtime.block_on(produce(
         &bootstrap,
         &input,
         (0..count).map(|i| Send {
@@ -364,7 +362,6 @@ fn run(broker: &Broker, size: usize, count: usize, peer: Option<(&str, &str)>) -
             value: &value,
             headers: &[],
         }),
-        true,
     ));
     eprintln!("{count} messages of {size} B produced to {input}");
 
@@ -447,7 +444,7 @@ fn run_json(broker: &Broker, count: usize, python: Option<&str>) -> Vec<Run> {
         .collect();
     let keys: Vec<Vec<u8>> = (0..64).map(|i| format!("key-{i}").into_bytes()).collect();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    runtime.block_on(produce_with(
+    runtime.block_on(produce(
         &bootstrap,
         input,
         values.iter().enumerate().map(|(i, value)| Send {
@@ -456,7 +453,6 @@ fn run_json(broker: &Broker, count: usize, python: Option<&str>) -> Vec<Run> {
             value,
             headers: &[],
         }),
-        true,
     ));
     eprintln!("{count} JSON messages produced to {input}");
 
@@ -563,7 +559,7 @@ fn main() {
     let peer = python.as_deref().zip(script.as_deref());
     let broker = Broker::start();
     println!(
-        "end to end, {count} messages, {PARTITIONS} partitions, Tansu (memory storage), at least once, \
+        "end to end, {count} messages, {PARTITIONS} partitions, Nisshi (memory storage), at least once, \
          median of {} run(s) each",
         repeat()
     );

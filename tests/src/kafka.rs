@@ -48,39 +48,21 @@ pub struct Send<'a> {
     pub headers: &'a [(&'a str, &'a [u8])],
 }
 
-/// Produces records (idempotent, acks=all), each in a record batch of its
-/// own, and waits for every acknowledgement.
-///
-/// One record per batch keeps every offset a batch boundary: Tansu 0.6.0
-/// with memory storage answers a fetch that starts inside a batch with the
-/// next batch, skipping the rest of the one asked for
-/// (`tests/tests/broker_fidelity.rs` pins this), and the tests that resume
-/// mid-stream after a crash or a pause need to start anywhere.
+/// Produces records (idempotent, acks=all) in multi-record batches, as
+/// producers in the field send them, and waits for every acknowledgement.
+/// A daemon that resumes from a committed offset then fetches from inside a
+/// batch (`tests/tests/broker_fidelity.rs` pins that the broker answers as
+/// Kafka does).
 pub async fn produce<'a>(
     bootstrap: &str,
     topic: &str,
     records: impl IntoIterator<Item = Send<'a>>,
 ) {
-    produce_with(bootstrap, topic, records, false).await;
-}
-
-/// Like [`produce`]; with `batched`, records share batches (faster, for
-/// benchmarks that read every topic from its start).
-pub async fn produce_with<'a>(
-    bootstrap: &str,
-    topic: &str,
-    records: impl IntoIterator<Item = Send<'a>>,
-    batched: bool,
-) {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true");
-    if batched {
-        config.set("linger.ms", "5");
-    } else {
-        config.set("linger.ms", "0").set("batch.num.messages", "1");
-    }
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5");
     let producer: FutureProducer = config.create().expect("test producer");
     let mut pending = Vec::new();
     for r in records {
@@ -379,7 +361,7 @@ pub fn bench_properties() -> Vec<(String, String)> {
         .collect()
 }
 
-/// Produces one record (a batch of its own) to `partition` whose headers
+/// Produces one record to `partition` whose headers
 /// are raw bytes, as a client other than rdkafka may write them: keys that
 /// are not UTF-8 included, which rdkafka's own header type cannot express.
 /// Returns the record's offset.

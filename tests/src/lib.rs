@@ -7,6 +7,7 @@ pub mod http;
 pub mod kafka;
 pub mod logs;
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,4 +92,24 @@ pub fn message(topic: &str, value: &[u8]) -> Message {
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Runs `future` to completion from synchronous code, inside a tokio test
+/// or outside one: on a thread of its own with a runtime of its own.
+pub fn block_on<F: Future + Send>(future: F) -> F::Output
+where
+    F::Output: Send,
+{
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for a blocking call")
+                    .block_on(future)
+            })
+            .join()
+            .expect("the blocking call does not panic")
+    })
 }

@@ -1,4 +1,4 @@
-//! `sluice dlq replay` against a real broker (Tansu): it writes only to
+//! `sluice dlq replay` against a real broker: it writes only to
 //! topics a route consumes (or `--allow-topic` names), at most `--limit`
 //! dead letters, and each dead letter once, keeping its position as a
 //! consumer group's committed offsets without ever skipping a letter that
@@ -183,9 +183,8 @@ async fn a_cut_dead_letter_is_replayed_from_its_original_record_or_refused() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let config = replay_config(dir.path(), &bootstrap, "cut", "in");
-    // The originals, one record batch each: Tansu 0.6 (memory storage)
-    // answers a fetch that starts inside a batch from the next batch, which
-    // the replay would rightly take for a missing record.
+    // The originals, sharing a record batch: the replay fetches each one
+    // from inside it.
     let big = "x".repeat(3000);
     let binary_header: &[u8] = &[0x80, 0x00];
     produce(

@@ -1,4 +1,4 @@
-//! `sluice dlq` against a real broker (Tansu): dead letters listed, counted
+//! `sluice dlq` against a real broker: dead letters listed, counted
 //! and filtered; replayed to their original topic once the module is fixed,
 //! with the replay headers and the original bytes; the replay limit holds;
 //! a dry run produces nothing; unreadable records are reported, not fatal,

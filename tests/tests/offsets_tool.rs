@@ -1,4 +1,4 @@
-//! `sluice offsets show|reset` against a real broker (Tansu): a reset is
+//! `sluice offsets show|reset` against a real broker: a reset is
 //! refused while a daemon is in the group; once it stops, the group is
 //! rewound to the start, or shifted back, and the next daemon reprocesses
 //! exactly the records between the new offset and the end; a dry run moves
@@ -194,43 +194,49 @@ async fn a_stopped_group_is_rewound_and_the_next_daemon_reprocesses_from_there()
 }
 
 /// Produces one record per entry of `timestamps` (ms since the epoch) to
-/// partition 0 of `topic`, each with that create time.
+/// partition 0 of `topic`, each with that create time, in one record batch.
 async fn produce_at(bootstrap: &str, topic: &str, timestamps: &[i64]) {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "0")
-        .set("batch.num.messages", "1")
+        .set("linger.ms", "100")
         .create()
         .expect("test producer");
+    let mut deliveries = Vec::new();
     for (i, &ts) in timestamps.iter().enumerate() {
         let value = format!("at-{i}");
         let record = FutureRecord::<(), str>::to(topic)
             .partition(0)
             .payload(&value)
             .timestamp(ts);
-        producer
-            .send(record, Duration::from_secs(10))
-            .await
-            .unwrap_or_else(|(e, _)| panic!("test record not acknowledged: {e}"));
+        deliveries.push(
+            producer
+                .send_result(record)
+                .unwrap_or_else(|(e, _)| panic!("test record not queued: {e}")),
+        );
+    }
+    for delivery in deliveries {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            other => panic!("test record not acknowledged: {other:?}"),
+        }
     }
 }
 
-// Tansu 0.6.0 answers a ListOffsets request by time with offset 0 on its
-// memory storage, and correctly on SQLite storage, where it cannot describe
-// a consumer group once a member has joined (its stored group fails to
-// decode). So the time lookup is checked on SQLite storage for a group that
-// no daemon has joined. There it also answers a time after the newest
-// record with offset 0 rather than "none", so no such time is asked here.
+/// A group that a daemon has joined and left, rewound by time: a time
+/// between two records gives the later one, a time after the newest record
+/// the end, and the next daemon starts where the reset put it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_time_is_turned_into_the_first_offset_at_or_after_it() {
-    let broker = Broker::start_persistent();
+    let broker = Broker::start();
     let bootstrap = broker.bootstrap();
     broker.create_topic("events", 1);
+    broker.create_topic("events.out", 1);
     let now_ms = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .expect("after 1970")
         .as_millis() as i64;
-    // Five records a minute apart, the last one ten minutes ago.
+    // Five records a minute apart, the last one ten minutes ago, in one
+    // record batch.
     let t0 = now_ms - 14 * 60_000;
     let times: Vec<i64> = (0..5).map(|i| t0 + i * 60_000).collect();
     produce_at(&bootstrap, "events", &times).await;
@@ -242,6 +248,17 @@ async fn a_time_is_turned_into_the_first_offset_at_or_after_it() {
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(dir.path(), &text);
+    let events = |offsets: &[i64]| -> Vec<Option<i64>> {
+        sluice::pipeline::committed_offsets(&bootstrap, GROUP, "events", 1, LONG)
+            .unwrap_or_else(|e| panic!("committed offsets: {e}; wanted {offsets:?}"))
+    };
+    let daemon = Daemon::start(parse(&text));
+    assert_eq!(
+        wait_committed(&bootstrap, GROUP, "events", &[5], LONG),
+        [Some(5)],
+        "the daemon handles every event"
+    );
+    daemon.stop().await;
 
     // 2.5 minutes after the first record: the fourth record (offset 3).
     let between = sluice::pipeline::dlq::iso8601_millis(
@@ -254,16 +271,36 @@ async fn a_time_is_turned_into_the_first_offset_at_or_after_it() {
     // this test takes).
     let ago = offsets_json(&config, &["reset", "--to-datetime", "690s", "--dry-run"]).await;
     assert_eq!(planned(&ago), [3], "{ago:#}");
+    // A minute ago, after the newest record: the end of the partition.
+    let after = offsets_json(&config, &["reset", "--to-datetime", "60s", "--dry-run"]).await;
+    assert_eq!(planned(&after), [5], "{after:#}");
+    assert_eq!(events(&[5]), [Some(5)], "a dry run moves nothing");
 
     let reset = offsets_json(&config, &["reset", "--to-datetime", &between]).await;
     assert_eq!(planned(&reset), [3]);
-    let committed =
-        sluice::pipeline::committed_offsets(&bootstrap, GROUP, "events", 1, LONG).expect("read");
     assert_eq!(
-        committed,
+        events(&[3]),
         [Some(3)],
         "the group starts at the fourth record"
     );
+
+    // The next daemon handles the fourth and fifth records again.
+    let daemon = Daemon::start(parse(&text));
+    assert_eq!(
+        wait_committed(&bootstrap, GROUP, "events", &[5], LONG),
+        [Some(5)]
+    );
+    daemon.stop().await;
+    let out = read_topic(&bootstrap, "events.out", 1, 7, LONG, SETTLE);
+    let texts: Vec<String> = out.iter().map(|r| r.text()).collect();
+    let values = tally(texts.iter().map(String::as_str));
+    let again: Vec<&str> = values
+        .iter()
+        .filter(|(_, n)| **n == 2)
+        .map(|(v, _)| *v)
+        .collect();
+    assert_eq!(out.len(), 7, "five outputs, then two again: {values:?}");
+    assert_eq!(again.len(), 2, "the fourth and fifth again: {values:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

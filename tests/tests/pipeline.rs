@@ -1,4 +1,4 @@
-//! The daemon against a real broker (Tansu): every message handled in
+//! The daemon against a real broker: every message handled in
 //! partition order, failures dead-lettered with their full envelope, offsets
 //! committed only after acknowledgement, restarts and crashes lose nothing,
 //! and two daemons share a group.

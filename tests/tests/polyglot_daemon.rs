@@ -1,4 +1,4 @@
-//! The daemon against a real broker (Tansu) with Python and JavaScript
+//! The daemon against a real broker with Python and JavaScript
 //! handlers: a route of each side by side, every message handled in order, a
 //! value the handler refuses dead-lettered with its reason, offsets
 //! committed; and new versions of a 19 MB Python component deployed under

@@ -1,10 +1,8 @@
-//! Hostile records and broker refusals against a real broker (Tansu): header
+//! Hostile records and broker refusals against a real broker: header
 //! keys that are not UTF-8, outputs and dead letters past the record limit,
 //! a dead-letter topic that refuses every record, and topics that do not
 //! exist. Each test checks that the daemon keeps running, that the partition
 //! moves on (or stops visibly, never silently), and that nothing is lost.
-//!
-//! Inputs are produced one record per batch (see `sluice_tests::kafka::produce`).
 
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
 //! Retries, the handler and broker circuit breakers, and graceful
-//! degradation: against Tansu (real restarts) and librdkafka's mock cluster
+//! degradation: against Nisshi (real restarts) and librdkafka's mock cluster
 //! (injected produce failures).
 
 use std::collections::BTreeSet;

@@ -3,10 +3,10 @@
 //! its partitions back without a rebalance, the other keeps consuming its
 //! own throughout, and nothing is lost.
 //!
-//! Tansu 0.6.0 honours `group.instance.id` in JoinGroup: a member that
-//! comes back under its id within the session timeout is given its old
-//! assignment and the group is not rebalanced (without the id, the same
-//! restart rebalances the other member twice).
+//! The broker honours `group.instance.id` in JoinGroup as Kafka does: a
+//! member that comes back under its id within the session timeout is given
+//! its old assignment and the group is not rebalanced (without the id, the
+//! same restart rebalances the other member twice).
 
 use std::path::Path;
 use std::time::{Duration, Instant};

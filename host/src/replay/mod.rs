@@ -272,8 +272,8 @@ pub fn bootstrap(config: &Config) -> Result<&str, ReplayError> {
 /// each partition to its end, sorted by topic, partition and offset.
 ///
 /// The end of a partition is the Fetch response's high watermark
-/// (librdkafka's partition EOF); ListOffsets is not trusted (Tansu 0.6
-/// answers it wrongly). If a partition never reports its end, reading stops
+/// (librdkafka's partition EOF), which the fetches bring at no extra
+/// request. If a partition never reports its end, reading stops
 /// after `idle_timeout` without a new record. No consumer group is joined
 /// and no offset is committed.
 pub fn read_dead_letters(
