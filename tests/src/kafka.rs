@@ -116,7 +116,19 @@ pub async fn produce_sequence(
     count: usize,
     prefix: &str,
 ) {
-    let items: Vec<(i32, Vec<u8>, Vec<u8>)> = (0..count)
+    produce_sequence_part(bootstrap, topic, partitions, 0..count, prefix).await;
+}
+
+/// The messages `range` of what [`produce_sequence`] would produce for a
+/// count past the range's end: a sequence produced in parts.
+pub async fn produce_sequence_part(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    range: std::ops::Range<usize>,
+    prefix: &str,
+) {
+    let items: Vec<(i32, Vec<u8>, Vec<u8>)> = range
         .map(|i| {
             let p = (i % partitions as usize) as i32;
             let seq = i / partitions as usize;

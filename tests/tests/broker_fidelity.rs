@@ -373,3 +373,68 @@ fn a_new_member_after_a_kill_gets_the_partitions_once_the_session_times_out() {
         );
     }
 }
+
+/// Where the broker differs from Kafka, pinned: each assertion fails the
+/// day it changes, and `docs/operations.md` ("The test broker") and the
+/// broker helper should be looked at again then.
+mod differences {
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    use sluice_tests::broker::{Broker, Scram, User, free_port};
+
+    /// Memory storage cannot keep SCRAM users: the helper starts every
+    /// secure broker on SQLite.
+    #[test]
+    fn memory_storage_refuses_to_authenticate() {
+        let url = format!("tcp://127.0.0.1:{}", free_port());
+        let mut broker = Command::new("nisshi")
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://nisshi/", "--authentication"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nisshi starts");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let exited = loop {
+            if let Some(status) = broker.try_wait().expect("a child") {
+                break Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = broker.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(
+            exited.is_some_and(|s| !s.success()),
+            "nisshi refuses --authentication on memory storage ({exited:?})"
+        );
+    }
+
+    /// `nisshi user create` neither speaks TLS nor logs in: the helper
+    /// makes users on a plaintext start of the storage, before the listener
+    /// turns secure.
+    #[test]
+    fn the_user_command_cannot_reach_a_secure_listener() {
+        let admin = User::new("admin", "admin-password", Scram::Sha512);
+        let broker = Broker::start_secure(&[admin]);
+        let out = Command::new("nisshi")
+            .args(["user", "create", "another", "password", "--broker"])
+            .arg(format!("tcp://{}", broker.bootstrap()))
+            .output()
+            .expect("nisshi runs");
+        assert!(
+            !out.status.success(),
+            "nisshi user create reached a TLS listener with authentication: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}

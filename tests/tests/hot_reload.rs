@@ -8,7 +8,8 @@ use sluice_tests::artifacts;
 use sluice_tests::broker::Broker;
 use sluice_tests::daemon::{Daemon, config_text_in, deploy, module_route, parse, until_plugins};
 use sluice_tests::kafka::{
-    Record, assert_empty, produce_sequence, read_topic, read_until, wait_committed,
+    Record, assert_empty, produce_sequence, produce_sequence_part, read_topic, read_until,
+    wait_committed,
 };
 
 const LONG: Duration = Duration::from_secs(120);
@@ -61,8 +62,19 @@ async fn twenty_swaps_under_a_stream_lose_nothing_and_only_move_forward() {
     })
     .await;
 
-    let total = 24_000;
-    let stream = produce_sequence(&bootstrap, "in", 3, total, "m");
+    // The stream comes in 21 parts, each produced once the version before
+    // it serves (the input is batched, and would otherwise all be there
+    // before the second swap), so that every swap happens under traffic.
+    let total: usize = 24_000;
+    let (swapped, mut serving) = tokio::sync::watch::channel(0usize);
+    let stream = async {
+        let part = total.div_ceil(21);
+        for n in 0..21 {
+            let _ = serving.wait_for(|v| *v >= n).await;
+            let range = (n * part).min(total)..((n + 1) * part).min(total);
+            produce_sequence_part(&bootstrap, "in", 3, range, "m").await;
+        }
+    };
     let swaps = async {
         for n in 1..=20 {
             let version = tagged(n);
@@ -73,6 +85,7 @@ async fn twenty_swaps_under_a_stream_lose_nothing_and_only_move_forward() {
                 s.serving_hash("in").as_deref() == Some(want.as_str())
             })
             .await;
+            let _ = swapped.send(n as usize);
         }
     };
     tokio::join!(stream, swaps);
