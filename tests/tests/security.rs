@@ -53,8 +53,9 @@ async fn produce(client: ClientConfig, topic: &str, values: &[String]) {
 }
 
 /// Reads partition 0 of `topic` from its start through `client`'s settings
-/// until `want` values arrived or `LONG` passed.
-fn read(client: ClientConfig, topic: &str, want: usize) -> Vec<String> {
+/// until `want` records arrived or `LONG` passed: each as its value and
+/// its headers' values, as text.
+fn read_records(client: ClientConfig, topic: &str, want: usize) -> Vec<(String, Vec<String>)> {
     let consumer: BaseConsumer = client
         .clone()
         .set("group.id", "reader")
@@ -66,13 +67,29 @@ fn read(client: ClientConfig, topic: &str, want: usize) -> Vec<String> {
         .expect("partition");
     consumer.assign(&tpl).expect("assign");
     let deadline = Instant::now() + LONG;
-    let mut values = Vec::new();
-    while values.len() < want && Instant::now() < deadline {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let mut records = Vec::new();
+    while records.len() < want && Instant::now() < deadline {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            values.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+            let headers = m
+                .headers()
+                .map(|hs| sluice::kafka::headers::read(hs))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|h| text(&h.value.unwrap_or_default()))
+                .collect();
+            records.push((text(m.payload().unwrap_or_default()), headers));
         }
     }
-    values
+    records
+}
+
+/// The values of [`read_records`].
+fn read(client: ClientConfig, topic: &str, want: usize) -> Vec<String> {
+    read_records(client, topic, want)
+        .into_iter()
+        .map(|(value, _)| value)
+        .collect()
 }
 
 /// The `[kafka]` lines for a broker's TLS (trusting `ca_file`) and, with
@@ -300,30 +317,12 @@ impl Drop for KillOnDrop {
 
 /// What a reader of `topic` sees: every value and header, as text.
 fn everything_in(client: ClientConfig, topic: &str, want: usize) -> String {
-    let consumer: BaseConsumer = client
-        .clone()
-        .set("group.id", "auditor")
-        .create()
-        .expect("reader");
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .expect("partition");
-    consumer.assign(&tpl).expect("assign");
-    let deadline = Instant::now() + LONG;
-    let (mut seen, mut text) = (0, String::new());
-    while seen < want && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            seen += 1;
-            text.push_str(&String::from_utf8_lossy(m.payload().unwrap_or_default()));
-            if let Some(headers) = m.headers() {
-                for h in sluice::kafka::headers::read(headers) {
-                    text.push_str(&String::from_utf8_lossy(&h.value.unwrap_or_default()));
-                }
-            }
-        }
-    }
-    assert_eq!(seen, want, "{topic} holds {want} records");
-    text
+    let records = read_records(client, topic, want);
+    assert_eq!(records.len(), want, "{topic} holds {want} records");
+    records
+        .into_iter()
+        .flat_map(|(value, headers)| std::iter::once(value).chain(headers))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
