@@ -22,7 +22,7 @@ async fn produce_compressed(bootstrap: &str, topic: &str, partition: i32, codec:
         .set("bootstrap.servers", bootstrap)
         .set("compression.type", codec)
         .set("linger.ms", "1000")
-        .set("batch.num.messages", &PER_CODEC.to_string())
+        .set("batch.num.messages", PER_CODEC.to_string())
         .set("batch.size", "10000000")
         .create()
         .expect("producer");

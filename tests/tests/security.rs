@@ -73,7 +73,7 @@ fn read_records(client: ClientConfig, topic: &str, want: usize) -> Vec<(String, 
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
             let headers = m
                 .headers()
-                .map(|hs| sluice::kafka::headers::read(hs))
+                .map(sluice::kafka::headers::read)
                 .unwrap_or_default()
                 .into_iter()
                 .map(|h| text(&h.value.unwrap_or_default()))
