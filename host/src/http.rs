@@ -441,14 +441,19 @@ mod tests {
         (addr, stop, task, dir)
     }
 
-    /// The status code of `GET path` on a connection of its own.
-    async fn get_status(addr: SocketAddr, path: &str) -> String {
+    /// The whole answer to `GET path` on a connection of its own.
+    async fn get_raw(addr: SocketAddr, path: &str) -> String {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
         let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.expect("send");
         let mut raw = Vec::new();
         let _ = stream.read_to_end(&mut raw).await;
-        let raw = String::from_utf8_lossy(&raw);
+        String::from_utf8_lossy(&raw).into_owned()
+    }
+
+    /// The status code of `GET path` on a connection of its own.
+    async fn get_status(addr: SocketAddr, path: &str) -> String {
+        let raw = get_raw(addr, path).await;
         raw.split_whitespace().nth(1).unwrap_or_default().to_owned()
     }
 
@@ -558,12 +563,7 @@ mod tests {
         ))
         .await;
         for path in ["/health/event-bus", "/health/ready", "/metrics", "/plugins"] {
-            let mut stream = TcpStream::connect(addr).await.expect("connect");
-            let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-            stream.write_all(request.as_bytes()).await.expect("send");
-            let mut raw = Vec::new();
-            let _ = stream.read_to_end(&mut raw).await;
-            let raw = String::from_utf8_lossy(&raw);
+            let raw = get_raw(addr, path).await;
             assert!(
                 raw.contains(" 200 ") || raw.contains(" 503 "),
                 "{path}: {raw}"
