@@ -238,6 +238,21 @@ async fn health(State(s): State<Shared>) -> Response {
             })
         })
         .collect();
+    let now = std::time::Instant::now();
+    let undecodable: Vec<Value> = status
+        .undecodable()
+        .into_iter()
+        .map(|((topic, partition), s)| {
+            json!({
+                "topic": topic,
+                "partition": partition,
+                "offset": s.offset,
+                "error": s.error,
+                "for_seconds": now.saturating_duration_since(s.since).as_secs(),
+                "repeats": s.repeats,
+            })
+        })
+        .collect();
     let started = status.started();
     let topics = status.routes().len();
     let body = json!({
@@ -256,6 +271,7 @@ async fn health(State(s): State<Shared>) -> Response {
         "routes": routes,
         "stopped_partitions": stopped,
         "stalled_partitions": stalled,
+        "undecodable_partitions": undecodable,
     });
     (code(healthy), axum::Json(body)).into_response()
 }

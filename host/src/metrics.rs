@@ -239,6 +239,25 @@ pub fn render(status: &Status) -> String {
         &[],
         status.worker_restarts(),
     );
+    out.family(
+        "sluice_consumer_record_errors_total",
+        "Consumer errors about a record the Kafka client fetched but could not decode (a \
+         corrupt batch, a record over the fetch limit), each time it was reported.",
+    );
+    out.sample(
+        "sluice_consumer_record_errors_total",
+        &[],
+        load(&status.record_errors),
+    );
+    out.family(
+        "sluice_undecodable_partitions",
+        "Partitions held up by a record the Kafka client cannot decode.",
+    );
+    out.sample(
+        "sluice_undecodable_partitions",
+        &[],
+        status.undecodable().len() as u64,
+    );
 
     out.family(
         "kafka_event_bus_circuit_state",

@@ -26,10 +26,15 @@ pub enum FailureKind {
     InvalidOutput,
     /// The handler returned a permanent error.
     Permanent,
+    /// The Kafka client could not decode the record (a corrupt batch, a
+    /// record over the fetch limit), and the route's `on_undecodable` is
+    /// `"dead-letter"`: no call was made, and none is retried. Not a
+    /// `retry_on` choice.
+    Undecodable,
 }
 
 impl FailureKind {
-    /// Every kind, in documentation order.
+    /// Every kind `retry_on` may name, in documentation order.
     pub const ALL: [FailureKind; 6] = [
         FailureKind::Retryable,
         FailureKind::Timeout,
@@ -48,6 +53,7 @@ impl FailureKind {
             FailureKind::MemoryLimit => "memory_limit",
             FailureKind::InvalidOutput => "invalid_output",
             FailureKind::Permanent => "permanent",
+            FailureKind::Undecodable => "undecodable",
         }
     }
 
@@ -73,6 +79,7 @@ impl FailureKind {
             FailureKind::MemoryLimit => ErrorType::MemoryLimitExceeded,
             FailureKind::InvalidOutput => ErrorType::InvalidOutput,
             FailureKind::Permanent => ErrorType::HandlerError,
+            FailureKind::Undecodable => ErrorType::UndecodableRecord,
         }
     }
 }
@@ -97,17 +104,20 @@ pub enum ErrorType {
     /// `output_topics`, over one of the route's output bounds, or a record
     /// the broker refused for good.
     InvalidOutput,
+    /// The Kafka client could not decode the record; no handler saw it.
+    UndecodableRecord,
 }
 
 impl ErrorType {
     /// Every error type, for documentation and metrics.
-    pub const ALL: [ErrorType; 6] = [
+    pub const ALL: [ErrorType; 7] = [
         ErrorType::HandlerError,
         ErrorType::RetriesExhausted,
         ErrorType::HandlerTimeout,
         ErrorType::HandlerTrap,
         ErrorType::MemoryLimitExceeded,
         ErrorType::InvalidOutput,
+        ErrorType::UndecodableRecord,
     ];
 
     /// The name written into dead-letter records.
@@ -119,6 +129,7 @@ impl ErrorType {
             ErrorType::HandlerTrap => "HandlerTrap",
             ErrorType::MemoryLimitExceeded => "MemoryLimitExceeded",
             ErrorType::InvalidOutput => "InvalidOutput",
+            ErrorType::UndecodableRecord => "UndecodableRecord",
         }
     }
 }
@@ -231,11 +242,26 @@ mod tests {
         }
         let mut types: Vec<&str> = FailureKind::ALL
             .iter()
+            .chain([&FailureKind::Undecodable])
             .map(|k| k.error_type().as_str())
             .collect();
         types.sort_unstable();
         types.dedup();
         assert_eq!(types.len(), ErrorType::ALL.len());
+    }
+
+    #[test]
+    fn a_record_the_client_could_not_decode_is_never_retried() {
+        assert_eq!(
+            FailureKind::parse("undecodable"),
+            None,
+            "not a retry_on choice"
+        );
+        let p = policy(&FailureKind::ALL, 10);
+        assert_eq!(
+            p.decide(FailureKind::Undecodable, 1, 1.0),
+            Decision::GiveUp(ErrorType::UndecodableRecord)
+        );
     }
 
     #[test]

@@ -56,11 +56,28 @@ pub struct Status {
     /// settings (a refused login, an untrusted certificate), until a broker
     /// answers again.
     connect_failure: Mutex<Option<crate::kafka::ConnectFailure>>,
+    /// The partitions held up by a record the Kafka client cannot decode.
+    undecodable: Mutex<BTreeMap<TopicPartition, Stuck>>,
+    /// Consumer errors about a record (each one librdkafka reported).
+    pub(crate) record_errors: AtomicU64,
     http_addr: watch::Sender<Option<SocketAddr>>,
     /// Counts plugin directory events: loads, refusals, deletions.
     plugin_events: watch::Sender<u64>,
     /// Config reloads: `(applied, refused)`.
     config_reloads: watch::Sender<(u64, u64)>,
+}
+
+/// A partition held up by a record the Kafka client cannot decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stuck {
+    /// The offset that cannot be read.
+    pub offset: i64,
+    /// The client's error, as it last came.
+    pub error: String,
+    /// When the position was first seen at `offset`.
+    pub since: Instant,
+    /// The client's errors counted since then.
+    pub repeats: u64,
 }
 
 /// What health needs of a partition with a worker.
@@ -185,7 +202,7 @@ pub struct RouteMetrics {
     /// Messages whose outputs were produced.
     pub ok: AtomicU64,
     /// Messages dead-lettered, by [`ErrorType::ALL`] index.
-    pub dead_lettered: [AtomicU64; 6],
+    pub dead_lettered: [AtomicU64; ErrorType::ALL.len()],
     /// Messages that stopped their partition (no dead-letter topic).
     pub stopped: AtomicU64,
     /// Messages held by the open handler breaker (each time).
@@ -266,6 +283,8 @@ impl Status {
             consumed: AtomicU64::new(0),
             reachable: watch::Sender::new(None),
             connect_failure: Mutex::new(None),
+            undecodable: Mutex::new(BTreeMap::new()),
+            record_errors: AtomicU64::new(0),
             http_addr: watch::Sender::new(None),
             plugin_events: watch::Sender::new(0),
             config_reloads: watch::Sender::new((0, 0)),
@@ -387,6 +406,45 @@ impl Status {
     /// Why the brokers refuse the daemon's clients, while they do.
     pub fn connect_failure(&self) -> Option<crate::kafka::ConnectFailure> {
         self.connect_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records the partitions held up by a record the Kafka client cannot
+    /// decode; each new one is logged once, with what to do.
+    pub(crate) fn set_undecodable(
+        &self,
+        now: BTreeMap<TopicPartition, Stuck>,
+        action: impl Fn(&str) -> String,
+    ) {
+        let mut current = self
+            .undecodable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for ((topic, partition), stuck) in &now {
+            let known = current
+                .get(&(topic.clone(), *partition))
+                .is_some_and(|s| s.offset == stuck.offset);
+            if !known {
+                tracing::error!(
+                    topic = %topic,
+                    partition,
+                    offset = stuck.offset,
+                    "the Kafka client cannot decode the record at {topic}[{partition}] offset \
+                     {}: {}; {}",
+                    stuck.offset,
+                    stuck.error,
+                    action(topic)
+                );
+            }
+        }
+        *current = now;
+    }
+
+    /// The partitions held up by a record the Kafka client cannot decode.
+    pub fn undecodable(&self) -> BTreeMap<TopicPartition, Stuck> {
+        self.undecodable
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -520,6 +578,7 @@ impl Status {
             return Vec::new();
         }
         let stopped = self.stopped_partitions();
+        let undecodable = self.undecodable();
         let flags = self
             .in_flight
             .lock()
@@ -532,7 +591,7 @@ impl Status {
             .clone();
         lag.into_iter()
             .filter(|(_, l)| l.lag > 0 && now.saturating_duration_since(l.since) >= timeout)
-            .filter(|(tp, _)| !stopped.contains_key(tp))
+            .filter(|(tp, _)| !stopped.contains_key(tp) && !undecodable.contains_key(tp))
             .filter(|(tp, _)| {
                 !flags
                     .get(tp)
@@ -551,13 +610,19 @@ impl Status {
     }
 
     /// Whether the daemon is healthy: started, a broker reachable, the
-    /// broker circuit closed, no partition stopped.
+    /// broker circuit closed, no partition stopped, stalled or held up by a
+    /// record it cannot decode.
     pub fn healthy(&self) -> bool {
         self.started()
             && self.is_reachable()
             && self.broker.state() == CircuitState::Closed
             && self.stopped_partitions().is_empty()
             && self.stalled().is_empty()
+            && self
+                .undecodable
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
     }
 
     /// Follows partition `tp`, which now has a worker, through its flags.

@@ -2,6 +2,7 @@
 //! traffic, and the daemon in-process or as a child process.
 
 pub mod broker;
+pub mod corrupt;
 pub mod daemon;
 pub mod http;
 pub mod kafka;

@@ -74,7 +74,7 @@ struct CommonArgs {
     #[arg(long)]
     topic: Option<String>,
     /// Only this error type: HandlerError, RetriesExhausted, HandlerTimeout,
-    /// HandlerTrap, MemoryLimitExceeded or InvalidOutput.
+    /// HandlerTrap, MemoryLimitExceeded, InvalidOutput or UndecodableRecord.
     #[arg(long, value_name = "TYPE")]
     error_type: Option<String>,
     /// Only this correlation id.

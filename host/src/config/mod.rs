@@ -495,9 +495,37 @@ pub struct RouteConfig {
     /// `kafka.circuit_breaker_reset_timeout`.
     #[serde(default)]
     pub circuit_breaker_reset_timeout: Option<f64>,
+    /// What happens to a record the Kafka client cannot decode (a corrupt
+    /// batch, a record over the fetch limit): `"stop"` (the default) holds
+    /// the partition on it and names it in health; `"dead-letter"` writes a
+    /// dead letter with its coordinates and the client's error, and moves
+    /// on.
+    #[serde(default, deserialize_with = "deserialize_on_undecodable")]
+    pub on_undecodable: OnUndecodable,
     /// Strings handed to the guest's `config(key)`.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+}
+
+/// What a route does with a record the Kafka client cannot decode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnUndecodable {
+    /// Hold the partition on it: nothing behind it is handled until an
+    /// operator acts. Nothing is skipped that nobody chose to skip.
+    #[default]
+    Stop,
+    /// Dead-letter it (coordinates and error, no payload) and go on.
+    DeadLetter,
+}
+
+impl OnUndecodable {
+    /// The name used in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnUndecodable::Stop => "stop",
+            OnUndecodable::DeadLetter => "dead-letter",
+        }
+    }
 }
 
 fn default_bootstrap_servers() -> String {
@@ -690,6 +718,20 @@ const LOG_FORMATS: Choices<LogFormat> = Choices {
 
 fn deserialize_log_format<'de, D: serde::Deserializer<'de>>(d: D) -> Result<LogFormat, D::Error> {
     d.deserialize_str(&LOG_FORMATS)
+}
+
+const ON_UNDECODABLE: Choices<OnUndecodable> = Choices {
+    names: &[
+        ("stop", OnUndecodable::Stop),
+        ("dead-letter", OnUndecodable::DeadLetter),
+    ],
+    expected: r#"one of "stop", "dead-letter""#,
+};
+
+fn deserialize_on_undecodable<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<OnUndecodable, D::Error> {
+    d.deserialize_str(&ON_UNDECODABLE)
 }
 
 fn deserialize_isolation<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Isolation, D::Error> {

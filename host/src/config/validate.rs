@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::{Debug, Display};
 use std::ops::RangeInclusive;
 
-use super::{Acks, Config, ConfigError, MAX_MEMORY_MB, RetryOn, RouteConfig};
+use super::{Acks, Config, ConfigError, MAX_MEMORY_MB, OnUndecodable, RetryOn, RouteConfig};
 
 /// librdkafka properties Sluice sets itself; overriding them would break
 /// at-least-once delivery or the group id contract.
@@ -369,6 +369,17 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             check_topic(&at("dead_letter_topic"), topic)?;
         }
         check_dead_letter_loop(config, i, route)?;
+        if route.on_undecodable == OnUndecodable::DeadLetter && route.dead_letter_topic(k).is_none()
+        {
+            return Err(invalid(
+                at("on_undecodable"),
+                r#""dead-letter""#.to_owned(),
+                format!(
+                    "only with a dead-letter topic: set routes[{i}].dead_letter_topic or \
+                     kafka.dead_letter_topic, or use \"stop\""
+                ),
+            ));
+        }
         if let Some(retries) = route.max_retry_attempts {
             in_range(&at("max_retry_attempts"), retries, 0..=10)?;
         }

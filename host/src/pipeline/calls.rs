@@ -28,6 +28,9 @@ pub struct Fetched {
     /// What its outputs and dead letter carry in `traceparent` and
     /// `tracestate`, and its span; `None` when it has no trace context.
     pub trace: Option<Box<MessageTrace>>,
+    /// The Kafka client's error when the record could not be decoded: the
+    /// message has no content, and it is dead-lettered without a call.
+    pub undecodable: Option<String>,
 }
 
 impl Fetched {
@@ -51,6 +54,7 @@ impl Fetched {
             message,
             correlation,
             trace,
+            undecodable: None,
         }
     }
 }
@@ -157,8 +161,18 @@ impl Calls<'_> {
             if started.elapsed() >= TURN && singly == 0 && !self.done.is_empty() {
                 break;
             }
+            if self.undecodable() {
+                break;
+            }
+            // A batch call stops short of a record that could not be
+            // decoded.
+            let decodable = self
+                .queue
+                .iter()
+                .position(|f| f.undecodable.is_some())
+                .unwrap_or(self.queue.len());
             let run = (limit - self.done.len())
-                .min(self.queue.len())
+                .min(decodable)
                 .min(self.route.batch_limit());
             let retried = self.queue.front().is_some_and(|f| f.message.attempt > 1);
             let stop = if singly == 0 && run > 1 && !retried && self.invoker.batches() {
@@ -177,6 +191,23 @@ impl Calls<'_> {
                 break;
             }
         }
+    }
+
+    /// Fails the next message without a call when the Kafka client could
+    /// not decode it. Returns whether it did.
+    fn undecodable(&mut self) -> bool {
+        let Some(reason) = self.queue.front().and_then(|f| f.undecodable.clone()) else {
+            return false;
+        };
+        let Some(fetched) = self.queue.pop_front() else {
+            return false;
+        };
+        let failed = Failed {
+            kind: FailureKind::Undecodable,
+            reason,
+        };
+        self.done.push((fetched, Outcome::Failed(failed)));
+        true
     }
 
     /// Hands the next message to `handle`. Returns whether it failed.
@@ -254,6 +285,7 @@ impl Calls<'_> {
                 message,
                 correlation,
                 trace,
+                undecodable: None,
             };
             stop = self.push(fetched, outcome);
             if stop {
@@ -281,6 +313,7 @@ impl Calls<'_> {
                 message,
                 correlation,
                 trace,
+                undecodable: None,
             })
             .collect();
         for fetched in back.into_iter().rev() {

@@ -25,10 +25,11 @@ use tokio_util::sync::CancellationToken;
 use super::dlq;
 use super::partition::{self, Gate, Shared, WorkerEnd};
 use super::reload;
+use super::undecodable::{self, Position, Undecodable};
 use crate::breaker::CircuitState;
-use crate::config::Config;
+use crate::config::{Config, OnUndecodable};
 use crate::kafka;
-use crate::status::{Status, TopicPartition};
+use crate::status::{Status, Stuck, TopicPartition};
 use crate::wasm::{Header, Message};
 
 /// The most messages the main loop takes from the consumer in one turn.
@@ -74,6 +75,13 @@ pub struct ConsumerLoop {
     /// Stored offsets are committed on this timer unless auto-commit is on.
     commit_timer: Option<tokio::time::Interval>,
     errors: ErrorLog,
+    /// Where librdkafka's statistics say each partition's fetch stands.
+    positions_rx: mpsc::UnboundedReceiver<Positions>,
+    /// Which partition a record the client cannot decode holds up.
+    undecodable: Undecodable,
+    /// The offset each partition last had dead-lettered as undecodable, so
+    /// that it is written once.
+    skipped: HashMap<TopicPartition, i64>,
     /// The partition of the last message, kept so that the next one of the
     /// same partition (the usual case) needs no new key.
     last: Option<TopicPartition>,
@@ -85,7 +93,13 @@ pub struct Parts {
     pub shared: Arc<Shared>,
     pub live: reload::Routes,
     pub stop_all: CancellationToken,
+    /// Fed by the consumer's statistics callback.
+    pub positions_rx: mpsc::UnboundedReceiver<Positions>,
 }
+
+/// Each assigned partition's next fetch offset and high watermark, from one
+/// statistics report.
+pub type Positions = Vec<(TopicPartition, i64, i64)>;
 
 impl ConsumerLoop {
     /// The loop for `config`, whose file (if any) is watched for changes.
@@ -95,6 +109,7 @@ impl ConsumerLoop {
             shared,
             live,
             stop_all,
+            positions_rx,
         } = parts;
         let status = shared.status.clone();
         let (reload_tx, reload_rx) = mpsc::channel::<Config>(1);
@@ -131,6 +146,9 @@ impl ConsumerLoop {
             pending_reload: None,
             commit_timer,
             errors: ErrorLog::default(),
+            positions_rx,
+            undecodable: Undecodable::default(),
+            skipped: HashMap::new(),
             last: None,
         }
     }
@@ -155,6 +173,7 @@ impl ConsumerLoop {
                         self.live.install(ready, &*self.consumer);
                     }
                 }
+                Some(positions) = self.positions_rx.recv() => self.positions(positions),
                 Some(tp) = self.room_rx.recv() => {
                     if let Some(handle) = self.partitions.get_mut(&tp) {
                         refill(&self.consumer, &tp, handle, self.status.broker.state());
@@ -202,13 +221,7 @@ impl ConsumerLoop {
         let m = match received {
             Ok(m) => m,
             Err(e) => {
-                if matches!(
-                    e,
-                    KafkaError::MessageConsumption(RDKafkaErrorCode::AllBrokersDown)
-                ) {
-                    self.status.set_reachable(false);
-                }
-                self.errors.report(&e);
+                self.consumer_error(&e);
                 return;
             }
         };
@@ -237,6 +250,107 @@ impl ConsumerLoop {
             handle.gate.keep_raw_keys(message.offset, raw_keys);
         }
         dispatch(&self.consumer, &tp, handle, message);
+    }
+
+    /// A consumer error: the brokers gone, or a record librdkafka fetched
+    /// and could not decode (counted, and logged once per kind).
+    fn consumer_error(&mut self, e: &KafkaError) {
+        match e {
+            KafkaError::MessageConsumption(RDKafkaErrorCode::AllBrokersDown) => {
+                self.status.set_reachable(false);
+            }
+            KafkaError::MessageConsumption(code) if undecodable::is_record_error(*code) => {
+                self.status.record_errors.fetch_add(1, Ordering::Relaxed);
+                self.undecodable.error(&code.to_string());
+                self.errors.report_once(e);
+                return;
+            }
+            _ => {}
+        }
+        self.errors.report(e);
+    }
+
+    /// A statistics report: names the partitions a record the client cannot
+    /// decode holds up, and moves those whose route dead-letters such
+    /// records past them.
+    fn positions(&mut self, positions: Positions) {
+        let breaker_open = self.status.broker.state() != CircuitState::Closed;
+        let report = positions.into_iter().map(|(tp, next, high)| {
+            let paused = breaker_open
+                || self
+                    .partitions
+                    .get(&tp)
+                    .is_some_and(|h| h.gate.paused.load(Ordering::Relaxed));
+            (tp, Position { next, high, paused })
+        });
+        let stuck = self.undecodable.report(report, Instant::now());
+        let choice = |topic: &str| {
+            self.live.get(topic).map_or(OnUndecodable::Stop, |slot| {
+                slot.borrow().config.on_undecodable
+            })
+        };
+        self.status
+            .set_undecodable(stuck.iter().cloned().collect(), |topic| {
+                match choice(topic) {
+                OnUndecodable::DeadLetter => {
+                    "its route's on_undecodable is \"dead-letter\": it is dead-lettered and the \
+                     partition goes on"
+                        .to_owned()
+                }
+                OnUndecodable::Stop => {
+                    "the partition waits on it (its route's on_undecodable is \"stop\"): set \
+                     on_undecodable = \"dead-letter\" on the route to dead-letter it and go on"
+                        .to_owned()
+                }
+            }
+            });
+        self.skipped
+            .retain(|tp, _| stuck.iter().any(|(stuck_tp, _)| stuck_tp == tp));
+        let due: Vec<(TopicPartition, Stuck)> = stuck
+            .into_iter()
+            .filter(|(tp, s)| {
+                choice(&tp.0) == OnUndecodable::DeadLetter
+                    && self.skipped.get(tp) != Some(&s.offset)
+            })
+            .collect();
+        for (tp, s) in due {
+            self.skip(tp, &s);
+        }
+    }
+
+    /// Hands the partition's worker the record the client cannot decode, as
+    /// a message without content to dead-letter, and fetches on from the
+    /// offset after it. Its offset is stored once the dead letter is
+    /// acknowledged, like any other.
+    fn skip(&mut self, tp: TopicPartition, stuck: &Stuck) {
+        if !self.partitions.contains_key(&tp) {
+            self.start_worker(&tp, stuck.offset);
+        }
+        let Some(handle) = self.partitions.get_mut(&tp) else {
+            return;
+        };
+        let reason = format!(
+            "the Kafka client could not decode the record at offset {}: {}; no handler saw \
+             it, and its content is not in this letter",
+            stuck.offset, stuck.error
+        );
+        handle.gate.mark_undecodable(stuck.offset, reason);
+        let message = Message {
+            topic: tp.0.clone(),
+            partition: tp.1,
+            offset: stuck.offset,
+            timestamp: None,
+            key: None,
+            value: None,
+            headers: Vec::new(),
+            attempt: 1,
+        };
+        dispatch(&self.consumer, &tp, handle, message);
+        let next = Offset::Offset(stuck.offset + 1);
+        if let Err(e) = self.consumer.seek(&tp.0, tp.1, next, Duration::ZERO) {
+            tracing::warn!(topic = %tp.0, partition = tp.1, "cannot fetch past offset {}: {e}", stuck.offset);
+        }
+        self.skipped.insert(tp, stuck.offset);
     }
 
     /// Starts the worker of a partition whose first message is at `offset`.
@@ -343,13 +457,20 @@ pub struct RebalanceContext {
     status: Arc<Status>,
     /// The client's settings, to say why the brokers refuse it.
     identity: kafka::connect::Identity,
+    /// Each statistics report's fetch positions, for the consumer loop.
+    positions: mpsc::UnboundedSender<Positions>,
 }
 
 impl RebalanceContext {
     /// The context of the daemon's consumer made with `config`, reporting
-    /// into `status`.
-    pub fn new(status: Arc<Status>, config: &rdkafka::ClientConfig) -> RebalanceContext {
+    /// into `status` and sending fetch positions to `positions`.
+    pub fn new(
+        status: Arc<Status>,
+        config: &rdkafka::ClientConfig,
+        positions: mpsc::UnboundedSender<Positions>,
+    ) -> RebalanceContext {
         RebalanceContext {
+            positions,
             gates: Mutex::new(HashMap::new()),
             revoked: Mutex::new(Vec::new()),
             revocations: AtomicBool::new(false),
@@ -375,13 +496,19 @@ impl ClientContext for RebalanceContext {
     /// whether any broker is up.
     fn stats(&self, statistics: rdkafka::Statistics) {
         let mut lag = BTreeMap::new();
+        let mut positions = Vec::new();
         for (topic, t) in &statistics.topics {
             for (&partition, p) in &t.partitions {
                 if partition >= 0 && p.consumer_lag >= 0 {
                     lag.insert((topic.clone(), partition), p.consumer_lag);
                 }
+                if partition >= 0 && p.fetch_state == "active" {
+                    positions.push(((topic.clone(), partition), p.next_offset, p.hi_offset));
+                }
             }
         }
+        // The loop is gone only at shutdown.
+        let _ = self.positions.send(positions);
         self.status.set_lag(lag, Instant::now());
         let up = statistics.brokers.values().any(|b| b.state == "UP");
         self.status.set_reachable(up);
@@ -684,10 +811,25 @@ fn to_message(m: &BorrowedMessage<'_>, topic: &str) -> (Message, dlq::RawKeys) {
 struct ErrorLog {
     /// Per error text: when it was last logged, and repeats since.
     last: HashMap<String, (Option<Instant>, u64)>,
+    /// Record errors already logged.
+    once: Vec<String>,
 }
 
 impl ErrorLog {
     const EVERY: Duration = Duration::from_secs(30);
+
+    /// Logs a record error the first time it comes; its repeats are
+    /// counted in metrics and health.
+    fn report_once(&mut self, error: &KafkaError) {
+        let text = error.to_string();
+        if !self.once.contains(&text) {
+            tracing::warn!(
+                "Kafka consumer: {text}; said once, its repeats are counted in \
+                 sluice_consumer_record_errors_total"
+            );
+            self.once.push(text);
+        }
+    }
 
     fn report(&mut self, error: &KafkaError) {
         let text = error.to_string();

@@ -29,6 +29,7 @@ mod partition;
 pub mod refusal;
 mod reload;
 mod topics;
+pub mod undecodable;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -236,7 +237,8 @@ async fn start(
     let producer = delivery::Producer::new(&producer_config)
         .map_err(kafka::security::redact)
         .context("creating the Kafka producer")?;
-    let context = RebalanceContext::new(status.clone(), &consumer_config);
+    let (positions_tx, positions_rx) = tokio::sync::mpsc::unbounded_channel();
+    let context = RebalanceContext::new(status.clone(), &consumer_config, positions_tx);
     let consumer: Arc<StreamConsumer<RebalanceContext>> = Arc::new(
         consumer_config
             .create_with_context(context)
@@ -279,6 +281,7 @@ async fn start(
         shared,
         live,
         stop_all,
+        positions_rx,
     })
 }
 

@@ -88,6 +88,11 @@ pub struct Gate {
     raw_keys: Mutex<BTreeMap<i64, RawKeys>>,
     /// Whether `raw_keys` may hold anything.
     has_raw_keys: AtomicBool,
+    /// The offsets the Kafka client could not decode, with its error: the
+    /// worker dead-letters them without a call.
+    undecodable: Mutex<BTreeMap<i64, String>>,
+    /// Whether `undecodable` may hold anything.
+    has_undecodable: AtomicBool,
 }
 
 impl Gate {
@@ -101,6 +106,8 @@ impl Gate {
             resume_at: AtomicI64::new(first_offset),
             raw_keys: Mutex::new(BTreeMap::new()),
             has_raw_keys: AtomicBool::new(false),
+            undecodable: Mutex::new(BTreeMap::new()),
+            has_undecodable: AtomicBool::new(false),
         }
     }
 
@@ -138,6 +145,27 @@ impl Gate {
             .get(&offset)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Marks the message at `offset` as one the Kafka client could not
+    /// decode, with its error.
+    pub fn mark_undecodable(&self, offset: i64, error: String) {
+        self.undecodable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(offset, error);
+        self.has_undecodable.store(true, Ordering::Release);
+    }
+
+    /// The client's error if the message at `offset` could not be decoded.
+    pub fn take_undecodable(&self, offset: i64) -> Option<String> {
+        if !self.has_undecodable.load(Ordering::Acquire) {
+            return None;
+        }
+        self.undecodable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&offset)
     }
 
     /// Whether the partition was revoked (rather than the daemon stopping).
@@ -456,7 +484,9 @@ impl Worker {
     fn received(&mut self, inbox: &mut Vec<Message>) {
         for message in inbox.drain(..) {
             let tracer = self.shared.tracer.as_deref();
-            let fetched = Fetched::new(message, tracer, self.route.module_name());
+            let offset = message.offset;
+            let mut fetched = Fetched::new(message, tracer, self.route.module_name());
+            fetched.undecodable = self.gate.take_undecodable(offset);
             self.core.fetched(fetched);
         }
         if self.gate.paused.load(Ordering::Relaxed) && self.rx.len() <= self.rx.max_capacity() / 2 {

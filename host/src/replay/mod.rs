@@ -487,6 +487,24 @@ mod tests {
     }
 
     #[test]
+    fn a_letter_for_a_record_the_client_could_not_decode_is_never_replayed() {
+        let routed: BTreeSet<&str> = ["a"].into_iter().collect();
+        let plain = letter("a", "HandlerError", "2026-01-01T00:00:00.000Z");
+        assert_eq!(outcome::judge(&plain, None, 3, &routed).1, None);
+        let undecodable = letter("a", "UndecodableRecord", "2026-01-01T00:00:00.000Z");
+        let (_, refused) = outcome::judge(&undecodable, None, 3, &routed);
+        let refused = refused.expect("refused");
+        assert_eq!(refused.name(), "skipped_unreadable");
+        assert!(
+            refused.detail().contains("no content"),
+            "{}",
+            refused.detail()
+        );
+        assert!(refused.settles(), "the replay position moves past it");
+        assert!(outcome::never_replayable(&undecodable));
+    }
+
+    #[test]
     fn filters_select_on_every_field() {
         let a = letter("a", "HandlerError", "2026-01-01T00:00:00.000Z");
         let b = letter("b", "HandlerTrap", "2026-01-02T00:00:00.000Z");

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use super::DlqRecord;
 use super::envelope::replay_count;
 use crate::kafka::headers::RawHeader;
+use crate::policy::ErrorType;
 
 /// How a replay runs.
 #[derive(Debug, Clone, Default)]
@@ -178,14 +179,18 @@ impl ReplaySummary {
     }
 }
 
+/// Why an `UndecodableRecord` letter is not replayed.
+const NO_CONTENT: &str = "the Kafka client could not decode the original record when it was \
+     consumed, so the letter holds no content to replay; read the original partition around its \
+     offset with another client";
+
 /// Whether a record can never be replayed, whatever a run selects: its
-/// value is not an envelope, or its replay count is unreadable.
+/// value is not an envelope, its replay count is unreadable, or it stands
+/// for a record the client could not decode.
 pub fn never_replayable(record: &DlqRecord) -> bool {
-    record
-        .envelope
-        .as_ref()
-        .ok()
-        .is_none_or(|e| e.replay_count().is_err())
+    record.envelope.as_ref().ok().is_none_or(|e| {
+        e.replay_count().is_err() || e.error_type == ErrorType::UndecodableRecord.as_str()
+    })
 }
 
 /// Decides whether a record may be replayed: `None` if so, else why not;
@@ -209,6 +214,14 @@ pub fn judge(
             );
         }
     };
+    if envelope.error_type == ErrorType::UndecodableRecord.as_str() {
+        return (
+            None,
+            Some(Outcome::Unreadable {
+                reason: NO_CONTENT.to_owned(),
+            }),
+        );
+    }
     let (count, over) = judge_count(&envelope.headers, max_replay_count);
     let Some(count) = count else {
         return (None, over);
