@@ -31,6 +31,9 @@
 //! `SLUICE_BENCH_LIBRDKAFKA` gives librdkafka properties, `key=value` pairs
 //! separated by `;` (for example `linger.ms=20`), to both clients of the
 //! bare loop and to sluice's `[kafka.librdkafka]`.
+//! `SLUICE_BENCH_TLS=0` skips the TLS comparison: `sluice` over TLS beside
+//! plaintext, on two brokers with the same storage, CPU per message and
+//! rate side by side.
 //! `SLUICE_BENCH_REPEAT` runs every contender that many times (default 1),
 //! taking turns on the same input, each time with a fresh consumer group
 //! and output topic, and reports the median of each figure: CPU per message
@@ -55,9 +58,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sluice_tests::broker::Broker;
+use sluice_tests::broker::{Broker, Storage};
 use sluice_tests::daemon::{module_route, plugins_dir};
-use sluice_tests::kafka::{Counter, Send, bench_properties, produce};
+use rdkafka::ClientConfig;
+use sluice_tests::kafka::{Counter, Send, bench_properties, client, produce, produce_via};
 use tempfile::TempDir;
 
 const PARTITIONS: i32 = 3;
@@ -87,14 +91,14 @@ fn children_cpu() -> Duration {
 /// `exits_by_itself` once done (a contender that failed to start, for
 /// example, is reported at once).
 fn watch(
-    bootstrap: &str,
+    reader: ClientConfig,
     topic: &str,
     count: usize,
     deadline: Instant,
     child: &mut Child,
     exits_by_itself: bool,
 ) -> Option<(Instant, Instant)> {
-    let mut counter = Counter::new(bootstrap, topic, PARTITIONS);
+    let mut counter = Counter::via(reader, topic, PARTITIONS);
     let mut seen: Option<(Instant, Instant)> = None;
     while counter.count < count {
         let failed = child
@@ -124,12 +128,13 @@ struct Run {
     cpu_per_message: Duration,
 }
 
-/// Starts `command`, waits for `count` outputs on `output`, stops it
-/// (SIGTERM, unless it exits by itself) and measures it.
+/// Starts `command`, waits for `count` outputs on `output` (read with
+/// `reader`'s settings), stops it (SIGTERM, unless it exits by itself) and
+/// measures it.
 fn measure(
     name: &'static str,
     mut command: Command,
-    bootstrap: &str,
+    reader: &ClientConfig,
     output: &str,
     count: usize,
     exits_by_itself: bool,
@@ -142,7 +147,7 @@ fn measure(
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
     let last = watch(
-        bootstrap,
+        reader.clone(),
         output,
         count,
         started + Duration::from_secs(600),
@@ -216,6 +221,7 @@ fn sluice_command(
     program: &str,
     plugins: &Path,
     bootstrap: &str,
+    security: &str,
     group: &str,
     routes: &str,
     count: usize,
@@ -229,7 +235,7 @@ fn sluice_command(
          [kafka.librdkafka]\n{librdkafka}\n\
          [plugins]\ndir = {dir:?}\n\n\
          [processing]\npartition_queue = {queue}\n{extra}\n\n\
-         [http]\nlisten = \"127.0.0.1:0\"\n\n{routes}",
+         [http]\nlisten = \"127.0.0.1:0\"\n\n{security}\n\n{routes}",
         dir = plugins.display().to_string(),
         queue = count.min(100_000),
         extra = std::env::var("SLUICE_BENCH_PROCESSING")
@@ -261,7 +267,7 @@ fn run_python(
 ) -> Option<Run> {
     let mut command = Command::new(python);
     command.args([script, bootstrap, input, output, &count.to_string()]);
-    measure("python", command, bootstrap, output, count, true)
+    measure("python", command, &client(bootstrap), output, count, true)
 }
 
 /// The daemons to run, with their modules' directory: this build as
@@ -411,17 +417,73 @@ fn run_once(
         ] {
             let mut command = Command::new(env!("CARGO_BIN_EXE_sluice-bare-loop"));
             command.args([bootstrap, input, output]).args(extra);
-            runs.extend(measure(name, command, bootstrap, output, count, false));
+            runs.extend(measure(name, command, &client(bootstrap), output, count, false));
         }
     }
     for (name, program, plugins) in daemons() {
         let output = &outputs[if name == "sluice" { 3 } else { 4 }];
         let routes = module_route("uppercase", input, output, "");
         let group = format!("{name}-{tag}-{rep}");
-        let (command, _dir) = sluice_command(&program, &plugins, bootstrap, &group, &routes, count);
-        runs.extend(measure(name, command, bootstrap, output, count, false));
+        let (command, _dir) =
+            sluice_command(&program, &plugins, bootstrap, "", &group, &routes, count);
+        runs.extend(measure(name, command, &client(bootstrap), output, count, false));
     }
     runs
+}
+
+/// `sluice` on 100-byte values over TLS beside plaintext: two brokers on
+/// memory storage, one serving plaintext and one TLS with a certificate
+/// from a CA made for it, taking turns on the same input.
+fn run_tls(count: usize) -> Vec<Run> {
+    let plain = Broker::start();
+    let secure = Broker::start_tls(Storage::Memory);
+    let tls = secure.tls().expect("a TLS broker");
+    let security = format!(
+        "[kafka.tls]\nca_file = {:?}\n",
+        tls.ca_file.display().to_string()
+    );
+    let brokers = [
+        ("plaintext", &plain, String::new()),
+        ("tls", &secure, security),
+    ];
+    let value = [b'a'; 100];
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    for (_, broker, _) in &brokers {
+        broker.create_topic("in-tls", PARTITIONS);
+        runtime.block_on(produce_via(
+            broker.client_config(),
+            "in-tls",
+            (0..count).map(|_| Send {
+                partition: None,
+                key: None,
+                value: &value,
+                headers: &[],
+            }),
+        ));
+    }
+    eprintln!("{count} messages of 100 B produced to each broker");
+    let program = env!("CARGO_BIN_EXE_sluice-test-daemon");
+    let mut runs = Vec::new();
+    for rep in 0..repeat() {
+        for (name, broker, security) in &brokers {
+            let output = format!("out-{name}-{rep}");
+            broker.create_topic(&output, PARTITIONS);
+            let routes = module_route("uppercase", "in-tls", &output, "");
+            let group = format!("{name}-{rep}");
+            let (command, _dir) = sluice_command(
+                program,
+                &plugins_dir(),
+                &broker.bootstrap(),
+                security,
+                &group,
+                &routes,
+                count,
+            );
+            let reader = broker.client_config();
+            runs.extend(measure(name, command, &reader, &output, count, false));
+        }
+    }
+    medians(runs)
 }
 
 /// The JSON workload: `json-router` against a Python consumer doing the same
@@ -497,8 +559,9 @@ fn run_json_once(
              [routes.config]\nhigh_topic = \"{output}\"\ndefault_topic = \"{output}\"\n"
         );
         let group = format!("{name}-json-{rep}");
-        let (command, _dir) = sluice_command(&program, &plugins, bootstrap, &group, &routes, count);
-        runs.extend(measure(name, command, bootstrap, output, count, false));
+        let (command, _dir) =
+            sluice_command(&program, &plugins, bootstrap, "", &group, &routes, count);
+        runs.extend(measure(name, command, &client(bootstrap), output, count, false));
     }
     runs
 }
@@ -583,6 +646,17 @@ fn main() {
                     cpu_ratio(sluice, bare)
                 );
             }
+        }
+    }
+    if std::env::var("SLUICE_BENCH_TLS").map_or(true, |v| v != "0") {
+        let runs = run_tls(count);
+        print_runs("sluice over TLS beside plaintext, 100 B values", &runs);
+        if let (Some(tls), Some(plain)) = (find(&runs, "tls"), find(&runs, "plaintext")) {
+            println!(
+                "TLS / plaintext: CPU per message {:.2}, msg/s {:.2}",
+                cpu_ratio(tls, plain),
+                tls.per_second / plain.per_second
+            );
         }
     }
     if json {

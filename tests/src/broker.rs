@@ -174,13 +174,24 @@ impl Broker {
 
     /// Like [`Broker::start_secure`], serving `certificate`.
     pub fn start_secure_as(users: &[User], certificate: Certificate) -> Broker {
+        Self::start_secure_on(users, certificate, Storage::Sqlite)
+    }
+
+    /// A broker whose listener speaks only TLS, without users, on
+    /// `storage` (memory storage serves TLS; it refuses only
+    /// authentication).
+    pub fn start_tls(storage: Storage) -> Broker {
+        Self::start_secure_on(&[], Certificate::Valid, storage)
+    }
+
+    fn start_secure_on(users: &[User], certificate: Certificate, storage: Storage) -> Broker {
         let dir = tempfile::tempdir().expect("tempdir");
         let tls = make_tls(dir.path(), certificate);
         let mut broker = Broker {
             program: Program::Nisshi,
             child: None,
             port: free_port(),
-            storage: Storage::Sqlite,
+            storage,
             secure: None,
             dir,
         };

@@ -58,9 +58,17 @@ pub async fn produce<'a>(
     topic: &str,
     records: impl IntoIterator<Item = Send<'a>>,
 ) {
-    let mut config = ClientConfig::new();
+    produce_via(client(bootstrap), topic, records).await;
+}
+
+/// Like [`produce`], through a client with `config`'s settings (a secure
+/// broker's, for example).
+pub async fn produce_via<'a>(
+    mut config: ClientConfig,
+    topic: &str,
+    records: impl IntoIterator<Item = Send<'a>>,
+) {
     config
-        .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
         .set("linger.ms", "5");
     let producer: FutureProducer = config.create().expect("test producer");
@@ -152,9 +160,15 @@ pub async fn produce_sequence_part(
     .await;
 }
 
-fn reader(bootstrap: &str) -> BaseConsumer {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+/// A client's settings for the plaintext broker at `bootstrap`.
+pub fn client(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    config
+}
+
+fn reader(mut config: ClientConfig) -> BaseConsumer {
+    config
         .set("group.id", "sluice-test-reader")
         .set("enable.auto.commit", "false")
         .create()
@@ -162,8 +176,8 @@ fn reader(bootstrap: &str) -> BaseConsumer {
 }
 
 /// A reader assigned to every partition of `topic` from its beginning.
-fn reader_from_start(bootstrap: &str, topic: &str, partitions: i32) -> BaseConsumer {
-    let consumer = reader(bootstrap);
+fn reader_from_start(config: ClientConfig, topic: &str, partitions: i32) -> BaseConsumer {
+    let consumer = reader(config);
     let mut list = TopicPartitionList::new();
     for p in 0..partitions {
         list.add_partition_offset(topic, p, Offset::Beginning)
@@ -184,7 +198,7 @@ pub fn read_topic(
     timeout: Duration,
     settle: Duration,
 ) -> Vec<Record> {
-    let consumer = reader_from_start(bootstrap, topic, partitions);
+    let consumer = reader_from_start(client(bootstrap), topic, partitions);
     let mut out = Vec::new();
     let deadline = Instant::now() + timeout;
     let mut settle_until: Option<Instant> = None;
@@ -214,7 +228,7 @@ pub fn read_until(
     timeout: Duration,
     done: impl Fn(&[Record]) -> bool,
 ) -> Vec<Record> {
-    let consumer = reader_from_start(bootstrap, topic, partitions);
+    let consumer = reader_from_start(client(bootstrap), topic, partitions);
     let mut out = Vec::new();
     let deadline = Instant::now() + timeout;
     while !done(&out) && Instant::now() < deadline {
@@ -257,8 +271,13 @@ pub struct Counter {
 impl Counter {
     /// Starts counting `topic` from the beginning of every partition.
     pub fn new(bootstrap: &str, topic: &str, partitions: i32) -> Counter {
+        Self::via(client(bootstrap), topic, partitions)
+    }
+
+    /// Like [`Counter::new`], through a client with `config`'s settings.
+    pub fn via(config: ClientConfig, topic: &str, partitions: i32) -> Counter {
         Counter {
-            consumer: reader_from_start(bootstrap, topic, partitions),
+            consumer: reader_from_start(config, topic, partitions),
             count: 0,
         }
     }
