@@ -58,9 +58,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rdkafka::ClientConfig;
 use sluice_tests::broker::{Broker, Storage};
 use sluice_tests::daemon::{module_route, plugins_dir};
-use rdkafka::ClientConfig;
 use sluice_tests::kafka::{Counter, Send, bench_properties, client, produce, produce_via};
 use tempfile::TempDir;
 
@@ -417,7 +417,14 @@ fn run_once(
         ] {
             let mut command = Command::new(env!("CARGO_BIN_EXE_sluice-bare-loop"));
             command.args([bootstrap, input, output]).args(extra);
-            runs.extend(measure(name, command, &client(bootstrap), output, count, false));
+            runs.extend(measure(
+                name,
+                command,
+                &client(bootstrap),
+                output,
+                count,
+                false,
+            ));
         }
     }
     for (name, program, plugins) in daemons() {
@@ -426,7 +433,14 @@ fn run_once(
         let group = format!("{name}-{tag}-{rep}");
         let (command, _dir) =
             sluice_command(&program, &plugins, bootstrap, "", &group, &routes, count);
-        runs.extend(measure(name, command, &client(bootstrap), output, count, false));
+        runs.extend(measure(
+            name,
+            command,
+            &client(bootstrap),
+            output,
+            count,
+            false,
+        ));
     }
     runs
 }
@@ -561,7 +575,14 @@ fn run_json_once(
         let group = format!("{name}-json-{rep}");
         let (command, _dir) =
             sluice_command(&program, &plugins, bootstrap, "", &group, &routes, count);
-        runs.extend(measure(name, command, &client(bootstrap), output, count, false));
+        runs.extend(measure(
+            name,
+            command,
+            &client(bootstrap),
+            output,
+            count,
+            false,
+        ));
     }
     runs
 }
