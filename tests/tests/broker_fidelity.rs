@@ -437,4 +437,43 @@ mod differences {
             String::from_utf8_lossy(&out.stdout)
         );
     }
+
+    /// Kafka keeps the metadata of a committed offset and gives it back in
+    /// `OffsetFetch`; Nisshi gives back none. `sluice dlq replay` records
+    /// the letters it replayed past its position there, reads the record
+    /// back and says when the broker lost it (`tests/tests/dlq_replay.rs`
+    /// tests the record itself on librdkafka's mock cluster).
+    #[test]
+    fn commit_metadata_is_not_given_back() {
+        use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
+        use rdkafka::{Offset, TopicPartitionList};
+        let broker = Broker::start();
+        broker.create_topic("kept", 1);
+        let consumer: BaseConsumer = broker
+            .client_config()
+            .set("group.id", "metadata")
+            .create()
+            .expect("consumer");
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset("kept", 0, Offset::Offset(0))
+            .expect("a partition");
+        if let Some(mut e) = list.find_partition("kept", 0) {
+            e.set_metadata("sluice-replay-beyond:3-5");
+        }
+        consumer
+            .commit(&list, CommitMode::Sync)
+            .expect("the commit is accepted");
+        let mut asked = TopicPartitionList::new();
+        asked.add_partition("kept", 0);
+        let committed = consumer
+            .committed_offsets(asked, Duration::from_secs(10))
+            .expect("committed offsets");
+        let e = committed.find_partition("kept", 0).expect("the partition");
+        assert_eq!(e.offset(), Offset::Offset(0), "the offset is kept");
+        assert_eq!(
+            e.metadata(),
+            "",
+            "Nisshi gives the metadata back now: drop this pin"
+        );
+    }
 }

@@ -10,6 +10,7 @@ mod dlq_cli;
 use std::time::Duration;
 
 use dlq_cli::{dlq_json, hand_envelope, replay_config};
+use rdkafka::mocking::MockCluster;
 use serde_json::Value;
 use sluice_tests::broker::Broker;
 use sluice_tests::kafka::{Record, Send, produce, read_topic};
@@ -79,7 +80,7 @@ async fn replay_writes_only_to_routed_topics_and_at_most_the_limit() {
     // The refused letter stops the position: it was never replayed.
     assert_eq!(
         limited["position"]["committed"],
-        serde_json::json!([{"topic": "dlq", "partition": 0, "offset": 1}])
+        serde_json::json!([{"topic": "dlq", "partition": 0, "offset": 1, "recorded_beyond": 0}])
     );
 
     let allowed = dlq_json(
@@ -152,6 +153,16 @@ async fn a_replay_run_twice_replays_each_dead_letter_once() {
     assert_eq!(outcomes(&only), ["skipped_already_replayed", "replayed"]);
     let last = dlq_json("replay", &config, &["--correlation-id", &corr(2)]).await;
     assert_eq!(outcomes(&last), ["skipped_already_replayed", "replayed"]);
+    // The letter replayed past the one this run did not select is recorded
+    // in the commit's metadata. Nisshi drops commit metadata (pinned in
+    // broker_fidelity.rs), and the tool reads the record back and says so;
+    // on Kafka (and the mock cluster, below) it is kept.
+    assert_eq!(last["position"]["error"], Value::Null);
+    let said = last["position"]["warning"].as_str().unwrap_or_default();
+    assert!(
+        said.contains("the broker did not keep the record of the 1 letters replayed past"),
+        "{last:#}"
+    );
     let rest = dlq_json("replay", &config, &[]).await;
     let rest_outcomes = outcomes(&rest);
     assert_eq!(
@@ -165,13 +176,123 @@ async fn a_replay_run_twice_replays_each_dead_letter_once() {
         "the letter neither filtered run selected is replayed, not skipped: {rest:#}"
     );
     assert_eq!(rest_outcomes[4], "replayed");
-    // The letter the second filtered run replayed after the one it did not
-    // select is replayed again: the documented cost of the rule.
+    // The record of the letter the second filtered run replayed past the
+    // one it did not select was lost with Nisshi's metadata: it is replayed
+    // again, as the earlier run warned.
     assert_eq!(rest_outcomes[5], "replayed");
     assert_eq!(
         rest["position"]["committed"],
-        serde_json::json!([{"topic": "dlq", "partition": 0, "offset": 6}])
+        serde_json::json!([{"topic": "dlq", "partition": 0, "offset": 6, "recorded_beyond": 0}])
     );
+    let input = read_topic(&bootstrap, "in", 1, 10, LONG, SETTLE);
+    assert_eq!(input.len(), 10, "{input:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_run_three_times_writes_each_letter_once_and_keeps_refusing_the_refused() {
+    // librdkafka's mock cluster keeps commit metadata as Kafka does (Nisshi
+    // drops it); the test counts a handful of records, well inside the tail
+    // the mock keeps.
+    let mock = MockCluster::new(1).expect("mock cluster");
+    for topic in ["in", "other", "dlq"] {
+        mock.create_topic(topic, 1, 1).expect("mock topic");
+    }
+    let bootstrap = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = replay_config(dir.path(), &bootstrap, "thrice", "in");
+    // One original for a cut letter to be replayed from.
+    let big = "y".repeat(3000);
+    produce(
+        &bootstrap,
+        "in",
+        [Send {
+            partition: Some(0),
+            key: Some(b"big-key"),
+            value: big.as_bytes(),
+            headers: &[],
+        }],
+    )
+    .await;
+    let cut = |offset: i64| {
+        let mut letter = hand_envelope("in", 0, offset, "big-key", &big[..100]);
+        letter["original_message"]["value_truncated"] = true.into();
+        letter["original_message"]["original_value_size"] = 3000.into();
+        letter
+    };
+    // Routable, refused (a topic no route consumes), routable, cut with its
+    // original, refused, cut with its original gone, routable.
+    put_letters(
+        &bootstrap,
+        &[
+            hand_envelope("in", 0, 10, "k0", "a"),
+            hand_envelope("other", 0, 11, "k1", "refused-1"),
+            hand_envelope("in", 0, 12, "k2", "b"),
+            cut(0),
+            hand_envelope("other", 0, 13, "k3", "refused-2"),
+            // Offset 1 of `in` is not written until the replay produces.
+            cut(1),
+            hand_envelope("in", 0, 14, "k4", "c"),
+        ],
+    )
+    .await;
+
+    let expected_first = [
+        "replayed",
+        "refused_topic",
+        "replayed",
+        "replayed",
+        "refused_topic",
+        "refused_original_gone",
+        "replayed",
+    ];
+    let first = dlq_json("replay", &config, &[]).await;
+    assert_eq!(outcomes(&first), expected_first, "{first:#}");
+    // The first refused letter holds the position at 1; the four letters
+    // dealt with past it are recorded.
+    assert_eq!(
+        first["position"]["committed"],
+        serde_json::json!([{"topic": "dlq", "partition": 0, "offset": 1, "recorded_beyond": 4}]),
+        "{first:#}"
+    );
+    for run in 2..=3 {
+        let again = dlq_json("replay", &config, &[]).await;
+        let names = outcomes(&again);
+        assert_eq!(
+            names,
+            [
+                "skipped_already_replayed",
+                "refused_topic",
+                "skipped_already_replayed",
+                "skipped_already_replayed",
+                "refused_topic",
+                "skipped_already_replayed",
+                "skipped_already_replayed",
+            ],
+            "run {run}: the refused letters stay refused and visible, nothing else is \
+             written again: {again:#}"
+        );
+        let why = again["results"][2]["detail"].as_str().unwrap_or_default();
+        assert!(why.contains("recorded past the replay position 1"), "{why}");
+    }
+    // Each routable letter once, and the found original once: three plain
+    // letters, one cut, beside the original itself.
+    let input = read_topic(&bootstrap, "in", 1, 5, LONG, SETTLE);
+    let mut values: Vec<String> = input.iter().map(Record::text).collect();
+    values.sort();
+    assert_eq!(values, ["a", "b", "c", big.as_str(), big.as_str()]);
+    sluice_tests::kafka::assert_empty(&bootstrap, "other", "no refused letter is written");
+
+    // Allowing the refused topic: both are replayed, the position moves
+    // over everything and the record empties.
+    let allowed = dlq_json("replay", &config, &["--allow-topic", "other"]).await;
+    assert_eq!(allowed["summary"]["replayed"], 2, "{allowed:#}");
+    assert_eq!(
+        allowed["position"]["committed"],
+        serde_json::json!([{"topic": "dlq", "partition": 0, "offset": 7, "recorded_beyond": 0}]),
+        "{allowed:#}"
+    );
+    assert_eq!(read_topic(&bootstrap, "other", 1, 2, LONG, SETTLE).len(), 2);
+    assert_eq!(read_topic(&bootstrap, "in", 1, 5, LONG, SETTLE).len(), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,7 +374,7 @@ async fn a_cut_dead_letter_is_replayed_from_its_original_record_or_refused() {
     // moves past it.
     assert_eq!(
         run["position"]["committed"],
-        serde_json::json!([{"topic": "dlq", "partition": 0, "offset": 3}])
+        serde_json::json!([{"topic": "dlq", "partition": 0, "offset": 3, "recorded_beyond": 0}])
     );
     let input = read_topic(&bootstrap, "in", 1, 3, LONG, SETTLE);
     assert_eq!(input.len(), 3, "only the found original was replayed");

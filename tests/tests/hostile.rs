@@ -355,6 +355,24 @@ fn a_module_that_would_take_more_than_its_share_of_the_pool_is_refused_at_load()
             "{name}: the reason says what a handler may hold: {error}"
         );
     }
+    // Two memories in one core module: the limit hit is the core module's,
+    // and the message says so before it lists the handler instance's.
+    let path = std::path::PathBuf::from("two-memories.wasm");
+    let error = rt
+        .load_bytes(&path, &component_of(1, 2))
+        .err()
+        .unwrap_or_else(|| panic!("two memories in one core module are refused"))
+        .to_string();
+    assert!(
+        error.contains(
+            "defined memories count of 2 exceeds the per-instance limit of 1 (the limit hit: \
+             memories defined by one core module); a module must fit in one slot of the \
+             instance pool: each core module may define at most 1 memory and 1 table of at \
+             most 20000 elements, and a handler instance may hold at most 16 core module \
+             instances, 2 memories and 8 tables in all"
+        ),
+        "{error}"
+    );
     // The pool still serves every slot to modules that keep to their share.
     let plugin = hostile(&rt);
     // Each reused invoker keeps its instance: the 16 slots of the pool.

@@ -343,6 +343,9 @@ fn replay_command(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         Format::Json => print_json(&replay_json(&run, &summary, args.dry_run, filtered_out)),
         Format::Table => print_replay_table(&run, &summary, args.dry_run, filtered_out),
     }
+    if let Some(warning) = &run.position_warning {
+        eprintln!("warning: {warning}");
+    }
     if let Some(error) = &run.position_error {
         eprintln!(
             "error: the replay position could not be recorded ({error}); a later run would \
@@ -384,10 +387,16 @@ fn replay_json(
         },
         "position": {
             "group": run.position_group,
-            "committed": run.committed.iter().map(|((topic, partition), offset)| json!({
-                "topic": topic, "partition": partition, "offset": offset,
-            })).collect::<Vec<_>>(),
+            "committed": run.committed.iter().map(|((topic, partition), offset)| {
+                let key = (topic.clone(), *partition);
+                let beyond = run.recorded_beyond.get(&key).map_or(0, |o| o.len());
+                json!({
+                    "topic": topic, "partition": partition, "offset": offset,
+                    "recorded_beyond": beyond,
+                })
+            }).collect::<Vec<_>>(),
             "error": run.position_error,
+            "warning": run.position_warning,
         },
     })
 }
@@ -437,7 +446,13 @@ fn print_replay_table(run: &ReplayRun<'_>, s: &ReplaySummary, dry_run: bool, fil
         let at: Vec<String> = run
             .committed
             .iter()
-            .map(|((topic, partition), offset)| format!("{topic}/{partition}@{offset}"))
+            .map(|((topic, partition), offset)| {
+                let key = (topic.clone(), *partition);
+                match run.recorded_beyond.get(&key).map_or(0, |o| o.len()) {
+                    0 => format!("{topic}/{partition}@{offset}"),
+                    n => format!("{topic}/{partition}@{offset} (+{n} replayed past it)"),
+                }
+            })
             .collect();
         println!(
             "replay position of group {}: {}",

@@ -91,7 +91,18 @@ impl Cli {
             Command::Run(args) => {
                 let config = load_config(&args.config)?;
                 init_logging(self.log_format.unwrap_or(config.logging.format));
-                tokio_runtime()?.block_on(crate::run(config, shutdown_signal()))?;
+                let bound = crate::pipeline::shutdown::bound(&config);
+                let runtime = tokio_runtime()?;
+                let result = runtime.block_on(crate::run(config, async move {
+                    shutdown_signal().await;
+                    crate::pipeline::shutdown::watchdog(bound);
+                }));
+                // A guest still in a call on a blocking thread does not hold
+                // the exit: its message was not stored, so it is delivered
+                // again.
+                crate::pipeline::shutdown::stage("stopping the runtime");
+                runtime.shutdown_background();
+                result?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Demo(args) => demo::demo(args),

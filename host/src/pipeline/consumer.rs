@@ -183,7 +183,9 @@ impl ConsumerLoop {
                 // batches a message is always ready, and a branch after them
                 // would wait until librdkafka's local queue ran dry (commits
                 // fell seconds behind the outputs that way).
-                _ = tick(&mut self.commit_timer) => commit(&*self.consumer, CommitMode::Async),
+                _ = tick(&mut self.commit_timer) => {
+                    commit(&*self.consumer, CommitMode::Async);
+                }
                 Some(joined) = self.workers.join_next_with_id(), if !self.workers.is_empty() => {
                     self.worker_ended(joined);
                 }
@@ -412,6 +414,7 @@ impl ConsumerLoop {
             drain_timeout_s = self.drain_timeout.as_secs(),
             "shutting down: draining in-flight messages"
         );
+        super::shutdown::stage("draining in-flight messages");
         self.stop_all.cancel();
         self.partitions.clear();
         let workers = &mut self.workers;
@@ -425,11 +428,20 @@ impl ConsumerLoop {
         } else {
             tracing::info!("in-flight messages drained");
         }
-        commit(&*self.consumer, CommitMode::Sync);
-        tracing::info!("stored offsets committed");
+        super::shutdown::stage("committing the stored offsets");
+        if commit(&*self.consumer, CommitMode::Sync) {
+            tracing::info!("stored offsets committed");
+        } else {
+            tracing::warn!(
+                "stored offsets not committed: the messages after the last commit are \
+                 delivered again"
+            );
+        }
+        super::shutdown::stage("flushing the producer");
         if let Err(e) = self.shared.producer.flush(self.flush_timeout) {
             tracing::warn!("producer flush incomplete: {e}");
         }
+        super::shutdown::stage("leaving the consumer group");
         self.consumer.unsubscribe();
         tracing::info!("left the consumer group");
     }
@@ -531,7 +543,7 @@ impl ConsumerContext for RebalanceContext {
                 self.revocations.store(true, Ordering::Release);
                 drop((gates, revoked));
                 // Commit what was stored before the partitions go elsewhere.
-                commit(consumer, CommitMode::Sync);
+                let _ = commit(consumer, CommitMode::Sync);
                 tracing::info!(partitions = list.count(), "partitions revoked");
             }
             Rebalance::Assign(list) => {
@@ -575,10 +587,17 @@ impl ConsumerContext for RebalanceContext {
 }
 
 /// Commits stored offsets; having nothing new to commit is not an error.
-fn commit<C: rdkafka::consumer::Consumer<X>, X: ConsumerContext>(consumer: &C, mode: CommitMode) {
+/// Returns whether the commit went through (or had nothing to do).
+fn commit<C: rdkafka::consumer::Consumer<X>, X: ConsumerContext>(
+    consumer: &C,
+    mode: CommitMode,
+) -> bool {
     match consumer.commit_consumer_state(mode) {
-        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-        Err(e) => tracing::warn!("offset commit failed: {e}"),
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => true,
+        Err(e) => {
+            tracing::warn!("offset commit failed: {e}");
+            false
+        }
     }
 }
 

@@ -28,6 +28,7 @@ pub mod faults;
 mod partition;
 pub mod refusal;
 mod reload;
+pub mod shutdown;
 mod topics;
 pub mod undecodable;
 

@@ -54,11 +54,14 @@ pub enum Outcome {
         /// Why, in words.
         reason: String,
     },
-    /// Not replayed: below the replay position, so an earlier run replayed
-    /// it (or found it can never be replayed).
+    /// Not replayed: below the replay position, or recorded past it, so an
+    /// earlier run replayed it (or found it can never be replayed).
     AlreadyReplayed {
         /// The partition's replay position.
         position: i64,
+        /// Whether it was recorded past the position (replayed while a
+        /// letter before it was not).
+        beyond: bool,
     },
     /// Refused: no route consumes the original topic and `--allow-topic`
     /// does not name it.
@@ -102,9 +105,19 @@ impl Outcome {
         match self {
             Outcome::Replayed { partition, offset } => format!("written at {partition}@{offset}"),
             Outcome::WouldReplay => "dry run: nothing produced".to_owned(),
-            Outcome::AlreadyReplayed { position } => format!(
+            Outcome::AlreadyReplayed {
+                position,
+                beyond: false,
+            } => format!(
                 "already replayed: below the replay position {position} (--from-beginning \
                  replays it again)"
+            ),
+            Outcome::AlreadyReplayed {
+                position,
+                beyond: true,
+            } => format!(
+                "already replayed: recorded past the replay position {position}, which a letter \
+                 not replayed holds back (--from-beginning replays it again)"
             ),
             Outcome::TopicNotRouted { topic } => format!(
                 "original topic {topic:?} is consumed by no route of this config; pass \
@@ -227,7 +240,10 @@ pub fn judge(
         return (None, over);
     };
     let refusal = if let Some(position) = position.filter(|&p| record.dlq_offset < p) {
-        Some(Outcome::AlreadyReplayed { position })
+        Some(Outcome::AlreadyReplayed {
+            position,
+            beyond: false,
+        })
     } else if !routed.contains(envelope.original_topic.as_str()) {
         Some(Outcome::TopicNotRouted {
             topic: envelope.original_topic.clone(),
@@ -320,7 +336,10 @@ mod tests {
         assert_eq!(judge(&letter, Some(40), 5, &routed), (Some(0), None));
         assert_eq!(
             judge(&letter, Some(41), 5, &routed).1,
-            Some(Outcome::AlreadyReplayed { position: 41 })
+            Some(Outcome::AlreadyReplayed {
+                position: 41,
+                beyond: false
+            })
         );
         let elsewhere = record("payments", serde_json::json!([]));
         let refused = judge(&elsewhere, None, 5, &routed).1.expect("refused");

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::original::{self, Fetched, Original};
 use super::outcome::{Outcome, ReplayOptions, ReplayResult, judge, judge_count, never_replayable};
-use super::position::{self, Positions};
+use super::position::{self, Beyond, Positions};
 use super::{
     DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DlqRecord, Envelope, Filter, REPLAY_COUNT_HEADER,
     REPLAY_HEADERS, REPLAYED_AT_HEADER, ReplayError,
@@ -40,9 +40,14 @@ pub struct ReplayRun<'a> {
     pub position_group: String,
     /// The positions this run committed (none in a dry run).
     pub committed: Positions,
+    /// The letters recorded past each committed position.
+    pub recorded_beyond: Beyond,
     /// Why the position could not be recorded, when it could not: a later
     /// run would replay this run's letters again.
     pub position_error: Option<String>,
+    /// What a later run may replay again though this run recorded the
+    /// position: letters replayed past it that its record does not hold.
+    pub position_warning: Option<String>,
 }
 
 /// Replays the dead letters of `letters` (every record read, sorted by
@@ -61,21 +66,30 @@ pub async fn replay<'a>(
         .iter()
         .map(|r| (r.dlq_topic.clone(), r.dlq_partition))
         .collect();
-    let saved =
+    let (saved, saved_beyond) =
         tokio::task::block_in_place(|| position::read(config, bootstrap, &group, &partitions))?;
-    let start = if options.from_beginning {
-        Positions::new()
+    let (start, start_beyond) = if options.from_beginning {
+        (Positions::new(), Beyond::new())
     } else {
-        saved.clone()
+        (saved.clone(), saved_beyond.clone())
     };
     let mut run = ReplayRun {
         results: Vec::new(),
         beyond_limit: 0,
         position_group: group,
         committed: Positions::new(),
+        recorded_beyond: Beyond::new(),
         position_error: None,
+        position_warning: None,
     };
-    let to_send = decide(config, letters, filter, options, &start, &mut run);
+    let to_send = decide(
+        config,
+        letters,
+        filter,
+        options,
+        (&start, &start_beyond),
+        &mut run,
+    );
     let originals = fetch_originals(config, bootstrap, options, &to_send, &mut run.results);
     if options.dry_run {
         return Ok(run);
@@ -96,18 +110,100 @@ pub async fn replay<'a>(
         .collect();
     let settled = |r: &DlqRecord| {
         never_replayable(r)
+            || is_beyond(&saved_beyond, r)
             || outcomes
                 .get(&(r.dlq_topic.as_str(), r.dlq_partition, r.dlq_offset))
                 .is_some_and(|o| o.settles())
     };
     let moved = position::advance(letters, &start, &saved, settled);
+    let (to_commit, beyond) = positions_after(letters, &saved, &saved_beyond, moved, settled);
     match tokio::task::block_in_place(|| {
-        position::commit(config, bootstrap, &run.position_group, &moved)
+        position::commit(config, bootstrap, &run.position_group, &to_commit, &beyond)
     }) {
-        Ok(()) => run.committed = moved,
+        Ok(unrecorded) => {
+            if unrecorded > 0 {
+                run.position_warning = Some(format!(
+                    "{unrecorded} letters replayed past the replay position did not fit in its \
+                     record ({} bytes of offset metadata) and will be replayed again by a later \
+                     run; deal with the letters that hold the position back (refused ones: \
+                     --allow-topic) so that it moves over them",
+                    position::METADATA_BUDGET
+                ));
+            }
+            run.recorded_beyond = beyond
+                .into_iter()
+                .filter(|(key, _)| to_commit.contains_key(key))
+                .collect();
+            run.committed = to_commit;
+            if run.position_warning.is_none() {
+                run.position_warning = kept_record(config, bootstrap, &run).err();
+            }
+        }
         Err(e) => run.position_error = Some(chain(&e)),
     }
     Ok(run)
+}
+
+/// Reads back the record of letters replayed past the committed positions:
+/// a broker that does not keep commit metadata (Kafka does) loses it, and a
+/// later run would replay those letters again. Says so rather than letting
+/// it happen unannounced.
+fn kept_record(config: &Config, bootstrap: &str, run: &ReplayRun<'_>) -> Result<(), String> {
+    let recorded: usize = run.recorded_beyond.values().map(BTreeSet::len).sum();
+    if recorded == 0 {
+        return Ok(());
+    }
+    let partitions: BTreeSet<(String, i32)> = run.recorded_beyond.keys().cloned().collect();
+    let (_, kept) = tokio::task::block_in_place(|| {
+        position::read(config, bootstrap, &run.position_group, &partitions)
+    })
+    .map_err(|e| chain(&e))?;
+    let kept_count: usize = kept.values().map(BTreeSet::len).sum();
+    if kept_count >= recorded {
+        return Ok(());
+    }
+    Err(format!(
+        "the broker did not keep the record of the {recorded} letters replayed past the replay \
+         position (its answer to OffsetFetch holds {kept_count} of them: it drops commit \
+         metadata, which Kafka keeps); a later run replays them again unless the letters that \
+         hold the position back are dealt with first"
+    ))
+}
+
+/// Whether `beyond` records the letter as dealt with already.
+fn is_beyond(beyond: &Beyond, r: &DlqRecord) -> bool {
+    beyond
+        .get(&(r.dlq_topic.clone(), r.dlq_partition))
+        .is_some_and(|o| o.contains(&r.dlq_offset))
+}
+
+/// The positions to commit after a run (those that `moved`, and those whose
+/// letters recorded past them changed) and every partition's letters
+/// recorded past its position. A partition with no position yet that has
+/// letters past a refused one gets the offset of its first letter.
+fn positions_after(
+    letters: &[DlqRecord],
+    saved: &Positions,
+    saved_beyond: &Beyond,
+    moved: Positions,
+    settled: impl Fn(&DlqRecord) -> bool,
+) -> (Positions, Beyond) {
+    let mut after = saved.clone();
+    after.extend(moved.iter().map(|(k, v)| (k.clone(), *v)));
+    for r in letters {
+        after
+            .entry((r.dlq_topic.clone(), r.dlq_partition))
+            .or_insert(r.dlq_offset);
+    }
+    let beyond = position::beyond_after(letters, &after, saved_beyond, settled);
+    let mut to_commit = moved;
+    for (key, next) in &after {
+        let now = beyond.get(key);
+        if now != saved_beyond.get(key) && !to_commit.contains_key(key) {
+            to_commit.insert(key.clone(), *next);
+        }
+    }
+    (to_commit, beyond)
 }
 
 /// Judges every selected letter into `run.results`; returns the indexes
@@ -117,7 +213,7 @@ fn decide<'a>(
     letters: &'a [DlqRecord],
     filter: &Filter,
     options: &ReplayOptions,
-    start: &Positions,
+    (start, beyond): (&Positions, &Beyond),
     run: &mut ReplayRun<'a>,
 ) -> Vec<usize> {
     let routed: BTreeSet<&str> = config
@@ -131,8 +227,14 @@ fn decide<'a>(
         let position = start
             .get(&(record.dlq_topic.clone(), record.dlq_partition))
             .copied();
-        let (previous_replays, outcome) =
+        let (previous_replays, mut outcome) =
             judge(record, position, options.max_replay_count, &routed);
+        if is_beyond(beyond, record) {
+            outcome = Some(Outcome::AlreadyReplayed {
+                position: position.unwrap_or(record.dlq_offset),
+                beyond: true,
+            });
+        }
         if outcome.is_none() {
             if options.limit.is_some_and(|n| to_send.len() >= n) {
                 run.beyond_limit += 1;

@@ -55,6 +55,13 @@ pub const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
 pub const MEMORIES_PER_COMPONENT: u32 = 2;
 /// The tables one handler instance may hold in the pool.
 pub const TABLES_PER_COMPONENT: u32 = 8;
+/// The linear memories one core module may define (wasmtime's pool default,
+/// set here so that the refusal can name it): toolchains give a module one.
+pub const MEMORIES_PER_CORE_MODULE: u32 = 1;
+/// The tables one core module may define (wasmtime's pool default).
+pub const TABLES_PER_CORE_MODULE: u32 = 1;
+/// The elements a table may start with (wasmtime's pool default).
+pub const TABLE_ELEMENTS: usize = 20_000;
 
 /// Sizing of the runtime: fixed for the life of the process.
 #[derive(Debug, Clone)]
@@ -156,6 +163,9 @@ impl Runtime {
                 .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
                 .max_memories_per_component(MEMORIES_PER_COMPONENT)
                 .max_tables_per_component(TABLES_PER_COMPONENT)
+                .max_memories_per_module(MEMORIES_PER_CORE_MODULE)
+                .max_tables_per_module(TABLES_PER_CORE_MODULE)
+                .table_elements(TABLE_ELEMENTS)
                 .max_memory_size(config.max_memory_bytes)
                 // Keep the pages an instance dirtied mapped when its slot is
                 // reused, resetting only those (found with PAGEMAP_SCAN where

@@ -19,8 +19,8 @@ mod plugin;
 
 pub use cache::CacheError;
 pub use engine::{
-    CORE_INSTANCES_PER_COMPONENT, Isolation, MEMORIES_PER_COMPONENT, Runtime, RuntimeConfig,
-    TABLES_PER_COMPONENT,
+    CORE_INSTANCES_PER_COMPONENT, Isolation, MEMORIES_PER_COMPONENT, MEMORIES_PER_CORE_MODULE,
+    Runtime, RuntimeConfig, TABLE_ELEMENTS, TABLES_PER_COMPONENT, TABLES_PER_CORE_MODULE,
 };
 pub use guest_io::{MAX_GUEST_TEXT, MAX_LOG_MESSAGE};
 pub use invoke::{EntryPoint, Failure, Invocation, Invoker, Limits, Outcome, TrapKind};

@@ -14,7 +14,8 @@ use wasmtime::component::{Component, ComponentExportIndex};
 use super::bindings::{PluginIndices, PluginPre};
 use super::contract;
 use super::engine::{
-    CORE_INSTANCES_PER_COMPONENT, MEMORIES_PER_COMPONENT, Runtime, TABLES_PER_COMPONENT,
+    CORE_INSTANCES_PER_COMPONENT, MEMORIES_PER_COMPONENT, MEMORIES_PER_CORE_MODULE, Runtime,
+    TABLE_ELEMENTS, TABLES_PER_COMPONENT, TABLES_PER_CORE_MODULE,
 };
 use super::guest_io::LogBudget;
 use super::invoke::{EntryPoint, StoreState};
@@ -294,10 +295,14 @@ impl Plugin {
                 LoadError::Instantiate {
                     path: path_buf(),
                     reason: format!(
-                        "{reason}; a module must fit in one slot of the instance pool: at most \
+                        "{reason} ({}); a module must fit in one slot of the instance pool: each \
+                         core module may define at most {MEMORIES_PER_CORE_MODULE} memory and \
+                         {TABLES_PER_CORE_MODULE} table of at most {TABLE_ELEMENTS} elements, \
+                         and a handler instance may hold at most \
                          {CORE_INSTANCES_PER_COMPONENT} core module instances, \
-                         {MEMORIES_PER_COMPONENT} memories and {TABLES_PER_COMPONENT} tables \
-                         per handler instance, each memory within processing.max_memory_mb"
+                         {MEMORIES_PER_COMPONENT} memories and {TABLES_PER_COMPONENT} tables in \
+                         all, each memory within processing.max_memory_mb",
+                        limit_hit(&reason)
                     ),
                 }
             } else {
@@ -523,6 +528,28 @@ fn inspect(runtime: &Runtime, path: &Path, component: &Component) -> Result<Plug
         exports,
         imports,
     })
+}
+
+/// Which of the pool's limits wasmtime's refusal is about, in Sluice's
+/// words.
+fn limit_hit(reason: &str) -> &'static str {
+    if reason.contains("defined memories count") {
+        "the limit hit: memories defined by one core module"
+    } else if reason.contains("defined tables count") {
+        "the limit hit: tables defined by one core module"
+    } else if reason.contains("minimum element size") {
+        "the limit hit: elements of one table"
+    } else if reason.contains("minimum byte size") || reason.contains("maximum memory size") {
+        "the limit hit: the size of one memory"
+    } else if reason.contains("core module instances") {
+        "the limit hit: core module instances per handler instance"
+    } else if reason.contains("linear memories") {
+        "the limit hit: memories per handler instance"
+    } else if reason.contains("tables, which exceeds") {
+        "the limit hit: tables per handler instance"
+    } else {
+        "a limit of the instance pool"
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,157 @@
+//! A shutdown always ends: SIGTERM ends the process within
+//! `processing.drain_timeout_seconds` plus the documented margin (15 s),
+//! whatever holds it. A guest in a loop does not keep the process alive
+//! (its message is not committed, so it is delivered again); with the broker
+//! gone and an output waiting for it, the process says what it was waiting
+//! for and exits non-zero.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use sluice_tests::broker::{Broker, free_port};
+use sluice_tests::daemon::{DaemonProcess, config_text, misbehave_route};
+use sluice_tests::http;
+use sluice_tests::kafka::{Send, produce, wait_committed};
+
+const PROGRAM: &str = env!("CARGO_BIN_EXE_sluice-test-daemon");
+/// The test config's `drain_timeout_seconds` plus the margin.
+const BOUND: Duration = Duration::from_secs(5 + 15);
+/// Time for the process to start exiting once the bound is over, on a
+/// loaded machine.
+const SLACK: Duration = Duration::from_secs(5);
+
+/// Waits until the daemon at `http` answers and `done` holds for its health.
+async fn until_health(http: SocketAddr, done: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if tokio::net::TcpStream::connect(http).await.is_ok()
+            && done(&http::get(http, "/health/event-bus").await.json())
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the daemon never got there");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_in_a_loop_does_not_hold_the_exit_and_its_message_is_not_committed() {
+    let broker = Broker::start();
+    for topic in ["orders", "orders.out"] {
+        broker.create_topic(topic, 1);
+    }
+    let bootstrap = broker.bootstrap();
+    let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // The call may run for five minutes: only the drain timeout bounds it.
+    let text = config_text(
+        &bootstrap,
+        "looping",
+        "",
+        &format!(
+            "[http]\nlisten = \"{http}\"\n{}",
+            misbehave_route("orders", "orders.out", "timeout_ms = 300000")
+        ),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("sluice.log");
+    let daemon = DaemonProcess::start_logging_to(PROGRAM, &text, Some(&log));
+    produce(
+        &bootstrap,
+        "orders",
+        [Send {
+            partition: Some(0),
+            key: None,
+            value: b"loop",
+            headers: &[],
+        }],
+    )
+    .await;
+    until_health(http, |h| h["in_flight_messages"].as_u64() == Some(1)).await;
+
+    let signalled = Instant::now();
+    let code = daemon.terminate();
+    let took = signalled.elapsed();
+    let log = std::fs::read_to_string(&log).expect("the log");
+    assert!(took < BOUND + SLACK, "exited after {took:?}:\n{log}");
+    // The call is left behind on its thread; the rest went well.
+    assert_eq!(code, Some(0), "{log}");
+    // Not committed: the message is delivered again to the next daemon.
+    assert_eq!(
+        wait_committed(
+            &bootstrap,
+            "test.looping",
+            "orders",
+            &[0],
+            Duration::from_secs(5)
+        ),
+        vec![None],
+        "the message in the loop was not committed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_broker_gone_the_exit_is_bounded_and_names_what_it_waited_for() {
+    let mut broker = Broker::start();
+    for topic in ["orders", "orders.out"] {
+        broker.create_topic(topic, 1);
+    }
+    let bootstrap = broker.bootstrap();
+    let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let text = config_text(
+        &bootstrap,
+        "orphaned",
+        "",
+        &format!(
+            "[http]\nlisten = \"{http}\"\n{}",
+            misbehave_route("orders", "orders.out", "timeout_ms = 10000")
+        ),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("sluice.log");
+    let daemon = DaemonProcess::start_logging_to(PROGRAM, &text, Some(&log));
+    // A message the handler takes two seconds over (within its timeout):
+    // the broker goes while it is in the call, so its output can never be
+    // acknowledged.
+    produce(
+        &bootstrap,
+        "orders",
+        [Send {
+            partition: Some(0),
+            key: None,
+            value: b"slow:2000",
+            headers: &[],
+        }],
+    )
+    .await;
+    until_health(http, |h| h["in_flight_messages"].as_u64() == Some(1)).await;
+    broker.stop();
+    // The call ends and its output waits in the producer for a broker.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http::get(http, "/metrics")
+        .await
+        .body
+        .contains("sluice_handler_duration_seconds_count{route=\"orders\"} 1\n")
+    {
+        assert!(Instant::now() < deadline, "the call never ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let signalled = Instant::now();
+    let code = daemon.terminate();
+    let took = signalled.elapsed();
+    let log = std::fs::read_to_string(&log).expect("the log");
+    assert!(
+        took < BOUND + SLACK,
+        "exited after {took:?} (None: not within a minute):\n{log}"
+    );
+    assert_eq!(code, Some(1), "a shutdown cut short exits non-zero:\n{log}");
+    assert!(
+        log.contains("shutdown did not finish within 20 s of the signal")
+            && log.contains("still flushing the producer"),
+        "it says what it waited for:\n{log}"
+    );
+    assert!(
+        !log.contains("stored offsets committed"),
+        "nothing was stored, so nothing is said to be committed:\n{log}"
+    );
+}
