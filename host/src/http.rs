@@ -272,6 +272,8 @@ async fn health(State(s): State<Shared>) -> Response {
         "stopped_partitions": stopped,
         "stalled_partitions": stalled,
         "undecodable_partitions": undecodable,
+        "assigned_partitions": status.assigned(),
+        "unassigned_for_seconds": status.unassigned_for(now).map(|d| d.as_secs()),
     });
     (code(healthy), axum::Json(body)).into_response()
 }

@@ -250,6 +250,23 @@ pub fn render(status: &Status) -> String {
         load(&status.record_errors),
     );
     out.family(
+        "sluice_assigned_partitions",
+        "Partitions the consumer holds.",
+    );
+    out.sample("sluice_assigned_partitions", &[], status.assigned() as u64);
+    out.family(
+        "sluice_unassigned_seconds",
+        "How long the consumer has held no partition, once that is longer than its session \
+         timeout; 0 otherwise.",
+    );
+    out.sample(
+        "sluice_unassigned_seconds",
+        &[],
+        status
+            .unassigned_for(std::time::Instant::now())
+            .map_or(0, |d| d.as_secs()),
+    );
+    out.family(
         "sluice_undecodable_partitions",
         "Partitions held up by a record the Kafka client cannot decode.",
     );

@@ -58,6 +58,12 @@ pub struct Status {
     connect_failure: Mutex<Option<crate::kafka::ConnectFailure>>,
     /// The partitions held up by a record the Kafka client cannot decode.
     undecodable: Mutex<BTreeMap<TopicPartition, Stuck>>,
+    /// How many partitions the consumer holds, and since when it has held
+    /// none.
+    assignment: Mutex<(usize, Option<Instant>)>,
+    /// The consumer's session timeout: holding no partition for longer is
+    /// worth saying.
+    session_timeout: Duration,
     /// Consumer errors about a record (each one librdkafka reported).
     pub(crate) record_errors: AtomicU64,
     http_addr: watch::Sender<Option<SocketAddr>>,
@@ -284,6 +290,8 @@ impl Status {
             reachable: watch::Sender::new(None),
             connect_failure: Mutex::new(None),
             undecodable: Mutex::new(BTreeMap::new()),
+            assignment: Mutex::new((0, Some(Instant::now()))),
+            session_timeout: config.kafka.session_timeout(),
             record_errors: AtomicU64::new(0),
             http_addr: watch::Sender::new(None),
             plugin_events: watch::Sender::new(0),
@@ -440,6 +448,41 @@ impl Status {
             }
         }
         *current = now;
+    }
+
+    /// Records how many partitions the consumer holds after a rebalance.
+    pub(crate) fn set_assigned(&self, partitions: usize, now: Instant) {
+        let mut assignment = self
+            .assignment
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let since = match (partitions, assignment.1) {
+            (0, Some(since)) => Some(since),
+            (0, None) => Some(now),
+            _ => None,
+        };
+        *assignment = (partitions, since);
+    }
+
+    /// How many partitions the consumer holds.
+    pub fn assigned(&self) -> usize {
+        self.assignment
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+    }
+
+    /// How long the consumer has held no partition, once that is longer
+    /// than its session timeout (a group whose members outnumber the
+    /// partitions, or a member the group left out); `None` otherwise.
+    pub fn unassigned_for(&self, now: Instant) -> Option<Duration> {
+        let (_, since) = *self
+            .assignment
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        since
+            .map(|since| now.saturating_duration_since(since))
+            .filter(|&d| d > self.session_timeout)
     }
 
     /// The partitions held up by a record the Kafka client cannot decode.
@@ -713,6 +756,31 @@ mod tests {
     }
 
     const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn holding_no_partition_past_the_session_timeout_is_said() {
+        // librdkafka's default session timeout: 45 s.
+        let s = status(60.0);
+        let t0 = Instant::now();
+        let session = Duration::from_secs(45);
+        assert_eq!(s.assigned(), 0);
+        assert_eq!(s.unassigned_for(t0 + session / 2), None, "not yet");
+        assert!(
+            s.unassigned_for(t0 + session + MINUTE).is_some(),
+            "since start"
+        );
+        s.set_assigned(3, t0 + MINUTE);
+        assert_eq!(s.assigned(), 3);
+        assert_eq!(s.unassigned_for(t0 + 10 * MINUTE), None, "it holds some");
+        // Losing them all starts the count again.
+        s.set_assigned(0, t0 + 2 * MINUTE);
+        assert_eq!(s.unassigned_for(t0 + 2 * MINUTE + session / 2), None);
+        assert_eq!(
+            s.unassigned_for(t0 + 3 * MINUTE),
+            Some(MINUTE),
+            "counted from the rebalance that took the last one"
+        );
+    }
 
     #[test]
     fn a_lag_that_stands_still_past_the_timeout_is_a_stall() {

@@ -837,6 +837,12 @@ impl KafkaConfig {
         Duration::from_secs(self.timeout_seconds)
     }
 
+    /// The consumer's session timeout: librdkafka's `session.timeout.ms`
+    /// (45 s unless `[kafka.librdkafka]` sets it).
+    pub fn session_timeout(&self) -> Duration {
+        Duration::from_secs_f64(validate::session_timeout_seconds(&self.librdkafka))
+    }
+
     /// The retry backoff.
     pub fn retry_backoff(&self) -> crate::policy::Backoff {
         crate::policy::Backoff {

@@ -482,7 +482,7 @@ fn check_output_limits(
 }
 
 /// librdkafka's `session.timeout.ms` in seconds (45 s unless overridden).
-fn session_timeout_seconds(properties: &BTreeMap<String, toml::Value>) -> f64 {
+pub(super) fn session_timeout_seconds(properties: &BTreeMap<String, toml::Value>) -> f64 {
     let millis = match properties.get("session.timeout.ms") {
         Some(toml::Value::Integer(ms)) => *ms as f64,
         Some(toml::Value::String(ms)) => ms.parse().unwrap_or(45_000.0),

@@ -559,6 +559,9 @@ impl ConsumerContext for RebalanceContext {
     /// partition assigned is therefore set to fetch, or held paused while
     /// the broker circuit is open.
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Ok(held) = consumer.assignment() {
+            self.status.set_assigned(held.count(), Instant::now());
+        }
         let Rebalance::Assign(list) = rebalance else {
             return;
         };
