@@ -164,18 +164,19 @@ impl Calls<'_> {
             if self.undecodable() {
                 break;
             }
-            // A batch call stops short of a record that could not be
-            // decoded.
-            let decodable = self
-                .queue
-                .iter()
-                .position(|f| f.undecodable.is_some())
-                .unwrap_or(self.queue.len());
             let run = (limit - self.done.len())
-                .min(decodable)
+                .min(self.queue.len())
                 .min(self.route.batch_limit());
             let retried = self.queue.front().is_some_and(|f| f.message.attempt > 1);
             let stop = if singly == 0 && run > 1 && !retried && self.invoker.batches() {
+                // A batch call stops short of a record that could not be
+                // decoded.
+                let run = self
+                    .queue
+                    .iter()
+                    .take(run)
+                    .position(|f| f.undecodable.is_some())
+                    .unwrap_or(run);
                 match self.batch(run) {
                     Some(stop) => stop,
                     None => {
