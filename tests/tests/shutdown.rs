@@ -34,22 +34,35 @@ async fn until_health(http: SocketAddr, done: impl Fn(&serde_json::Value) -> boo
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_guest_in_a_loop_does_not_hold_the_exit_and_its_message_is_not_committed() {
+/// A daemon with a `misbehave` route that allows `timeout_ms` per call,
+/// in the middle of a call for the message `value`; its log goes to a file.
+struct InCall {
+    broker: Broker,
+    bootstrap: String,
+    http: SocketAddr,
+    daemon: DaemonProcess,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+async fn in_call(group: &str, value: &[u8], timeout_ms: u64) -> InCall {
     let broker = Broker::start();
     for topic in ["orders", "orders.out"] {
         broker.create_topic(topic, 1);
     }
     let bootstrap = broker.bootstrap();
     let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    // The call may run for five minutes: only the drain timeout bounds it.
     let text = config_text(
         &bootstrap,
-        "looping",
+        group,
         "",
         &format!(
             "[http]\nlisten = \"{http}\"\n{}",
-            misbehave_route("orders", "orders.out", "timeout_ms = 300000")
+            misbehave_route(
+                "orders",
+                "orders.out",
+                &format!("timeout_ms = {timeout_ms}")
+            )
         ),
     );
     let dir = tempfile::tempdir().expect("tempdir");
@@ -61,12 +74,33 @@ async fn a_guest_in_a_loop_does_not_hold_the_exit_and_its_message_is_not_committ
         [Send {
             partition: Some(0),
             key: None,
-            value: b"loop",
+            value,
             headers: &[],
         }],
     )
     .await;
     until_health(http, |h| h["in_flight_messages"].as_u64() == Some(1)).await;
+    InCall {
+        broker,
+        bootstrap,
+        http,
+        daemon,
+        log,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_in_a_loop_does_not_hold_the_exit_and_its_message_is_not_committed() {
+    // The call may run for five minutes: only the drain timeout bounds it.
+    let InCall {
+        broker: _broker,
+        bootstrap,
+        http: _,
+        daemon,
+        log,
+        _dir,
+    } = in_call("looping", b"loop", 300_000).await;
 
     let signalled = Instant::now();
     let code = daemon.terminate();
@@ -91,39 +125,17 @@ async fn a_guest_in_a_loop_does_not_hold_the_exit_and_its_message_is_not_committ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_broker_gone_the_exit_is_bounded_and_names_what_it_waited_for() {
-    let mut broker = Broker::start();
-    for topic in ["orders", "orders.out"] {
-        broker.create_topic(topic, 1);
-    }
-    let bootstrap = broker.bootstrap();
-    let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let text = config_text(
-        &bootstrap,
-        "orphaned",
-        "",
-        &format!(
-            "[http]\nlisten = \"{http}\"\n{}",
-            misbehave_route("orders", "orders.out", "timeout_ms = 10000")
-        ),
-    );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("sluice.log");
-    let daemon = DaemonProcess::start_logging_to(PROGRAM, &text, Some(&log));
     // A message the handler takes two seconds over (within its timeout):
     // the broker goes while it is in the call, so its output can never be
     // acknowledged.
-    produce(
-        &bootstrap,
-        "orders",
-        [Send {
-            partition: Some(0),
-            key: None,
-            value: b"slow:2000",
-            headers: &[],
-        }],
-    )
-    .await;
-    until_health(http, |h| h["in_flight_messages"].as_u64() == Some(1)).await;
+    let InCall {
+        mut broker,
+        bootstrap: _,
+        http,
+        daemon,
+        log,
+        _dir,
+    } = in_call("orphaned", b"slow:2000", 10_000).await;
     broker.stop();
     // The call ends and its output waits in the producer for a broker.
     let deadline = Instant::now() + Duration::from_secs(30);
