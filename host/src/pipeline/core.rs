@@ -825,7 +825,16 @@ impl<M: Item, R> Core<M, R> {
     }
 
     /// The position of the message at `offset`.
+    /// The index of the entry at `offset`. A partition's offsets are
+    /// usually consecutive, so the entry is where its distance from the
+    /// first one says; a gap (a compacted topic, transaction markers) falls
+    /// back to a binary search.
     fn find(&self, offset: i64) -> Option<usize> {
+        let first = self.entries.front()?.offset;
+        let guess = usize::try_from(offset.checked_sub(first)?).ok()?;
+        if self.entries.get(guess).is_some_and(|e| e.offset == offset) {
+            return Some(guess);
+        }
         self.entries
             .binary_search_by_key(&offset, |e| e.offset)
             .ok()

@@ -1175,3 +1175,24 @@ mod scenarios {
         assert!(core.drained());
     }
 }
+
+/// Offsets with gaps (a compacted topic, transaction markers): every entry
+/// is still found where it is, and offsets in the gaps are not.
+#[test]
+fn entries_are_found_across_gaps_in_the_offsets() {
+    let mut core: Core<Msg, Rec> = Core::new(16);
+    let offsets = [3, 4, 9, 10, 11, 20];
+    for offset in offsets {
+        core.fetched(Msg { offset, attempt: 0 });
+    }
+    for offset in offsets {
+        assert_eq!(
+            core.message(offset).map(|m| m.offset),
+            Some(offset),
+            "offset {offset}"
+        );
+    }
+    for absent in [0, 2, 5, 8, 12, 19, 21, 1000, -1] {
+        assert!(core.message(absent).is_none(), "offset {absent}");
+    }
+}
