@@ -484,8 +484,19 @@ output_topic = "{out}"
         "",
         &route("shared.b"),
     )));
-    // Let both join before traffic starts: wait until the group has settled
-    // by handling a first message.
+    // Let both join before traffic starts: wait until the group has given
+    // each of them partitions.
+    let deadline = std::time::Instant::now() + LONG;
+    let split = |a: usize, b: usize| a > 0 && b > 0 && a + b == 4;
+    while !split(a.status.assigned(), b.status.assigned()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the group never split the partitions: {} and {}",
+            a.status.assigned(),
+            b.status.assigned()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     produce_sequence(&bootstrap, "shared", 4, 4000, "one").await;
     let a_out = read_topic(&bootstrap, "shared.a", 4, 1, LONG, SETTLE * 2);
     let b_out = read_topic(&bootstrap, "shared.b", 4, 1, LONG, SETTLE * 2);
