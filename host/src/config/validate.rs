@@ -211,6 +211,15 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
                  acknowledged); remove the property",
             ));
         }
+        if key == "statistics.interval.ms" && !statistics_on(value) {
+            return Err(invalid(
+                format!("kafka.librdkafka.{key:?}"),
+                shown(value),
+                "from 100 to 60000 (5000 unless set): the consumer lag, stalled partitions and \
+                 records the client cannot decode in health all come from librdkafka's \
+                 statistics, so they cannot be turned off",
+            ));
+        }
         if matches!(value, toml::Value::Table(_) | toml::Value::Array(_)) {
             return Err(invalid(
                 format!("kafka.librdkafka.{key:?}"),
@@ -479,6 +488,17 @@ fn check_output_limits(
         route.max_returned_bytes,
         1..=1 << 30,
     )
+}
+
+/// Whether a `statistics.interval.ms` value keeps the statistics coming
+/// often enough for health: 100 ms to a minute.
+fn statistics_on(value: &toml::Value) -> bool {
+    let millis = match value {
+        toml::Value::Integer(ms) => *ms,
+        toml::Value::String(ms) => ms.trim().parse().unwrap_or(-1),
+        _ => -1,
+    };
+    (100..=60_000).contains(&millis)
 }
 
 /// librdkafka's `session.timeout.ms` in seconds (45 s unless overridden).
