@@ -15,8 +15,10 @@
 //!
 //! Beside the path: [`dlq`] writes dead-letter envelopes, [`refusal`]
 //! classifies produce errors, [`reload`] applies config reloads, [`topics`]
-//! checks the routes' topics against the brokers. `docs/architecture.md`
-//! draws the threads and channels and where each guarantee is enforced.
+//! checks the routes' topics against the brokers, [`undecodable`] names the
+//! partition a record the client cannot decode holds up, and [`shutdown`]
+//! bounds how long a shutdown may take. `docs/architecture.md` draws the
+//! threads and channels and where each guarantee is enforced.
 
 mod calls;
 mod consumer;
