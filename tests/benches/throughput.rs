@@ -255,6 +255,50 @@ fn sluice_command(
     (command, dir)
 }
 
+/// Where a `sluice` run reads and writes: the brokers, the `[kafka]`
+/// tables that secure the connection to them, and the settings its outputs
+/// are read back with.
+struct Brokers<'a> {
+    bootstrap: String,
+    security: &'a str,
+    reader: ClientConfig,
+}
+
+impl Brokers<'_> {
+    fn plaintext(bootstrap: &str) -> Brokers<'static> {
+        Brokers {
+            bootstrap: bootstrap.to_owned(),
+            security: "",
+            reader: client(bootstrap),
+        }
+    }
+}
+
+/// Runs `program` as `sluice` with `routes` against `brokers` until
+/// `count` outputs are on `output`, and measures it.
+#[allow(clippy::too_many_arguments)]
+fn run_sluice(
+    name: &'static str,
+    program: &str,
+    plugins: &Path,
+    brokers: &Brokers<'_>,
+    group: &str,
+    routes: &str,
+    output: &str,
+    count: usize,
+) -> Option<Run> {
+    let (command, _dir) = sluice_command(
+        program,
+        plugins,
+        &brokers.bootstrap,
+        brokers.security,
+        group,
+        routes,
+        count,
+    );
+    measure(name, command, &brokers.reader, output, count, false)
+}
+
 /// Runs a Python consumer script (arguments: bootstrap, input topic, output
 /// topic, count); it exits by itself once it has `count` outputs.
 fn run_python(
@@ -431,15 +475,9 @@ fn run_once(
         let output = &outputs[if name == "sluice" { 3 } else { 4 }];
         let routes = module_route("uppercase", input, output, "");
         let group = format!("{name}-{tag}-{rep}");
-        let (command, _dir) =
-            sluice_command(&program, &plugins, bootstrap, "", &group, &routes, count);
-        runs.extend(measure(
-            name,
-            command,
-            &client(bootstrap),
-            output,
-            count,
-            false,
+        let brokers = Brokers::plaintext(bootstrap);
+        runs.extend(run_sluice(
+            name, &program, &plugins, &brokers, &group, &routes, output, count,
         ));
     }
     runs
@@ -484,17 +522,21 @@ fn run_tls(count: usize) -> Vec<Run> {
             broker.create_topic(&output, PARTITIONS);
             let routes = module_route("uppercase", "in-tls", &output, "");
             let group = format!("{name}-{rep}");
-            let (command, _dir) = sluice_command(
+            let brokers = Brokers {
+                bootstrap: broker.bootstrap(),
+                security,
+                reader: broker.client_config(),
+            };
+            runs.extend(run_sluice(
+                name,
                 program,
                 &plugins_dir(),
-                &broker.bootstrap(),
-                security,
+                &brokers,
                 &group,
                 &routes,
+                &output,
                 count,
-            );
-            let reader = broker.client_config();
-            runs.extend(measure(name, command, &reader, &output, count, false));
+            ));
         }
     }
     medians(runs)
@@ -573,15 +615,9 @@ fn run_json_once(
              [routes.config]\nhigh_topic = \"{output}\"\ndefault_topic = \"{output}\"\n"
         );
         let group = format!("{name}-json-{rep}");
-        let (command, _dir) =
-            sluice_command(&program, &plugins, bootstrap, "", &group, &routes, count);
-        runs.extend(measure(
-            name,
-            command,
-            &client(bootstrap),
-            output,
-            count,
-            false,
+        let brokers = Brokers::plaintext(bootstrap);
+        runs.extend(run_sluice(
+            name, &program, &plugins, &brokers, &group, &routes, output, count,
         ));
     }
     runs
