@@ -197,7 +197,12 @@ impl DaemonProcess {
         // A child's exit cannot be awaited with a deadline: look every 50 ms.
         while std::time::Instant::now() < deadline {
             match self.child.try_wait() {
-                Ok(Some(status)) => return status.code(),
+                Ok(Some(status)) => {
+                    if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&status) {
+                        eprintln!("the daemon ended on signal {signal} after SIGTERM");
+                    }
+                    return status.code();
+                }
                 Ok(None) => std::thread::sleep(std::time::Duration::from_millis(50)),
                 Err(_) => return None,
             }

@@ -69,6 +69,7 @@ struct RunArgs {
 /// The whole `sluice` program: parses the command line, sets up logging,
 /// runs the command and prints the whole error chain on failure.
 pub fn main() -> ExitCode {
+    crate::kafka::init_tls();
     let cli = Cli::parse();
     // `run` sets logging up once its config file (and its logging.format) is read.
     if !matches!(cli.command, Command::Run(_)) {
@@ -97,11 +98,14 @@ impl Cli {
                     shutdown_signal().await;
                     crate::pipeline::shutdown::watchdog(bound);
                 }));
-                // A guest still in a call on a blocking thread does not hold
-                // the exit: its message was not stored, so it is delivered
-                // again.
+                // The runtime's own threads end first, dropping what their
+                // tasks still held, so that nothing of the daemon runs
+                // beside the process's exit. A guest still in a call on a
+                // blocking thread holds the exit no longer than
+                // `RUNTIME_STOP`: its message was not stored, so it is
+                // delivered again.
                 crate::pipeline::shutdown::stage("stopping the runtime");
-                runtime.shutdown_background();
+                runtime.shutdown_timeout(RUNTIME_STOP);
                 result?;
                 Ok(ExitCode::SUCCESS)
             }
@@ -111,6 +115,10 @@ impl Cli {
         }
     }
 }
+
+/// How long the end of `run` waits for blocking threads (guests still in a
+/// call) after the drain.
+const RUNTIME_STOP: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn init_logging(format: LogFormat) {
     crate::telemetry::init(format, "warn,sluice=info");

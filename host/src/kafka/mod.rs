@@ -18,10 +18,21 @@ use crate::config::{Config, ConfigError, OffsetReset};
 pub use connect::ConnectFailure;
 pub use embedded::EmbeddedBroker;
 
+/// Initialises the OpenSSL the Kafka clients use, without the handler
+/// OpenSSL otherwise registers to free its state when the process exits.
+/// That handler runs while librdkafka's threads may still be in a TLS call
+/// (a client dropped on a runtime thread as the process ends), and such a
+/// thread then dies on freed memory: the process ends on SIGSEGV instead of
+/// its exit status. Idempotent; called before any client is made.
+pub fn init_tls() {
+    openssl_sys::init();
+}
+
 /// Properties every client shares: the brokers, TLS and SASL (with the
 /// secret files read now), and the pass-through table. Fails when a file
 /// the settings name cannot be read.
 fn common(config: &Config, bootstrap: &str) -> Result<ClientConfig, ConfigError> {
+    init_tls();
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", bootstrap);
     c.set("client.id", format!("sluice-{}", config.group_id()));
