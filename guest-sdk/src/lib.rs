@@ -105,6 +105,14 @@ mod helpers;
 mod logging;
 mod packed;
 
+/// The SDK's side of the packed encoding, for the fuzz targets in `fuzz/`
+/// (feature `fuzzing`). Not part of the SDK's interface.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::packed::{decode_all as decode_messages, encode_all as encode_results};
+}
+
 pub use allocator::Allocator;
 pub use helpers::{config, config_or, config_or_else};
 pub use logging::log;

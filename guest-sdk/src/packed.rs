@@ -18,29 +18,29 @@ fn malformed(what: wire::Malformed) -> ! {
     panic!("sluice-guest: the host's packed messages are malformed: {what}")
 }
 
-fn text(bytes: &[u8]) -> String {
-    if cfg!(debug_assertions) {
-        String::from_utf8(bytes.to_vec())
-            .unwrap_or_else(|_| malformed(wire::Malformed("a string is not UTF-8")))
+fn text(bytes: &[u8]) -> Result<String, wire::Malformed> {
+    if cfg!(any(debug_assertions, feature = "fuzzing")) {
+        String::from_utf8(bytes.to_vec()).map_err(|_| wire::Malformed("a string is not UTF-8"))
     } else {
         // SAFETY: the host encodes only Rust strings, which are UTF-8. The
         // bindings generated for `handle` and `handle-batch` trust the
         // host's strings in the same way in release builds.
-        unsafe { String::from_utf8_unchecked(bytes.to_vec()) }
+        Ok(unsafe { String::from_utf8_unchecked(bytes.to_vec()) })
     }
 }
 
 fn message(reader: &mut Reader<'_>) -> Result<Message, wire::Malformed> {
-    let topic = text(reader.bytes()?);
+    let topic = text(reader.bytes()?)?;
     let partition = reader.i32()?;
     let offset = reader.i64()?;
     let attempt = reader.u32()?;
     let body = reader.body(wire::TIMESTAMP | wire::KEY | wire::VALUE)?;
-    let mut headers = Vec::with_capacity(body.headers as usize);
+    // A header is at least its two lengths.
+    let mut headers = Vec::with_capacity(reader.capacity(body.headers, 8));
     for _ in 0..body.headers {
         let (key, value) = reader.header()?;
         headers.push(Header {
-            key: text(key),
+            key: text(key)?,
             value: value.to_vec(),
         });
     }
@@ -105,6 +105,33 @@ pub(crate) fn handle_packed(
         handled += 1;
     });
     out[..4].copy_from_slice(&handled.to_le_bytes());
+    out
+}
+
+/// Decodes every message of a `handle-packed` buffer, or says what is
+/// malformed (where the export traps), for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub fn decode_all(messages: &[u8]) -> Result<Vec<Message>, wire::Malformed> {
+    let mut reader = Reader::new(messages);
+    let (count, capacity) = reader.count(17)?;
+    let mut decoded = Vec::with_capacity(capacity);
+    for _ in 0..count {
+        decoded.push(message(&mut reader)?);
+    }
+    if !reader.rest().is_empty() {
+        return Err(wire::Malformed("bytes follow the last message"));
+    }
+    Ok(decoded)
+}
+
+/// Encodes `results` as the export returns them, for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub fn encode_all(results: &[Result<Vec<Output>, HandlerError>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    wire::put_len(&mut out, results.len());
+    for result in results {
+        put_result(&mut out, result);
+    }
     out
 }
 

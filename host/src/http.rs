@@ -141,29 +141,80 @@ impl Server {
             let _ = stream.try_write(TOO_MANY);
             return;
         };
-        let service = hyper_util::service::TowerToHyperService::new(
-            self.app.clone().layer(axum::Extension(ConnectInfo(peer))),
-        );
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(self.header_timeout)
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let connection = connection(&self.app, peer, self.header_timeout, stream);
         self.connections
             .spawn(serve_connection(connection, stopped, slot));
     }
 }
 
+/// An HTTP/1.1 connection of `app` over `io`, from `peer`.
+type Connection<I> = hyper::server::conn::http1::Connection<
+    hyper_util::rt::TokioIo<I>,
+    hyper_util::service::TowerToHyperService<Router>,
+>;
+
+/// Serves `app` to `peer` over `io`, giving the client `header_timeout` for
+/// each request's headers.
+fn connection<I>(app: &Router, peer: SocketAddr, header_timeout: Duration, io: I) -> Connection<I>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(
+        app.clone().layer(axum::Extension(ConnectInfo(peer))),
+    );
+    hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+}
+
+/// Serves the bytes of `request`, then the end of the client's stream, on
+/// one connection from `peer`, and returns the answer (for the fuzz
+/// targets: the connection is the one the server makes).
+#[cfg(feature = "fuzzing")]
+pub(crate) async fn answer_one(
+    status: Arc<Status>,
+    admin_token: Option<&str>,
+    peer: SocketAddr,
+    request: &[u8],
+) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let app = router(Shared {
+        status,
+        admin_token: admin_token.map(Arc::from),
+    });
+    let (client, server) = tokio::io::duplex(1 << 16);
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let slot = Arc::new(Semaphore::new(1))
+        .try_acquire_owned()
+        .expect("a new semaphore has a permit");
+    let served = tokio::spawn(serve_connection(
+        connection(&app, peer, Duration::from_secs(10), server),
+        stopped,
+        slot,
+    ));
+    let (mut from_server, mut to_server) = tokio::io::split(client);
+    let sending = async {
+        let _ = to_server.write_all(request).await;
+        let _ = to_server.shutdown().await;
+    };
+    let mut answer = Vec::new();
+    let receiving = from_server.read_to_end(&mut answer);
+    let _ = tokio::join!(sending, receiving);
+    let _ = served.await;
+    answer
+}
+
 /// One connection, served until the client or the server closes it; asked
 /// to close after its current request when `stopped` turns true. The slot
 /// is given back when it ends.
-async fn serve_connection(
-    connection: hyper::server::conn::http1::Connection<
-        hyper_util::rt::TokioIo<tokio::net::TcpStream>,
-        hyper_util::service::TowerToHyperService<Router>,
-    >,
+async fn serve_connection<I>(
+    connection: Connection<I>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
     _slot: tokio::sync::OwnedSemaphorePermit,
-) {
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,

@@ -52,6 +52,9 @@
 pub mod breaker;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod kafka;
 pub mod metrics;

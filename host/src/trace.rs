@@ -107,7 +107,7 @@ pub fn format_traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], flags: u8) -> 
 
 /// A `tracestate` value worth passing on: printable ASCII, within
 /// [`MAX_TRACESTATE`] bytes.
-fn usable_tracestate(value: &[u8]) -> Option<&str> {
+pub(crate) fn usable_tracestate(value: &[u8]) -> Option<&str> {
     let printable = value.iter().all(|&b| (0x20..0x7f).contains(&b));
     (printable && value.len() <= MAX_TRACESTATE)
         .then(|| std::str::from_utf8(value).ok())

@@ -541,13 +541,9 @@ impl Invoker {
                 // a component has the same types.
                 let batch =
                     unsafe { TypedFunc::<(&[Message],), (BatchResults,)>::new_unchecked(func) };
-                batch.call(&mut live.store, (messages,)).map(|(results,)| {
-                    results
-                        .into_iter()
-                        .take(messages.len())
-                        .map(|returned| checked(returned, limits))
-                        .collect()
-                })
+                batch
+                    .call(&mut live.store, (messages,))
+                    .map(|(results,)| batch_decoded(results, messages.len(), limits))
             }
             Runs::Singly => {
                 // No usable batch export after all: one call per message.
@@ -771,6 +767,21 @@ fn call_packed(
 /// A result lifted through the component model, checked against the
 /// route's output bounds (wasmtime built it from the guest's memory, each
 /// part at most a few times its size there).
+/// What `handle-batch`'s `results` for `expected` messages become: one
+/// result per message at most (results past the last message are ignored),
+/// each checked against `limits`.
+pub(crate) fn batch_decoded(
+    results: BatchResults,
+    expected: usize,
+    limits: &OutputLimits,
+) -> Vec<Decoded> {
+    results
+        .into_iter()
+        .take(expected)
+        .map(|returned| checked(returned, limits))
+        .collect()
+}
+
 fn checked(returned: Result<Vec<Output>, HandlerError>, limits: &OutputLimits) -> Decoded {
     match returned {
         Ok(outputs) => match outputs::check(&outputs, limits) {

@@ -12,9 +12,9 @@ mod cache;
 mod deadline;
 mod engine;
 mod guest_io;
-mod invoke;
-mod outputs;
-mod packed;
+pub(crate) mod invoke;
+pub(crate) mod outputs;
+pub(crate) mod packed;
 mod plugin;
 
 pub use cache::CacheError;

@@ -159,9 +159,11 @@ impl<'a> Tally<'a> {
 pub(crate) fn check(outputs: &[Output], limits: &OutputLimits) -> Result<(), OutputLimitExceeded> {
     let mut tally = Tally::new(limits);
     tally.outputs(u32::try_from(outputs.len()).unwrap_or(u32::MAX))?;
+    // In the order `handle-packed` results are read (topic, headers, then
+    // the output's size), so that both entry points name the same bound.
     for output in outputs {
-        tally.headers(u32::try_from(output.headers.len()).unwrap_or(u32::MAX))?;
         tally.topic(output.topic.len())?;
+        tally.headers(u32::try_from(output.headers.len()).unwrap_or(u32::MAX))?;
         let len = |b: &Option<Vec<u8>>| b.as_ref().map_or(0, Vec::len);
         let headers: usize = output
             .headers

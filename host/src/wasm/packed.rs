@@ -368,6 +368,36 @@ mod tests {
         assert_eq!(refused(&many), Some(("max_outputs", 255)));
     }
 
+    /// Found by the `results` fuzz target: an output over two bounds was
+    /// refused naming one through `handle-packed` and the other through
+    /// `handle-batch`.
+    #[test]
+    fn both_entry_points_name_the_same_bound() {
+        let limits = OutputLimits {
+            max_outputs: 1,
+            max_output_bytes: 100,
+            max_output_headers: 0,
+            max_returned_bytes: 0,
+        };
+        let named = |decoded: &[Decoded]| match decoded {
+            [Err(Refusal::Limit(e))] => Some(e.setting),
+            _ => None,
+        };
+        let packed = super::decode(&one_output(1, 1), 1, &limits).expect("well-formed");
+        let output = Output {
+            topic: "o".into(),
+            key: None,
+            value: Some(b"v".to_vec()),
+            headers: vec![Header {
+                key: "h".into(),
+                value: b"1".to_vec(),
+            }],
+        };
+        let batch = crate::wasm::invoke::batch_decoded(vec![Ok(vec![output])], 1, &limits);
+        assert_eq!(named(&packed), Some("max_returned_bytes"));
+        assert_eq!(named(&batch), named(&packed));
+    }
+
     #[test]
     fn more_results_than_messages_are_malformed() {
         let two = [2, 0, 0, 0, wire::OK, 0, 0, 0, 0, wire::OK, 0, 0, 0, 0];
