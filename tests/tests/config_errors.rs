@@ -536,3 +536,22 @@ fn the_documented_example_is_valid() {
     assert_eq!(modules, ["uppercase", "json-router", "misbehave"]);
     assert_eq!(config.plugins_dir(), dir.path().join("plugins"));
 }
+
+#[test]
+fn crc_checks_may_be_set_off_but_not_on() {
+    let file = |value: &str| {
+        format!(
+            "[kafka.librdkafka]\n\"check.crcs\" = {value}\n\n[[routes]]\ntopic = \"orders\"\nmodule = \"uppercase\"\n"
+        )
+    };
+    let env = BTreeMap::new();
+    for off in ["false", "\"false\"", "\"F\"", "\"0\"", "0"] {
+        let (parsed, _dir) = parse(&file(off), &env);
+        assert!(parsed.is_ok(), "check.crcs = {off}: {parsed:?}");
+    }
+    for on in ["true", "\"true\"", "\"t\"", "\"1\"", "1"] {
+        let (parsed, _dir) = parse(&file(on), &env);
+        let error = parsed.expect_err(on);
+        assert!(error.contains("would be lost"), "check.crcs = {on}: {error}");
+    }
+}

@@ -220,6 +220,16 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
                  statistics, so they cannot be turned off",
             ));
         }
+        if key == "check.crcs" && !is_false(value) {
+            return Err(invalid(
+                format!("kafka.librdkafka.{key:?}"),
+                shown(value),
+                "false (the default): with CRC checks on, librdkafka reports a batch whose \
+                 checksum is wrong and goes on past it, so its records would be lost without a \
+                 dead letter; remove the property (a record the client cannot read stops its \
+                 partition, or is dead-lettered with a route's on_undecodable = \"dead-letter\")",
+            ));
+        }
         if matches!(value, toml::Value::Table(_) | toml::Value::Array(_)) {
             return Err(invalid(
                 format!("kafka.librdkafka.{key:?}"),
@@ -488,6 +498,19 @@ fn check_output_limits(
         route.max_returned_bytes,
         1..=1 << 30,
     )
+}
+
+/// Whether a librdkafka boolean property's value is false, as librdkafka
+/// reads it (`false`, `f` or `0`, in any case).
+fn is_false(value: &toml::Value) -> bool {
+    match value {
+        toml::Value::Boolean(b) => !b,
+        toml::Value::Integer(n) => *n == 0,
+        toml::Value::String(s) => ["false", "f", "0"]
+            .iter()
+            .any(|f| s.trim().eq_ignore_ascii_case(f)),
+        _ => false,
+    }
 }
 
 /// Whether a `statistics.interval.ms` value keeps the statistics coming
