@@ -222,6 +222,17 @@ mod tests {
         assert_eq!(out, expected);
     }
 
+    /// A header count the buffer cannot hold is an error, not an
+    /// allocation of that many headers (which would abort the guest).
+    #[test]
+    fn a_header_count_past_the_buffer_is_malformed() {
+        let mut huge = ONE_MESSAGE[4..].to_vec();
+        let at = huge.len() - 14;
+        huge[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut reader = Reader::new(&huge);
+        assert!(message(&mut reader).is_err());
+    }
+
     #[test]
     #[should_panic(expected = "a length runs past the end of the list")]
     fn a_truncated_buffer_traps_with_what_is_wrong() {

@@ -552,6 +552,9 @@ fn crc_checks_may_be_set_off_but_not_on() {
     for on in ["true", "\"true\"", "\"t\"", "\"1\"", "1"] {
         let (parsed, _dir) = parse(&file(on), &env);
         let error = parsed.expect_err(on);
-        assert!(error.contains("would be lost"), "check.crcs = {on}: {error}");
+        assert!(
+            error.contains("would be lost"),
+            "check.crcs = {on}: {error}"
+        );
     }
 }
