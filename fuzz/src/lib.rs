@@ -27,14 +27,7 @@ impl Message {
             timestamp: self.timestamp,
             key: self.key.clone(),
             value: self.value.clone(),
-            headers: self
-                .headers
-                .iter()
-                .map(|(key, value)| sluice::wasm::Header {
-                    key: key.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
+            headers: host_headers(&self.headers),
             attempt: self.attempt,
         }
     }
@@ -57,6 +50,17 @@ impl Message {
     }
 }
 
+/// Headers as the host's bindings hold them.
+fn host_headers(headers: &[(String, Vec<u8>)]) -> Vec<sluice::wasm::Header> {
+    headers
+        .iter()
+        .map(|(key, value)| sluice::wasm::Header {
+            key: key.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
 /// An output a handler returns.
 #[derive(Debug, Clone, PartialEq, Eq, Arbitrary)]
 pub struct Output {
@@ -73,14 +77,7 @@ impl Output {
             topic: self.topic.clone(),
             key: self.key.clone(),
             value: self.value.clone(),
-            headers: self
-                .headers
-                .iter()
-                .map(|(key, value)| sluice::wasm::Header {
-                    key: key.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
+            headers: host_headers(&self.headers),
         }
     }
 
