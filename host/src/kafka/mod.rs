@@ -22,8 +22,9 @@ pub use embedded::EmbeddedBroker;
 /// OpenSSL otherwise registers to free its state when the process exits.
 /// That handler runs while librdkafka's threads may still be in a TLS call
 /// (a client dropped on a runtime thread as the process ends), and such a
-/// thread then dies on freed memory: the process ends on SIGSEGV instead of
-/// its exit status. Idempotent; called before any client is made.
+/// thread can then touch freed memory: the process would end on a signal
+/// instead of its exit status. Idempotent; called before any client is
+/// made.
 pub fn init_tls() {
     openssl_sys::init();
 }
