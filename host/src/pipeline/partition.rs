@@ -16,6 +16,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::calls::{self, Called, Fetched};
+use super::consumer::machine::WorkerEnd;
 use super::core::{Action, Answer, Core, Env, Failed, Note};
 use super::delivery::Producer;
 use super::delivery::{NotProduced, Produced, Receipt, produce_all};
@@ -214,17 +215,6 @@ macro_rules! env {
             max_record_bytes: $worker.shared.max_record_bytes,
         }
     };
-}
-
-/// How a partition worker ended.
-#[derive(Debug)]
-pub enum WorkerEnd {
-    /// Revoked, shutting down, or its queue closed.
-    Done,
-    /// It could not go on: the partition restarts from
-    /// [`Gate::resume_at`], so nothing after its last stored offset is
-    /// lost.
-    Failed(String),
 }
 
 /// The partition worker: owns the partition's delivery [`Core`], feeds it
