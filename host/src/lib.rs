@@ -18,8 +18,10 @@
 //!    secret files the config names, and starts the embedded development
 //!    broker.
 //! 4. [`pipeline`] consumes the routed topics. A message's path reads in
-//!    five files, in this order: `pipeline/consumer.rs` (the consumer loop
-//!    hands it to its partition's worker), `pipeline/partition.rs` (the
+//!    five places, in this order: `pipeline/consumer/` (the consumer loop
+//!    hands it to its partition's worker as its machine decides: which
+//!    partition has a worker, pauses, restarts, commits, with no I/O in
+//!    `consumer/machine.rs`), `pipeline/partition.rs` (the
 //!    worker carries out what the core decides), `pipeline/core.rs` (the
 //!    delivery core: calls, retries, holds, dead letters, stops, what is
 //!    produced and when an offset is stored, as a state machine with no

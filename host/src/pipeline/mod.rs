@@ -1,8 +1,10 @@
 //! The consume-handle-produce pipeline. A message's path, file by file:
 //!
 //! 1. [`consumer`]: the consumer loop takes it from the consumer and hands
-//!    it to its partition's worker, pausing the partition when the worker's
-//!    queue is full.
+//!    it to its partition's worker; its machine (no I/O) decides which
+//!    partition has a worker, pauses a partition whose worker's queue is
+//!    full, replaces a worker that ended early and keeps the commits'
+//!    schedule.
 //! 2. [`partition`]: the partition's worker feeds it to the delivery core
 //!    and carries out what the core decides.
 //! 3. [`core`]: the delivery core decides everything that happens to it:
