@@ -3,15 +3,20 @@
 //! whatever holds it. A guest in a loop does not keep the process alive
 //! (its message is not committed, so it is delivered again); with the broker
 //! gone and an output waiting for it, the process says what it was waiting
-//! for and exits non-zero.
+//! for and exits non-zero; a rebalance that never completes does not hold
+//! it either, and the log never says offsets were committed when the commit
+//! failed.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use sluice_tests::broker::{Broker, free_port};
-use sluice_tests::daemon::{DaemonProcess, config_text, misbehave_route};
+use sluice_tests::daemon::{DaemonProcess, config_text, misbehave_route, module_route};
 use sluice_tests::http;
-use sluice_tests::kafka::{Send, produce, wait_committed};
+use sluice_tests::kafka::{Send, produce, produce_sequence_part, wait_committed};
 
 const PROGRAM: &str = env!("CARGO_BIN_EXE_sluice-test-daemon");
 /// The test config's `drain_timeout_seconds` plus the margin.
@@ -166,4 +171,84 @@ async fn with_the_broker_gone_the_exit_is_bounded_and_names_what_it_waited_for()
         !log.contains("stored offsets committed"),
         "nothing was stored, so nothing is said to be committed:\n{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_that_never_completes_does_not_hold_the_exit() {
+    // librdkafka's mock cluster, whose coordinator can be told what to
+    // answer: Nisshi's cannot.
+    let mock: MockCluster<'static, DefaultProducerContext> =
+        MockCluster::new(1).expect("mock cluster");
+    for topic in ["orders", "orders.out"] {
+        mock.create_topic(topic, 1, 1).expect("mock topic");
+    }
+    let bootstrap = mock.bootstrap_servers();
+    let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let text = config_text(
+        &bootstrap,
+        "rebalancing",
+        "",
+        &format!(
+            "[http]\nlisten = \"{http}\"\n{}",
+            module_route("uppercase", "orders", "orders.out", "")
+        ),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("sluice.log");
+    let daemon = DaemonProcess::start_logging_to(PROGRAM, &text, Some(&log));
+    produce_sequence_part(&bootstrap, "orders", 1, 0..5, "order").await;
+    assert_eq!(
+        wait_committed(
+            &bootstrap,
+            "test.rebalancing",
+            "orders",
+            &[5],
+            Duration::from_secs(60)
+        ),
+        vec![Some(5)],
+        "the daemon is consuming"
+    );
+
+    // From here the coordinator answers every heartbeat and commit with
+    // "rebalance in progress", and every attempt to join again with "still
+    // loading": the daemon gives its partition up and never gets it back.
+    let many = |error| vec![error; 10_000];
+    mock.request_errors(
+        RDKafkaApiKey::Heartbeat,
+        &many(RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS),
+    );
+    mock.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &many(RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS),
+    );
+    mock.request_errors(
+        RDKafkaApiKey::JoinGroup,
+        &many(RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS),
+    );
+    produce_sequence_part(&bootstrap, "orders", 1, 5..8, "order").await;
+    until_health(http, |h| h["assigned_partitions"].as_u64() == Some(0)).await;
+
+    let signalled = Instant::now();
+    let code = daemon.terminate();
+    let took = signalled.elapsed();
+    let log = std::fs::read_to_string(&log).expect("the log");
+    assert!(
+        took < BOUND + SLACK,
+        "exited after {took:?} (None: not within a minute):\n{log}"
+    );
+    match code {
+        Some(0) => {}
+        Some(1) => assert!(
+            log.contains("shutdown did not finish within 20 s of the signal")
+                && log.contains("still "),
+            "a shutdown cut short says what it waited for:\n{log}"
+        ),
+        other => panic!("exit status {other:?}:\n{log}"),
+    }
+    if let Some(failed) = log.rfind("offset commit failed") {
+        assert!(
+            !log[failed..].contains("stored offsets committed"),
+            "a failed commit is never reported as done:\n{log}"
+        );
+    }
 }

@@ -174,17 +174,29 @@ impl ConsumerContext for RebalanceContext {
     }
 }
 
-/// Commits stored offsets; having nothing new to commit is not an error.
-/// Returns whether the commit went through (or had nothing to do).
+/// What a commit of the stored offsets came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Committed {
+    /// The broker took the offsets.
+    Done,
+    /// Nothing was stored since the last commit (or nothing is assigned).
+    NothingNew,
+    /// The broker or the client refused it (logged): the messages after
+    /// the last commit are delivered again.
+    Failed,
+}
+
+/// Commits stored offsets.
 pub(super) fn commit<C: rdkafka::consumer::Consumer<X>, X: ConsumerContext>(
     consumer: &C,
     mode: CommitMode,
-) -> bool {
+) -> Committed {
     match consumer.commit_consumer_state(mode) {
-        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => true,
+        Ok(()) => Committed::Done,
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Committed::NothingNew,
         Err(e) => {
             tracing::warn!("offset commit failed: {e}");
-            false
+            Committed::Failed
         }
     }
 }

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use self::context::{GroupEvent, commit};
+use self::context::{Committed, GroupEvent, commit};
 pub use self::context::{Positions, RebalanceContext};
 use self::machine::{Machine, Sent, WorkerEnd, WorkerId};
 use self::received::{ErrorLog, to_message};
@@ -175,7 +175,8 @@ impl machine::Shell<Message> for Io {
     }
 
     fn commit(&mut self) {
-        commit(&*self.consumer, CommitMode::Async);
+        // A refusal is logged; the next commit takes the same offsets.
+        let _ = commit(&*self.consumer, CommitMode::Async);
     }
 
     fn forget(&mut self, tp: &TopicPartition) {
@@ -501,13 +502,13 @@ impl ConsumerLoop {
             tracing::info!("in-flight messages drained");
         }
         super::shutdown::stage("committing the stored offsets");
-        if commit(&*self.io.consumer, CommitMode::Sync) {
-            tracing::info!("stored offsets committed");
-        } else {
-            tracing::warn!(
+        match commit(&*self.io.consumer, CommitMode::Sync) {
+            Committed::Done => tracing::info!("stored offsets committed"),
+            Committed::NothingNew => tracing::info!("no offsets stored since the last commit"),
+            Committed::Failed => tracing::warn!(
                 "stored offsets not committed: the messages after the last commit are \
                  delivered again"
-            );
+            ),
         }
         super::shutdown::stage("flushing the producer");
         if let Err(e) = self.io.shared.producer.flush(self.flush_timeout) {
