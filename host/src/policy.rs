@@ -1,12 +1,24 @@
-//! What happens to a message whose handler call failed: the one place that
-//! names the kinds of failure, decides whether a failure is retried and
-//! after how long, and says which dead-letter error type it becomes.
+//! What happens to a message whose handler call failed, or whose record the
+//! producer refused: the one place that names the kinds of failure,
+//! decides whether a failure is retried and after how long, says which
+//! dead-letter error type it becomes, and says which produce errors are
+//! worth trying again.
 //!
-//! A leaf module: configuration (`retry_on`), metrics (the `error_type`
-//! label), the dead-letter writer and the delivery core all read it, and it
-//! reads nothing of theirs.
+//! Every error the producer reports for a record is one of two kinds:
+//! *for now* (the broker is down, a request timed out, a leader moved: the
+//! same record will be taken later, so it is produced again and counts
+//! against the broker breaker) or *for good* (it is too large, invalid,
+//! against a policy, for a topic that does not exist or that Sluice may not
+//! write: producing it again can never succeed, so the message it belongs to
+//! fails instead, and the broker breaker does not count it).
+//!
+//! Configuration (`retry_on`), metrics (the `error_type` label), the
+//! dead-letter writer, the partition worker and the delivery core all read
+//! it, and it reads nothing of theirs but the Kafka client's error codes.
 
 use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 /// The kind of a failed handler call, as `retry_on` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -200,6 +212,77 @@ impl RetryPolicy {
     }
 }
 
+/// What a produce error means for the record it refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProduceRefusal {
+    /// Producing the same record again may succeed.
+    Transient,
+    /// The record can never be produced as it is.
+    Permanent,
+}
+
+impl ProduceRefusal {
+    /// The kind of `error`, as reported for a record by `send` or in its
+    /// delivery report.
+    pub fn of(error: &KafkaError) -> ProduceRefusal {
+        match error {
+            KafkaError::MessageProduction(code) => Self::of_code(*code),
+            _ => ProduceRefusal::Transient,
+        }
+    }
+
+    /// The kind of a librdkafka or broker error code.
+    pub fn of_code(code: RDKafkaErrorCode) -> ProduceRefusal {
+        use RDKafkaErrorCode as C;
+        match code {
+            // The record itself: too large, malformed, refused by a policy.
+            C::MessageSizeTooLarge
+            | C::InvalidMessageSize
+            | C::MessageBatchTooLarge
+            | C::InvalidMessage
+            | C::InvalidRecord
+            | C::InvalidTimestamp
+            | C::BadMessage
+            | C::InvalidArgument
+            | C::PolicyViolation
+            | C::UnsupportedForMessageFormat
+            | C::UnsupportedCompressionType
+            // The topic: missing after librdkafka refreshed its metadata,
+            // or not a valid name.
+            | C::UnknownTopic
+            | C::UnknownPartition
+            | C::UnknownTopicOrPartition
+            | C::UnknownTopicId
+            | C::InvalidTopic
+            // Sluice may not write there.
+            | C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::TransactionalIdAuthorizationFailed
+            | C::InvalidRequiredAcks => ProduceRefusal::Permanent,
+            _ => ProduceRefusal::Transient,
+        }
+    }
+}
+
+/// A record the producer refused for good.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    /// The topic it was for.
+    pub topic: String,
+    /// Why, as librdkafka or the broker said.
+    pub error: KafkaError,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the record for topic {:?} was refused for good: {}",
+            self.topic, self.error
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,5 +378,46 @@ mod tests {
                 assert!(d >= nominal / 2 && d <= nominal * 3 / 2, "{d:?} for {n}");
             }
         }
+    }
+
+    #[test]
+    fn a_record_that_can_never_be_taken_is_permanent() {
+        for code in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::UnknownTopic,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::PolicyViolation,
+            RDKafkaErrorCode::InvalidRecord,
+        ] {
+            let error = KafkaError::MessageProduction(code);
+            assert_eq!(
+                ProduceRefusal::of(&error),
+                ProduceRefusal::Permanent,
+                "{code:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_outage_is_transient() {
+        for code in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::NotLeaderForPartition,
+            RDKafkaErrorCode::RequestTimedOut,
+            RDKafkaErrorCode::NotEnoughReplicas,
+            RDKafkaErrorCode::QueueFull,
+            RDKafkaErrorCode::BrokerTransportFailure,
+        ] {
+            let error = KafkaError::MessageProduction(code);
+            assert_eq!(
+                ProduceRefusal::of(&error),
+                ProduceRefusal::Transient,
+                "{code:?}"
+            );
+        }
+        let other = KafkaError::Canceled;
+        assert_eq!(ProduceRefusal::of(&other), ProduceRefusal::Transient);
     }
 }

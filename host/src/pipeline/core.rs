@@ -54,20 +54,31 @@ pub enum Outcome<R> {
     Failed(Failed),
 }
 
-/// The broker's answers for the records of one production of a message.
+/// The broker's answer for the records of one production of a message.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Answer {
+pub enum Answer {
+    /// Every record was acknowledged.
+    #[default]
+    Acked,
     /// A record was refused for now (the broker was down, a request timed
     /// out): producing it again may succeed.
-    pub transient: Option<String>,
+    RefusedForNow(String),
     /// A record was refused for good: it can never be produced as it is.
-    pub permanent: Option<String>,
+    RefusedForGood(String),
 }
 
 impl Answer {
-    /// Every record was acknowledged.
-    pub fn acked() -> Answer {
-        Answer::default()
+    /// The answer for the records of both: a refusal for good outweighs a
+    /// refusal for now, which outweighs an acknowledgement; between two of
+    /// a kind the first is kept.
+    #[must_use]
+    pub fn and(self, other: Answer) -> Answer {
+        match (&self, &other) {
+            (Answer::RefusedForGood(_), _) => self,
+            (_, Answer::RefusedForGood(_)) => other,
+            (Answer::RefusedForNow(_), _) => self,
+            _ => other,
+        }
     }
 }
 
@@ -533,16 +544,16 @@ impl<M: Item, R> Core<M, R> {
         if entry.state != State::Producing || entry.generation != generation {
             return;
         }
-        if let Some(reason) = answer.permanent {
-            self.refused_for_good(i, now, reason, env);
-        } else if let Some(reason) = answer.transient {
-            self.refused_for_now(i, now, reason);
-        } else {
-            self.entries[i].state = State::Acked;
-            if self.hold.is_none() {
-                self.refusals = 0;
+        match answer {
+            Answer::RefusedForGood(reason) => self.refused_for_good(i, now, reason, env),
+            Answer::RefusedForNow(reason) => self.refused_for_now(i, now, reason),
+            Answer::Acked => {
+                self.entries[i].state = State::Acked;
+                if self.hold.is_none() {
+                    self.refusals = 0;
+                }
+                self.store_done();
             }
-            self.store_done();
         }
         self.trim_draining();
         self.produce_ready(now);

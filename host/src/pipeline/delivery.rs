@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::calls::CORRELATION_HEADER;
-use super::refusal::{Refusal, Refused};
+use crate::policy::{ProduceRefusal, Refused};
 use crate::trace::{MessageTrace, TRACEPARENT, TRACESTATE};
 use crate::wasm::{Header, Output};
 
@@ -337,7 +337,7 @@ async fn enqueue(
                 record = back;
                 Duration::from_millis(1)
             }
-            Err((error, back)) if Refusal::of(&error) == Refusal::Permanent => {
+            Err((error, back)) if ProduceRefusal::of(&error) == ProduceRefusal::Permanent => {
                 back.delivery_opaque.unexpect();
                 return Err(NotProduced::Refused(Refused {
                     topic: back.topic.to_owned(),

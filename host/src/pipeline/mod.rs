@@ -15,8 +15,8 @@
 //! 5. [`delivery`]: its records go to the producer; the broker's answers
 //!    come back on its receipt.
 //!
-//! Beside the path: [`dlq`] writes dead-letter envelopes, [`refusal`]
-//! classifies produce errors, [`reload`] applies config reloads, [`topics`]
+//! Beside the path: [`dlq`] writes dead-letter envelopes
+//! ([`crate::policy`] classifies produce errors), [`reload`] applies config reloads, [`topics`]
 //! checks the routes' topics against the brokers, [`undecodable`] names the
 //! partition a record the client cannot decode holds up, and [`shutdown`]
 //! bounds how long a shutdown may take. `docs/architecture.md` draws the
@@ -30,7 +30,6 @@ pub mod dlq;
 #[cfg(feature = "fault-injection")]
 pub mod faults;
 mod partition;
-pub mod refusal;
 mod reload;
 pub mod shutdown;
 mod topics;

@@ -21,9 +21,9 @@ use super::core::{Action, Answer, Core, Env, Failed, Note};
 use super::delivery::Producer;
 use super::delivery::{NotProduced, Produced, Receipt, produce_all};
 use super::dlq::{DeadLetter, RawKeys};
-use super::refusal::{Refusal, Refused};
 use crate::breaker::{Admission, CircuitState};
 use crate::policy::RetryPolicy;
+use crate::policy::{ProduceRefusal, Refused};
 use crate::route::{Route, RouteSlot};
 use crate::status::{PartitionFlags, Status, TopicPartition};
 use crate::trace::{Outcome, Tracer};
@@ -552,44 +552,44 @@ impl Worker {
     ) -> Answer {
         let status = &self.shared.status;
         let metrics = &self.route.status.metrics;
-        let mut answer = Answer::acked();
-        if let Some(refused) = &production.refused {
-            answer.permanent = Some(refused.to_string());
-        }
+        let mut answer = match &production.refused {
+            Some(refused) => Answer::RefusedForGood(refused.to_string()),
+            None => Answer::Acked,
+        };
+        let mut for_now = false;
         let enqueued = production.receipt.as_ref().map_or(0, |r| r.enqueued());
         let answered = refused.len();
         for (error, message) in refused {
             let topic = message.topic().to_owned();
-            if Refusal::of(&error) == Refusal::Permanent {
+            if ProduceRefusal::of(&error) == ProduceRefusal::Permanent {
                 status.produce_refusals.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     topic,
                     dead_letter,
                     "record refused for good by the broker; it is not produced again: {error}"
                 );
-                answer
-                    .permanent
-                    .get_or_insert_with(|| Refused { topic, error }.to_string());
+                answer = answer.and(Answer::RefusedForGood(Refused { topic, error }.to_string()));
             } else {
                 status.produce_failures.fetch_add(1, Ordering::Relaxed);
                 if dead_letter {
                     metrics.dlq_failures.fetch_add(1, Ordering::Relaxed);
                 }
-                answer.transient.get_or_insert_with(|| {
-                    format!("the record for topic {topic:?} was not acknowledged: {error}")
-                });
+                for_now = true;
+                answer = answer.and(Answer::RefusedForNow(format!(
+                    "the record for topic {topic:?} was not acknowledged: {error}"
+                )));
             }
         }
         let mut admission = self
             .broker_probe
             .take()
             .unwrap_or_else(|| status.broker.admission());
-        if answer.transient.is_some() {
+        if for_now {
             admission.report(false);
         } else if answered < enqueued {
             admission.report(true);
         }
-        if dead_letter && answer == Answer::acked() {
+        if dead_letter && answer == Answer::Acked {
             metrics.dlq_published.fetch_add(1, Ordering::Relaxed);
         }
         answer
@@ -689,10 +689,7 @@ impl Worker {
             return Some(WorkerEnd::Done);
         }
         self.drain();
-        let answer = Answer {
-            transient: Some("the daemon is stopping".to_owned()),
-            permanent: None,
-        };
+        let answer = Answer::RefusedForNow("the daemon is stopping".to_owned());
         let mut env = env!(self, None);
         self.core
             .answered(Instant::now(), offset, generation, answer, &mut env);

@@ -516,7 +516,7 @@ impl Run {
         }
         let w = &mut self.world.workers[i];
         w.core
-            .answered(now, offset, generation, Answer::acked(), &mut self.env);
+            .answered(now, offset, generation, Answer::Acked, &mut self.env);
         self.actions(i);
     }
 

@@ -564,11 +564,11 @@ impl World {
             return Ok(());
         };
         let key = (f.partition, f.incarnation, f.rec.offset, f.generation);
-        let mut answer = Answer::acked();
+        let mut answer = Answer::Acked;
         if f.rec.oversized || (f.rec.dead_letter && self.letters_refused) {
-            answer.permanent = Some("MessageSizeTooLarge".into());
+            answer = Answer::RefusedForGood("MessageSizeTooLarge".into());
         } else if self.rng.f64() < self.flaky {
-            answer.transient = Some("RequestTimedOut".into());
+            answer = Answer::RefusedForNow("RequestTimedOut".into());
         } else {
             let log = self.logs.entry(f.rec.key).or_default();
             if !f.rec.dead_letter {
@@ -588,12 +588,7 @@ impl World {
             return Err(format!("an answer for an unknown production {key:?}"));
         };
         *outstanding -= 1;
-        if so_far.permanent.is_none() {
-            so_far.permanent = answer.permanent;
-        }
-        if so_far.transient.is_none() {
-            so_far.transient = answer.transient;
-        }
+        *so_far = std::mem::take(so_far).and(answer);
         if *outstanding == 0 {
             let (_, answer) = self.receipts.remove(&key).unwrap_or_default();
             self.answers.push((key.0, key.1, key.2, key.3, answer));
@@ -745,7 +740,7 @@ impl World {
                 "partition {p}: offset {offset} produced with no records"
             ));
         }
-        self.receipts.insert(key, (records.len(), Answer::acked()));
+        self.receipts.insert(key, (records.len(), Answer::Acked));
         self.productions.insert(key, (records.clone(), 0));
         self.handed_count += 1;
         if !records[0].dead_letter {
@@ -1060,12 +1055,9 @@ mod scenarios {
         let (mut core, mut env, now) = (Core::new(16), Plain::new(true), Instant::now());
         handled(&mut core, &mut env, now, 3);
         assert_eq!(produced(&mut core), [(0, 1), (1, 1), (2, 1)]);
-        core.answered(now, 1, 1, Answer::acked(), &mut env);
-        core.answered(now, 2, 1, Answer::acked(), &mut env);
-        let refused = Answer {
-            transient: Some("RequestTimedOut".into()),
-            permanent: None,
-        };
+        core.answered(now, 1, 1, Answer::Acked, &mut env);
+        core.answered(now, 2, 1, Answer::Acked, &mut env);
+        let refused = Answer::RefusedForNow("RequestTimedOut".into());
         core.answered(now, 0, 1, refused, &mut env);
         assert!(stores(&mut core).is_empty(), "nothing is stored past 0");
         let wake = core.next_wake().expect("a backoff before producing again");
@@ -1076,7 +1068,7 @@ mod scenarios {
             "0 again, then the outputs after it again, in order"
         );
         for o in 0..3 {
-            core.answered(wake, o, 2, Answer::acked(), &mut env);
+            core.answered(wake, o, 2, Answer::Acked, &mut env);
         }
         assert_eq!(stores(&mut core), [0, 1, 2]);
     }
@@ -1097,10 +1089,7 @@ mod scenarios {
             .collect();
         core.called(now, outcomes, Vec::new(), &mut env);
         assert_eq!(produced(&mut core), [(0, 1)], "the dead letter");
-        let refused = Answer {
-            transient: None,
-            permanent: Some("MessageSizeTooLarge".into()),
-        };
+        let refused = Answer::RefusedForGood("MessageSizeTooLarge".into());
         core.answered(now, 0, 1, refused, &mut env);
         let stopped = core
             .actions()
@@ -1117,7 +1106,7 @@ mod scenarios {
             [(0, 2)],
             "written again after a reload"
         );
-        core.answered(now, 0, 2, Answer::acked(), &mut env);
+        core.answered(now, 0, 2, Answer::Acked, &mut env);
         assert_eq!(stores(&mut core), [0]);
         assert!(core.wants_call(), "the partition goes on");
     }
@@ -1127,17 +1116,14 @@ mod scenarios {
         let (mut core, mut env, now) = (Core::new(16), Plain::new(true), Instant::now());
         handled(&mut core, &mut env, now, 1);
         assert_eq!(produced(&mut core), [(0, 1)]);
-        let refused = Answer {
-            transient: None,
-            permanent: Some("MessageSizeTooLarge".into()),
-        };
+        let refused = Answer::RefusedForGood("MessageSizeTooLarge".into());
         core.answered(now, 0, 1, refused, &mut env);
         assert_eq!(produced(&mut core), [(0, 2)]);
         assert!(
             core.is_dead_letter(0),
             "the second production is its dead letter"
         );
-        core.answered(now, 0, 2, Answer::acked(), &mut env);
+        core.answered(now, 0, 2, Answer::Acked, &mut env);
         assert_eq!(stores(&mut core), [0]);
     }
 
@@ -1169,8 +1155,8 @@ mod scenarios {
         handled(&mut core, &mut env, now, 2);
         let _ = produced(&mut core);
         core.revoke();
-        core.answered(now, 0, 1, Answer::acked(), &mut env);
-        core.answered(now, 1, 1, Answer::acked(), &mut env);
+        core.answered(now, 0, 1, Answer::Acked, &mut env);
+        core.answered(now, 1, 1, Answer::Acked, &mut env);
         assert!(stores(&mut core).is_empty());
         assert!(core.drained());
     }
