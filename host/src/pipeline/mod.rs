@@ -27,10 +27,14 @@ mod consumer;
 mod core;
 mod delivery;
 pub mod dlq;
+mod events;
 #[cfg(feature = "fault-injection")]
 pub mod faults;
+mod gate;
 mod partition;
 mod reload;
+mod route_env;
+mod shared;
 pub mod shutdown;
 mod topics;
 pub mod undecodable;
@@ -49,7 +53,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::calls::CORRELATION_HEADER;
 use self::consumer::{ConsumerLoop, Parts, RebalanceContext};
-use self::partition::Shared;
+use self::shared::Shared;
 pub(crate) use self::topics::check_topics;
 pub use self::topics::{MissingTopics, all_topics};
 pub use crate::breaker::{Admission, Breaker, CircuitState};
@@ -263,22 +267,7 @@ async fn start(
         tracer,
     });
     if let Some(file) = kafka::security::password_file(config) {
-        let (shared, consumer) = (shared.clone(), consumer.clone());
-        tokio::spawn(kafka::credentials::follow(
-            file,
-            stop_all.clone(),
-            move |user, password| {
-                use rdkafka::producer::Producer as _;
-                for set in [
-                    kafka::credentials::set_credentials(consumer.client(), user, password),
-                    kafka::credentials::set_credentials(shared.producer.client(), user, password),
-                ] {
-                    if let Err(e) = set {
-                        tracing::error!("cannot give the Kafka clients the new SASL password: {e}");
-                    }
-                }
-            },
-        ));
+        follow_password(file, &consumer, &shared, &stop_all);
     }
     Ok(Parts {
         consumer,
@@ -287,6 +276,31 @@ async fn start(
         stop_all,
         positions_rx,
     })
+}
+
+/// Gives both clients the new SASL password each time its file changes.
+fn follow_password(
+    file: kafka::credentials::PasswordFile,
+    consumer: &Arc<StreamConsumer<RebalanceContext>>,
+    shared: &Arc<Shared>,
+    stop_all: &CancellationToken,
+) {
+    let (shared, consumer) = (shared.clone(), consumer.clone());
+    tokio::spawn(kafka::credentials::follow(
+        file,
+        stop_all.clone(),
+        move |user, password| {
+            use rdkafka::producer::Producer as _;
+            for set in [
+                kafka::credentials::set_credentials(consumer.client(), user, password),
+                kafka::credentials::set_credentials(shared.producer.client(), user, password),
+            ] {
+                if let Err(e) = set {
+                    tracing::error!("cannot give the Kafka clients the new SASL password: {e}");
+                }
+            }
+        },
+    ));
 }
 
 /// The committed offset of each partition of `topic` for `group`, for tests

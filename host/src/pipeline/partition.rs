@@ -2,65 +2,31 @@
 //! closes, and its [`Worker`], which owns the partition's delivery core and
 //! carries out what it decides: handler calls, productions, offset stores.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Instant, SystemTime};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
-use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Message as _, OwnedMessage};
-use tokio::sync::{Semaphore, mpsc, watch};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{mpsc, watch};
 
 use super::calls::{self, Called, Fetched};
 use super::consumer::machine::WorkerEnd;
-use super::core::{Action, Answer, Core, Env, Failed, Note};
-use super::delivery::Producer;
+use super::core::{Action, Answer, Core, Note};
 use super::delivery::{NotProduced, Produced, Receipt, produce_all};
-use super::dlq::{DeadLetter, RawKeys};
+use super::events;
+use super::gate::Gate;
+use super::route_env::RouteEnv;
+use super::shared::Shared;
 use crate::breaker::{Admission, CircuitState};
-use crate::policy::RetryPolicy;
 use crate::policy::{ProduceRefusal, Refused};
 use crate::route::{Route, RouteSlot};
-use crate::status::{PartitionFlags, Status, TopicPartition};
-use crate::trace::{Outcome, Tracer};
+use crate::status::TopicPartition;
+use crate::trace::Outcome;
 use crate::wasm::{Message, Output, Plugin};
-
-/// State shared by the consumer loop and every partition worker.
-pub struct Shared {
-    pub producer: Producer,
-    /// Where processed offsets are stored: the consumer.
-    pub offsets: Arc<dyn StoreOffset>,
-    /// Bounds how many handler calls run at once.
-    pub slots: Arc<Semaphore>,
-    /// `processing.batch_size`: the most messages a worker queues.
-    pub batch_size: usize,
-    /// `processing.output_correlation_id`: whether outputs carry the
-    /// message's correlation id.
-    pub output_correlation_id: bool,
-    /// The largest record the producer takes (`message.max.bytes`): dead
-    /// letters are cut to fit in it.
-    pub max_record_bytes: usize,
-    pub status: Arc<Status>,
-    /// Exports each message's span; `None` without `telemetry.otlp_endpoint`.
-    pub tracer: Option<Arc<Tracer>>,
-}
-
-/// Stores a partition's processed offset for the next commit: the
-/// consumer, seen by the workers without its rebalance context's type.
-pub trait StoreOffset: Send + Sync {
-    /// Stores `offset` of `topic`/`partition` as processed.
-    fn store_offset(&self, topic: &str, partition: i32, offset: i64) -> KafkaResult<()>;
-}
-
-impl<C: ConsumerContext + 'static> StoreOffset for StreamConsumer<C> {
-    fn store_offset(&self, topic: &str, partition: i32, offset: i64) -> KafkaResult<()> {
-        Consumer::store_offset(self, topic, partition, offset)
-    }
-}
 
 /// The most settled productions taken in one turn of a worker.
 const ANSWERS_PER_TURN: usize = 256;
@@ -68,139 +34,6 @@ const ANSWERS_PER_TURN: usize = 256;
 /// Handled messages whose records await acknowledgement, per partition. It
 /// bounds how far production may run ahead of the broker.
 const ACK_WINDOW: usize = 4096;
-
-/// Decides, under one lock, whether a partition's offsets may still be
-/// stored: once it is revoked nothing more is stored for it.
-pub struct Gate {
-    revoked: Mutex<bool>,
-    /// Cancelled on revocation and on shutdown: the worker stops taking
-    /// messages.
-    pub cancel: CancellationToken,
-    /// Set by the main loop while the partition is paused for a full queue.
-    pub paused: Arc<AtomicBool>,
-    /// Messages handed to the worker and not yet finished.
-    pub in_flight: Arc<AtomicU64>,
-    /// The offset the partition resumes from should its worker stop
-    /// early: the first message handed to it, then the one after the last
-    /// offset stored.
-    resume_at: AtomicI64,
-    /// The header keys that were not UTF-8, by offset, for dead letters:
-    /// rare, so kept aside rather than with every message.
-    raw_keys: Mutex<BTreeMap<i64, RawKeys>>,
-    /// Whether `raw_keys` may hold anything.
-    has_raw_keys: AtomicBool,
-    /// The offsets the Kafka client could not decode, with its error: the
-    /// worker dead-letters them without a call.
-    undecodable: Mutex<BTreeMap<i64, String>>,
-    /// Whether `undecodable` may hold anything.
-    has_undecodable: AtomicBool,
-}
-
-impl Gate {
-    /// The gate of a partition whose first message is at `first_offset`.
-    pub fn new(cancel: CancellationToken, first_offset: i64) -> Gate {
-        Gate {
-            revoked: Mutex::new(false),
-            cancel,
-            paused: Arc::new(AtomicBool::new(false)),
-            in_flight: Arc::new(AtomicU64::new(0)),
-            resume_at: AtomicI64::new(first_offset),
-            raw_keys: Mutex::new(BTreeMap::new()),
-            has_raw_keys: AtomicBool::new(false),
-            undecodable: Mutex::new(BTreeMap::new()),
-            has_undecodable: AtomicBool::new(false),
-        }
-    }
-
-    /// What health reads of the partition.
-    pub fn flags(&self) -> PartitionFlags {
-        PartitionFlags {
-            in_flight: self.in_flight.clone(),
-            paused: self.paused.clone(),
-        }
-    }
-
-    /// Where the partition resumes should its worker stop early: nothing
-    /// before it is lost, since every offset before it is stored.
-    pub fn resume_at(&self) -> i64 {
-        self.resume_at.load(Ordering::Acquire)
-    }
-
-    /// Keeps the bytes of a message's header keys that were not UTF-8.
-    pub fn keep_raw_keys(&self, offset: i64, keys: RawKeys) {
-        self.raw_keys
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(offset, keys);
-        self.has_raw_keys.store(true, Ordering::Release);
-    }
-
-    /// The bytes of the message's header keys that were not UTF-8.
-    pub fn raw_keys(&self, offset: i64) -> RawKeys {
-        if !self.has_raw_keys.load(Ordering::Acquire) {
-            return RawKeys::new();
-        }
-        self.raw_keys
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&offset)
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// Marks the message at `offset` as one the Kafka client could not
-    /// decode, with its error.
-    pub fn mark_undecodable(&self, offset: i64, error: String) {
-        self.undecodable
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(offset, error);
-        self.has_undecodable.store(true, Ordering::Release);
-    }
-
-    /// The client's error if the message at `offset` could not be decoded.
-    pub fn take_undecodable(&self, offset: i64) -> Option<String> {
-        if !self.has_undecodable.load(Ordering::Acquire) {
-            return None;
-        }
-        self.undecodable
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&offset)
-    }
-
-    /// Whether the partition was revoked (rather than the daemon stopping).
-    pub fn is_revoked(&self) -> bool {
-        *self.revoked.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Marks the partition revoked: results finishing later are discarded.
-    pub fn revoke(&self) {
-        *self.revoked.lock().unwrap_or_else(PoisonError::into_inner) = true;
-        self.cancel.cancel();
-    }
-
-    /// Stores `offset` as processed unless the partition was revoked.
-    pub fn store(&self, shared: &Shared, tp: &TopicPartition, offset: i64) {
-        let revoked = self.revoked.lock().unwrap_or_else(PoisonError::into_inner);
-        if *revoked {
-            return;
-        }
-        if let Err(e) = shared.offsets.store_offset(&tp.0, tp.1, offset) {
-            // After a rebalance librdkafka refuses offsets of partitions no
-            // longer assigned; the message will be handled by the new owner.
-            tracing::debug!(topic = %tp.0, partition = tp.1, offset, "offset not stored: {e}");
-        } else {
-            tracing::trace!(topic = %tp.0, partition = tp.1, offset, "offset stored");
-        }
-        self.resume_at.store(offset + 1, Ordering::Release);
-        if self.has_raw_keys.load(Ordering::Acquire) {
-            let mut keys = self.raw_keys.lock().unwrap_or_else(PoisonError::into_inner);
-            keys.retain(|&o, _| o > offset);
-            self.has_raw_keys.store(!keys.is_empty(), Ordering::Release);
-        }
-    }
-}
 
 /// The core's view of the worker's route, with the handler breaker's
 /// admission of the call whose outcomes are reported: a macro, so that it
@@ -696,22 +529,6 @@ impl Worker {
         None
     }
 
-    /// The partition stopped on a message: it shows in health.
-    fn stopped(&self, offset: i64, reason: &str) {
-        let (tp, route) = (&self.tp, &self.route);
-        let module = route.module_name();
-        route.status.metrics.stopped.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(
-            topic = %tp.0, partition = tp.1, offset, module,
-            "partition stopped: nothing after the message is committed until it is handled \
-             (a new version of the module or a config reload tries it again): {reason}"
-        );
-        let (shown, _) = super::dlq::cut_text(reason, super::dlq::MAX_REASON);
-        self.shared
-            .status
-            .stop(tp, format!("offset {offset}: {shown}"));
-    }
-
     /// What the core decided, on the message's span (there is one only
     /// when spans are exported).
     fn trace_outcome(&self, note: &Note) {
@@ -744,75 +561,12 @@ impl Worker {
     /// message's span.
     fn report(&self, note: Note) {
         self.trace_outcome(&note);
-        let tp = &self.tp;
-        let route = &self.route;
-        let metrics = &route.status.metrics;
-        let module = route.module_name();
-        match note {
-            Note::Handled { .. } => {
-                metrics.ok.fetch_add(1, Ordering::Relaxed);
-            }
-            Note::Retry {
-                offset,
-                attempt,
-                delay,
-                reason,
-            } => {
-                metrics.retries.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
-                    topic = %tp.0, partition = tp.1, offset, module, attempt,
-                    delay_ms = delay.as_millis() as u64, "retrying after: {reason}"
-                );
-            }
-            Note::Held { offset, reason } => {
-                metrics.held.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    topic = %tp.0, partition = tp.1, offset, module,
-                    "handler breaker is open: holding the message until a probe succeeds: {reason}"
-                );
-            }
-            Note::DeadLetter {
-                offset,
-                error_type,
-                reason,
-            } => {
-                metrics.dead_letter(error_type);
-                let (shown, _) = super::dlq::cut_text(&reason, super::dlq::MAX_REASON);
-                tracing::warn!(
-                    topic = %tp.0, partition = tp.1, offset, module,
-                    error_type = error_type.as_str(),
-                    dead_letter_topic = route.dead_letter_topic.as_deref().unwrap_or(""),
-                    "dead-lettering message: {shown}"
-                );
-            }
-            Note::Stopped { offset, reason } => self.stopped(offset, &reason),
-            Note::Resumed { offset } => {
-                self.shared.status.resume(tp);
-                tracing::info!(
-                    topic = %tp.0, partition = tp.1, offset, module,
-                    "trying again the message the partition stopped on"
-                );
-            }
-            Note::Refused {
-                offset,
-                delay,
-                reason,
-            } => {
-                tracing::warn!(
-                    topic = %tp.0, partition = tp.1, offset,
-                    delay_ms = delay.as_millis() as u64,
-                    "record not acknowledged by the broker; the message's records (and the \
-                     outputs after them) are produced again: {reason}"
-                );
-            }
-            Note::DeadLetterRefused { offset, reason } => {
-                metrics.dlq_refusals.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    topic = %tp.0, partition = tp.1, offset, module,
-                    "dead letter refused for good: {reason}"
-                );
-            }
-        }
+        let scope = events::Scope {
+            tp: &self.tp,
+            route: &self.route,
+            status: &self.shared.status,
+        };
+        events::emit(note, &scope);
     }
 }
 
@@ -838,74 +592,5 @@ async fn sleep_until(wake: Option<Instant>) {
     match wake {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
-    }
-}
-
-/// The route as the delivery core asks about it.
-struct RouteEnv<'a> {
-    route: &'a Route,
-    /// The module version dead letters name.
-    plugin: Option<Arc<Plugin>>,
-    /// The handler breaker's admission of the call being reported.
-    handler: Option<&'a mut Admission>,
-    gate: &'a Gate,
-    max_record_bytes: usize,
-}
-
-impl Env<Fetched, Output> for RouteEnv<'_> {
-    fn policy(&self) -> &RetryPolicy {
-        &self.route.policy
-    }
-
-    fn has_dead_letter_topic(&self) -> bool {
-        self.route.dead_letter_topic.is_some()
-    }
-
-    fn dead_letter(&mut self, fetched: &Fetched, attempt: u32, failed: &Failed) -> Output {
-        let message = &fetched.message;
-        let raw_keys = self.gate.raw_keys(message.offset);
-        let (module_hash, module) = match &self.plugin {
-            Some(plugin) => (plugin.hash(), self.route.module_name()),
-            None => ("", self.route.module_name()),
-        };
-        let letter = DeadLetter {
-            message,
-            raw_keys: &raw_keys,
-            error_type: failed.kind.error_type(),
-            reason: failed.reason.clone(),
-            correlation_id: &fetched.correlation,
-            retry_count: attempt.saturating_sub(1),
-            module,
-            module_hash,
-            failed_at: SystemTime::now(),
-        };
-        // Room for the trace headers the record gets when it is produced.
-        let room = if fetched.trace.is_some() {
-            crate::trace::HEADER_ROOM
-        } else {
-            0
-        };
-        let record = letter.record(self.max_record_bytes.saturating_sub(room));
-        Output {
-            topic: self.route.dead_letter_topic.clone().unwrap_or_default(),
-            key: record.key,
-            value: Some(record.value),
-            headers: record.headers,
-        }
-    }
-
-    fn report_handler(&mut self, ok: Option<bool>) -> bool {
-        match self.handler.as_deref_mut() {
-            Some(admission) => admission.report(ok.unwrap_or(true)) == CircuitState::Closed,
-            None => true,
-        }
-    }
-
-    fn handler_probe(&self) -> bool {
-        self.handler.as_deref().is_some_and(Admission::is_probe)
-    }
-
-    fn jitter(&mut self) -> f64 {
-        0.5 + fastrand::f64()
     }
 }

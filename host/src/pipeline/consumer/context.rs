@@ -15,7 +15,7 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::{ClientContext, TopicPartitionList};
 use tokio::sync::{Notify, mpsc};
 
-use super::super::partition::Gate;
+use super::super::gate::Gate;
 use crate::kafka;
 use crate::status::{Status, TopicPartition};
 
