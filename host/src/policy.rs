@@ -1,8 +1,8 @@
 //! What happens to a message whose handler call failed, or whose record the
 //! producer refused: the one place that names the kinds of failure,
 //! decides whether a failure is retried and after how long, says which
-//! dead-letter error type it becomes, and says which produce errors are
-//! worth trying again.
+//! dead-letter error type it becomes, says which produce errors are worth
+//! trying again, and which consumer errors are about one record.
 //!
 //! Every error the producer reports for a record is one of two kinds:
 //! *for now* (the broker is down, a request timed out, a leader moved: the
@@ -283,6 +283,26 @@ impl std::fmt::Display for Refused {
     }
 }
 
+/// Whether a consumer error is about a record librdkafka fetched but could
+/// not hand over: a corrupt or undecompressible batch, a codec the build
+/// lacks, a record over the fetch limit. Errors about the connection or the
+/// group are not: they say nothing about one offset.
+pub fn is_record_error(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::BadMessage
+            | C::BadCompression
+            | C::NotImplemented
+            | C::MessageSizeTooLarge
+            | C::InvalidMessage
+            | C::InvalidMessageSize
+            | C::InvalidRecord
+            | C::UnsupportedCompressionType
+            | C::UnsupportedForMessageFormat
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,5 +439,16 @@ mod tests {
         }
         let other = KafkaError::Canceled;
         assert_eq!(ProduceRefusal::of(&other), ProduceRefusal::Transient);
+    }
+
+    #[test]
+    fn record_errors_are_told_from_connection_errors() {
+        use RDKafkaErrorCode as C;
+        assert!(is_record_error(C::BadCompression));
+        assert!(is_record_error(C::NotImplemented));
+        assert!(is_record_error(C::MessageSizeTooLarge));
+        assert!(!is_record_error(C::AllBrokersDown));
+        assert!(!is_record_error(C::BrokerTransportFailure));
+        assert!(!is_record_error(C::TopicAuthorizationFailed));
     }
 }

@@ -56,7 +56,7 @@ impl Undecodable {
     /// between fetches that fail).
     const MIN_ERRORS: u64 = 2;
 
-    /// Counts a consumer error about a record (see [`is_record_error`]).
+    /// Counts a consumer error about a record (see [`crate::policy::is_record_error`]).
     pub fn error(&mut self, text: &str) {
         self.errors += 1;
         if self.last_error != text {
@@ -139,26 +139,6 @@ impl Undecodable {
     pub fn errors(&self) -> u64 {
         self.errors
     }
-}
-
-/// Whether a consumer error is about a record librdkafka fetched but could
-/// not hand over: a corrupt or undecompressible batch, a codec the build
-/// lacks, a record over the fetch limit. Errors about the connection or the
-/// group are not: they say nothing about one offset.
-pub fn is_record_error(code: rdkafka::types::RDKafkaErrorCode) -> bool {
-    use rdkafka::types::RDKafkaErrorCode as C;
-    matches!(
-        code,
-        C::BadMessage
-            | C::BadCompression
-            | C::NotImplemented
-            | C::MessageSizeTooLarge
-            | C::InvalidMessage
-            | C::InvalidMessageSize
-            | C::InvalidRecord
-            | C::UnsupportedCompressionType
-            | C::UnsupportedForMessageFormat
-    )
 }
 
 #[cfg(test)]
@@ -276,16 +256,5 @@ mod tests {
         run(&mut u, &[report.clone(), report], 2);
         assert_eq!(u.stuck().len(), 1);
         assert!(run(&mut u, &[vec![]], 2).is_empty());
-    }
-
-    #[test]
-    fn record_errors_are_told_from_connection_errors() {
-        use rdkafka::types::RDKafkaErrorCode as C;
-        assert!(is_record_error(C::BadCompression));
-        assert!(is_record_error(C::NotImplemented));
-        assert!(is_record_error(C::MessageSizeTooLarge));
-        assert!(!is_record_error(C::AllBrokersDown));
-        assert!(!is_record_error(C::BrokerTransportFailure));
-        assert!(!is_record_error(C::TopicAuthorizationFailed));
     }
 }

@@ -35,9 +35,10 @@ use super::gate::Gate;
 use super::partition;
 use super::reload;
 use super::shared::Shared;
-use super::undecodable::{self, Position, Undecodable};
+use super::undecodable::{Position, Undecodable};
 use crate::breaker::CircuitState;
 use crate::config::{Config, OnUndecodable};
+use crate::policy;
 use crate::status::{Status, Stuck, TopicPartition};
 use crate::wasm::Message;
 
@@ -381,7 +382,7 @@ impl ConsumerLoop {
             KafkaError::MessageConsumption(RDKafkaErrorCode::AllBrokersDown) => {
                 self.io.status.set_reachable(false);
             }
-            KafkaError::MessageConsumption(code) if undecodable::is_record_error(*code) => {
+            KafkaError::MessageConsumption(code) if policy::is_record_error(*code) => {
                 self.io.status.record_errors.fetch_add(1, Ordering::Relaxed);
                 self.undecodable.error(&code.to_string());
                 self.errors.report_once(e);
