@@ -4,8 +4,12 @@
 use std::collections::BTreeMap;
 use std::fmt::{Debug, Display};
 use std::ops::RangeInclusive;
+use std::path::Path;
 
-use super::{Acks, Config, ConfigError, MAX_MEMORY_MB, OnUndecodable, RetryOn, RouteConfig};
+use super::{
+    Acks, Config, ConfigError, HttpConfig, KafkaConfig, MAX_MEMORY_MB, OnUndecodable,
+    ProcessingConfig, RetryOn, RouteConfig, TelemetryConfig,
+};
 
 /// librdkafka properties Sluice sets itself; overriding them would break
 /// at-least-once delivery or the group id contract.
@@ -136,8 +140,21 @@ fn check_text(field: &str, value: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Checks a parsed config section by section: `[kafka]`, `[processing]`,
+/// `[telemetry]`, `[http]`, then every route. The first problem found is
+/// the error.
 pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
-    let k = &config.kafka;
+    check_kafka(&config.kafka)?;
+    check_processing(&config.processing, &config.kafka)?;
+    check_telemetry(&config.telemetry)?;
+    check_http(&config.http)?;
+    check_routes(config)
+}
+
+/// `[kafka]`: the cluster and group names, timeouts, retries, the broker
+/// breaker, the dead-letter topic, acknowledgements, TLS and SASL, and the
+/// librdkafka pass-through.
+fn check_kafka(k: &KafkaConfig) -> Result<(), ConfigError> {
     check_text("kafka.bootstrap_servers", &k.bootstrap_servers)?;
     check_text("kafka.environment", &k.environment)?;
     check_text("kafka.group", &k.group)?;
@@ -184,62 +201,77 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     }
     super::security_checks::validate(k)?;
     for (key, value) in &k.librdkafka {
-        let shown = |value: &toml::Value| match super::secret::is_sensitive_property(key) {
-            true => super::Secret::REDACTED.to_owned(),
-            false => value.to_string(),
-        };
-        if let Some((_, instead)) = MANAGED_PROPERTIES.iter().find(|(p, _)| p == key) {
-            return Err(invalid(
-                format!("kafka.librdkafka.{key:?}"),
-                shown(value),
-                format!("nothing: Sluice manages this property ({instead})"),
-            ));
-        }
-        if let Some(instead) = sasl_field(key) {
-            return Err(invalid(
-                format!("kafka.librdkafka.{key:?}"),
-                shown(value),
-                format!("nothing: Sluice manages this property ({instead})"),
-            ));
-        }
-        if key == "transactional.id" {
-            return Err(invalid(
-                format!("kafka.librdkafka.{key:?}"),
-                shown(value),
-                "nothing: Sluice's producer is not transactional (outputs are made safe by the \
-                 idempotent producer and by committing an offset only after its outputs are \
-                 acknowledged); remove the property",
-            ));
-        }
-        if key == "statistics.interval.ms" && !statistics_on(value) {
-            return Err(invalid(
-                format!("kafka.librdkafka.{key:?}"),
-                shown(value),
-                "from 100 to 60000 (5000 unless set): the consumer lag, stalled partitions and \
-                 records the client cannot decode in health all come from librdkafka's \
-                 statistics, so they cannot be turned off",
-            ));
-        }
-        if key == "check.crcs" && !is_false(value) {
-            return Err(invalid(
-                format!("kafka.librdkafka.{key:?}"),
-                shown(value),
-                "false (the default): with CRC checks on, librdkafka reports a batch whose \
-                 checksum is wrong and goes on past it, so its records would be lost without a \
-                 dead letter; remove the property (a record the client cannot read stops its \
-                 partition, or is dead-lettered with a route's on_undecodable = \"dead-letter\")",
-            ));
-        }
-        if matches!(value, toml::Value::Table(_) | toml::Value::Array(_)) {
-            return Err(invalid(
-                format!("kafka.librdkafka.{key:?}"),
-                shown(value),
-                "a string, number or boolean",
-            ));
-        }
+        check_librdkafka_property(key, value)?;
     }
+    Ok(())
+}
 
-    let p = &config.processing;
+/// One `kafka.librdkafka` property: not one Sluice manages, no SASL
+/// setting, no transactions, statistics kept on, CRC checks kept off, and a
+/// plain value.
+fn check_librdkafka_property(key: &str, value: &toml::Value) -> Result<(), ConfigError> {
+    if let Some((_, instead)) = MANAGED_PROPERTIES.iter().find(|(p, _)| *p == key) {
+        return Err(refused_property(
+            key,
+            value,
+            format!("nothing: Sluice manages this property ({instead})"),
+        ));
+    }
+    if let Some(instead) = sasl_field(key) {
+        return Err(refused_property(
+            key,
+            value,
+            format!("nothing: Sluice manages this property ({instead})"),
+        ));
+    }
+    if key == "transactional.id" {
+        return Err(refused_property(
+            key,
+            value,
+            "nothing: Sluice's producer is not transactional (outputs are made safe by the \
+             idempotent producer and by committing an offset only after its outputs are \
+             acknowledged); remove the property",
+        ));
+    }
+    if key == "statistics.interval.ms" && !statistics_on(value) {
+        return Err(refused_property(
+            key,
+            value,
+            "from 100 to 60000 (5000 unless set): the consumer lag, stalled partitions and \
+             records the client cannot decode in health all come from librdkafka's \
+             statistics, so they cannot be turned off",
+        ));
+    }
+    if key == "check.crcs" && !is_false(value) {
+        return Err(refused_property(
+            key,
+            value,
+            "false (the default): with CRC checks on, librdkafka reports a batch whose \
+             checksum is wrong and goes on past it, so its records would be lost without a \
+             dead letter; remove the property (a record the client cannot read stops its \
+             partition, or is dead-lettered with a route's on_undecodable = \"dead-letter\")",
+        ));
+    }
+    if matches!(value, toml::Value::Table(_) | toml::Value::Array(_)) {
+        return Err(refused_property(key, value, "a string, number or boolean"));
+    }
+    Ok(())
+}
+
+/// The error for a refused `kafka.librdkafka` property, its value hidden
+/// when the property may hold a credential.
+fn refused_property(key: &str, value: &toml::Value, allowed: impl Into<String>) -> ConfigError {
+    let shown = match super::secret::is_sensitive_property(key) {
+        true => super::Secret::REDACTED.to_owned(),
+        false => value.to_string(),
+    };
+    invalid(format!("kafka.librdkafka.{key:?}"), shown, allowed)
+}
+
+/// `[processing]`: concurrency, queues, batches, commits, the stall
+/// timeout, memory, and a drain shorter than the consumer session timeout
+/// (which `kafka.librdkafka` may set).
+fn check_processing(p: &ProcessingConfig, k: &KafkaConfig) -> Result<(), ConfigError> {
     in_range("processing.concurrency", p.concurrency, 1..=1024)?;
     in_range("processing.partition_queue", p.partition_queue, 1..=100_000)?;
     in_range("processing.batch_size", p.batch_size, 1..=10_000)?;
@@ -272,42 +304,50 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             ),
         ));
     }
+    Ok(())
+}
 
-    if let Some(endpoint) = &config.telemetry.otlp_endpoint {
-        let rest = endpoint.strip_prefix("http://").unwrap_or("");
-        let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-        if host.is_empty()
-            || endpoint
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control())
-        {
-            return Err(invalid(
-                "telemetry.otlp_endpoint",
-                format!("{endpoint:?}"),
-                "an http:// URL of a collector's OTLP/HTTP traces resource, such as \
-                 \"http://127.0.0.1:4318/v1/traces\" (https is not supported: run the \
-                 collector beside the daemon)",
-            ));
-        }
+/// `[telemetry]`: an OTLP endpoint, when set, is a plain http:// URL with a
+/// host.
+fn check_telemetry(telemetry: &TelemetryConfig) -> Result<(), ConfigError> {
+    let Some(endpoint) = &telemetry.otlp_endpoint else {
+        return Ok(());
+    };
+    let rest = endpoint.strip_prefix("http://").unwrap_or("");
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty()
+        || endpoint
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(invalid(
+            "telemetry.otlp_endpoint",
+            format!("{endpoint:?}"),
+            "an http:// URL of a collector's OTLP/HTTP traces resource, such as \
+             \"http://127.0.0.1:4318/v1/traces\" (https is not supported: run the \
+             collector beside the daemon)",
+        ));
     }
-    if config.http.enabled && config.http.listen.parse::<std::net::SocketAddr>().is_err() {
+    Ok(())
+}
+
+/// `[http]`: the listen address (when the endpoint is on), its timeouts and
+/// connection limit, and an admin token long enough to be one.
+fn check_http(http: &HttpConfig) -> Result<(), ConfigError> {
+    if http.enabled && http.listen.parse::<std::net::SocketAddr>().is_err() {
         return Err(invalid(
             "http.listen",
-            format!("{:?}", config.http.listen),
+            format!("{:?}", http.listen),
             "an IP address and port such as \"127.0.0.1:8083\" or \"0.0.0.0:8083\"",
         ));
     }
     in_range(
         "http.header_timeout_seconds",
-        config.http.header_timeout_seconds,
+        http.header_timeout_seconds,
         0.1..=300.0,
     )?;
-    in_range(
-        "http.max_connections",
-        config.http.max_connections,
-        1..=10_000,
-    )?;
-    if let Some(token) = &config.http.admin_token
+    in_range("http.max_connections", http.max_connections, 1..=10_000)?;
+    if let Some(token) = &http.admin_token
         && token.expose().trim().len() < 16
     {
         return Err(invalid(
@@ -316,7 +356,11 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             "a token of at least 16 characters, or no admin_token (admin API on loopback only)",
         ));
     }
+    Ok(())
+}
 
+/// `[[routes]]`: at least one, each checked in order.
+fn check_routes(config: &Config) -> Result<(), ConfigError> {
     if config.routes.is_empty() {
         return Err(invalid(
             "routes",
@@ -327,100 +371,138 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     let plugins_dir = config.plugins_dir();
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, route) in config.routes.iter().enumerate() {
-        let at = |field: &str| format!("routes[{i}].{field}");
-        check_topic(&at("topic"), &route.topic)?;
-        if let Some(first) = seen.insert(&route.topic, i) {
+        check_route(config, &plugins_dir, i, route, &mut seen)?;
+    }
+    Ok(())
+}
+
+/// Route `i`: its topic (one no earlier route in `seen` handles), module,
+/// outputs, limits, dead letters, retries and breaker.
+fn check_route<'a>(
+    config: &Config,
+    plugins_dir: &Path,
+    i: usize,
+    route: &'a RouteConfig,
+    seen: &mut BTreeMap<&'a str, usize>,
+) -> Result<(), ConfigError> {
+    let k = &config.kafka;
+    let at = |field: &str| format!("routes[{i}].{field}");
+    check_topic(&at("topic"), &route.topic)?;
+    if let Some(first) = seen.insert(&route.topic, i) {
+        return Err(invalid(
+            at("topic"),
+            format!("{:?}", route.topic),
+            format!(
+                "a topic not routed already: routes[{first}] handles it; a topic appears in one route only"
+            ),
+        ));
+    }
+    check_module(&at, route, plugins_dir)?;
+    check_output_topics(&at, route)?;
+    in_range(&at("timeout_ms"), route.timeout_ms, 1..=300_000)?;
+    check_output_limits(&at, route, k.max_record_bytes())?;
+    in_range(
+        &at("memory_limit_mb"),
+        route.memory_limit_mb,
+        1..=config.processing.max_memory_mb,
+    )?;
+    if let Some(topic) = &route.dead_letter_topic {
+        check_topic(&at("dead_letter_topic"), topic)?;
+    }
+    check_dead_letter_loop(config, i, route)?;
+    if route.on_undecodable == OnUndecodable::DeadLetter && route.dead_letter_topic(k).is_none() {
+        return Err(invalid(
+            at("on_undecodable"),
+            r#""dead-letter""#.to_owned(),
+            format!(
+                "only with a dead-letter topic: set routes[{i}].dead_letter_topic or \
+                 kafka.dead_letter_topic, or use \"stop\""
+            ),
+        ));
+    }
+    check_retries(&at, route)
+}
+
+/// A route's module: a plain file stem, whose `.wasm` file is in the
+/// plugins directory.
+fn check_module(
+    at: &dyn Fn(&str) -> String,
+    route: &RouteConfig,
+    plugins_dir: &Path,
+) -> Result<(), ConfigError> {
+    let module_ok = !route.module.is_empty()
+        && route
+            .module
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !route.module.starts_with('.');
+    if !module_ok {
+        return Err(invalid(
+            at("module"),
+            format!("{:?}", route.module),
+            "a module name (the file stem of a .wasm file in the plugins directory): letters, digits, - _ .",
+        ));
+    }
+    let file = plugins_dir.join(format!("{}.wasm", route.module));
+    if !file.is_file() {
+        let hint = match route.module.strip_suffix(".wasm") {
+            Some(stem) => format!("; the name has no .wasm extension: module = {stem:?}"),
+            None => String::new(),
+        };
+        return Err(invalid(
+            at("module"),
+            format!("{:?}", route.module),
+            format!(
+                "a module present in the plugins directory, but {} does not exist; build it \
+                 (scripts/build-examples for the examples) or fix plugins.dir{hint}",
+                file.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A route's output topics: legal names, none of them its input topic.
+fn check_output_topics(
+    at: &dyn Fn(&str) -> String,
+    route: &RouteConfig,
+) -> Result<(), ConfigError> {
+    for (j, topic) in route.output_topics.iter().enumerate() {
+        check_topic(&at(&format!("output_topics[{j}]")), topic)?;
+        if *topic == route.topic {
             return Err(invalid(
-                at("topic"),
-                format!("{:?}", route.topic),
-                format!(
-                    "a topic not routed already: routes[{first}] handles it; a topic appears in one route only"
-                ),
+                at(&format!("output_topics[{j}]")),
+                format!("{topic:?}"),
+                "a topic other than the route's own input topic (that would loop forever)",
             ));
         }
-        let module_ok = !route.module.is_empty()
-            && route
-                .module
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            && !route.module.starts_with('.');
-        if !module_ok {
+    }
+    Ok(())
+}
+
+/// A route's own retry and breaker settings, where it sets them.
+fn check_retries(at: &dyn Fn(&str) -> String, route: &RouteConfig) -> Result<(), ConfigError> {
+    if let Some(retries) = route.max_retry_attempts {
+        in_range(&at("max_retry_attempts"), retries, 0..=10)?;
+    }
+    for (j, name) in route.retry_on.iter().enumerate() {
+        if RetryOn::parse(name).is_none() {
+            let allowed: Vec<String> = RetryOn::ALL
+                .iter()
+                .map(|k| format!("{:?}", k.as_str()))
+                .collect();
             return Err(invalid(
-                at("module"),
-                format!("{:?}", route.module),
-                "a module name (the file stem of a .wasm file in the plugins directory): letters, digits, - _ .",
+                at(&format!("retry_on[{j}]")),
+                format!("{name:?}"),
+                format!("one of {}", allowed.join(", ")),
             ));
         }
-        let file = plugins_dir.join(format!("{}.wasm", route.module));
-        if !file.is_file() {
-            let hint = match route.module.strip_suffix(".wasm") {
-                Some(stem) => format!("; the name has no .wasm extension: module = {stem:?}"),
-                None => String::new(),
-            };
-            return Err(invalid(
-                at("module"),
-                format!("{:?}", route.module),
-                format!(
-                    "a module present in the plugins directory, but {} does not exist; build it \
-                     (scripts/build-examples for the examples) or fix plugins.dir{hint}",
-                    file.display()
-                ),
-            ));
-        }
-        for (j, topic) in route.output_topics.iter().enumerate() {
-            check_topic(&at(&format!("output_topics[{j}]")), topic)?;
-            if *topic == route.topic {
-                return Err(invalid(
-                    at(&format!("output_topics[{j}]")),
-                    format!("{topic:?}"),
-                    "a topic other than the route's own input topic (that would loop forever)",
-                ));
-            }
-        }
-        in_range(&at("timeout_ms"), route.timeout_ms, 1..=300_000)?;
-        check_output_limits(&at, route, k.max_record_bytes())?;
-        in_range(
-            &at("memory_limit_mb"),
-            route.memory_limit_mb,
-            1..=p.max_memory_mb,
-        )?;
-        if let Some(topic) = &route.dead_letter_topic {
-            check_topic(&at("dead_letter_topic"), topic)?;
-        }
-        check_dead_letter_loop(config, i, route)?;
-        if route.on_undecodable == OnUndecodable::DeadLetter && route.dead_letter_topic(k).is_none()
-        {
-            return Err(invalid(
-                at("on_undecodable"),
-                r#""dead-letter""#.to_owned(),
-                format!(
-                    "only with a dead-letter topic: set routes[{i}].dead_letter_topic or \
-                     kafka.dead_letter_topic, or use \"stop\""
-                ),
-            ));
-        }
-        if let Some(retries) = route.max_retry_attempts {
-            in_range(&at("max_retry_attempts"), retries, 0..=10)?;
-        }
-        for (j, name) in route.retry_on.iter().enumerate() {
-            if RetryOn::parse(name).is_none() {
-                let allowed: Vec<String> = RetryOn::ALL
-                    .iter()
-                    .map(|k| format!("{:?}", k.as_str()))
-                    .collect();
-                return Err(invalid(
-                    at(&format!("retry_on[{j}]")),
-                    format!("{name:?}"),
-                    format!("one of {}", allowed.join(", ")),
-                ));
-            }
-        }
-        if let Some(threshold) = route.circuit_breaker_threshold {
-            in_range(&at("circuit_breaker_threshold"), threshold, 0..=100)?;
-        }
-        if let Some(reset) = route.circuit_breaker_reset_timeout {
-            in_range(&at("circuit_breaker_reset_timeout"), reset, 1.0..=3600.0)?;
-        }
+    }
+    if let Some(threshold) = route.circuit_breaker_threshold {
+        in_range(&at("circuit_breaker_threshold"), threshold, 0..=100)?;
+    }
+    if let Some(reset) = route.circuit_breaker_reset_timeout {
+        in_range(&at("circuit_breaker_reset_timeout"), reset, 1.0..=3600.0)?;
     }
     Ok(())
 }
