@@ -204,7 +204,7 @@ impl MessageTrace {
 
     /// Records what became of the message so far and how many calls it had;
     /// the last one recorded goes out with the span.
-    pub fn outcome(&self, outcome: Outcome, attempts: u32) {
+    pub fn outcome(&self, outcome: SpanOutcome, attempts: u32) {
         if let Some(span) = &self.span {
             span.outcome.store(outcome as u8, Ordering::Relaxed);
             span.attempts.store(attempts, Ordering::Relaxed);
@@ -227,7 +227,7 @@ fn new_id<const N: usize>() -> [u8; N] {
 /// What became of a message, the `sluice.outcome` attribute of its span.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Outcome {
+pub enum SpanOutcome {
     /// Its span ended before anything was decided (a revocation or
     /// shutdown: it is delivered again).
     Unfinished,
@@ -243,30 +243,30 @@ pub enum Outcome {
     Held,
 }
 
-impl Outcome {
-    fn from_u8(n: u8) -> Outcome {
+impl SpanOutcome {
+    fn from_u8(n: u8) -> SpanOutcome {
         [
-            Outcome::Unfinished,
-            Outcome::Ok,
-            Outcome::Retried,
-            Outcome::DeadLettered,
-            Outcome::Stopped,
-            Outcome::Held,
+            SpanOutcome::Unfinished,
+            SpanOutcome::Ok,
+            SpanOutcome::Retried,
+            SpanOutcome::DeadLettered,
+            SpanOutcome::Stopped,
+            SpanOutcome::Held,
         ]
         .get(usize::from(n))
         .copied()
-        .unwrap_or(Outcome::Unfinished)
+        .unwrap_or(SpanOutcome::Unfinished)
     }
 
     /// The attribute's value.
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Unfinished => "unfinished",
-            Outcome::Ok => "ok",
-            Outcome::Retried => "retried",
-            Outcome::DeadLettered => "dead_lettered",
-            Outcome::Stopped => "stopped",
-            Outcome::Held => "held",
+            SpanOutcome::Unfinished => "unfinished",
+            SpanOutcome::Ok => "ok",
+            SpanOutcome::Retried => "retried",
+            SpanOutcome::DeadLettered => "dead_lettered",
+            SpanOutcome::Stopped => "stopped",
+            SpanOutcome::Held => "held",
         }
     }
 }
@@ -281,7 +281,7 @@ struct MessageSpan {
 
 impl Drop for MessageSpan {
     fn drop(&mut self) {
-        let outcome = Outcome::from_u8(self.outcome.load(Ordering::Relaxed));
+        let outcome = SpanOutcome::from_u8(self.outcome.load(Ordering::Relaxed));
         let attempts = self.attempts.load(Ordering::Relaxed);
         self.span
             .set_attribute(KeyValue::new("sluice.outcome", outcome.as_str()));
@@ -372,7 +372,7 @@ impl Tracer {
         builder.span_id = Some(SpanId::from_bytes(span_id));
         MessageSpan {
             span: self.tracer.build_with_context(builder, &cx),
-            outcome: AtomicU8::new(Outcome::Unfinished as u8),
+            outcome: AtomicU8::new(SpanOutcome::Unfinished as u8),
             attempts: AtomicU32::new(0),
         }
     }
@@ -511,15 +511,15 @@ mod tests {
     #[test]
     fn outcomes_survive_their_encoding() {
         for outcome in [
-            Outcome::Unfinished,
-            Outcome::Ok,
-            Outcome::Retried,
-            Outcome::DeadLettered,
-            Outcome::Stopped,
-            Outcome::Held,
+            SpanOutcome::Unfinished,
+            SpanOutcome::Ok,
+            SpanOutcome::Retried,
+            SpanOutcome::DeadLettered,
+            SpanOutcome::Stopped,
+            SpanOutcome::Held,
         ] {
-            assert_eq!(Outcome::from_u8(outcome as u8), outcome);
+            assert_eq!(SpanOutcome::from_u8(outcome as u8), outcome);
         }
-        assert_eq!(Outcome::from_u8(200), Outcome::Unfinished);
+        assert_eq!(SpanOutcome::from_u8(200), SpanOutcome::Unfinished);
     }
 }

@@ -13,8 +13,8 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 use crate::replay::{
-    self, DlqRecord, Filter, Outcome, ReplayOptions, ReplayResult, ReplayRun, ReplaySummary, Stats,
-    Truncation,
+    self, DlqRecord, Filter, LetterOutcome, ReplayOptions, ReplayResult, ReplayRun, ReplaySummary,
+    Stats, Truncation,
 };
 
 /// `sluice dlq`.
@@ -541,7 +541,7 @@ fn result_json(r: &ReplayResult<'_>) -> Value {
     v["detail"] = json!(r.outcome.detail());
     v["previous_replay_count"] = json!(r.previous_replays);
     let (partition, offset) = match r.outcome {
-        Outcome::Replayed { partition, offset } => (Some(partition), Some(offset)),
+        LetterOutcome::Replayed { partition, offset } => (Some(partition), Some(offset)),
         _ => (None, None),
     };
     v["replayed_partition"] = json!(partition);

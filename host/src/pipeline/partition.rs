@@ -25,7 +25,7 @@ use crate::breaker::{Admission, CircuitState};
 use crate::policy::{ProduceRefusal, Refused};
 use crate::route::{Route, RouteSlot};
 use crate::status::TopicPartition;
-use crate::trace::Outcome;
+use crate::trace::SpanOutcome;
 use crate::wasm::{Message, Output, Plugin};
 
 /// The most settled productions taken in one turn of a worker.
@@ -536,11 +536,11 @@ impl Worker {
             return;
         }
         let (offset, outcome) = match *note {
-            Note::Handled { offset, .. } => (offset, Outcome::Ok),
-            Note::Retry { offset, .. } => (offset, Outcome::Retried),
-            Note::Held { offset, .. } => (offset, Outcome::Held),
-            Note::DeadLetter { offset, .. } => (offset, Outcome::DeadLettered),
-            Note::Stopped { offset, .. } => (offset, Outcome::Stopped),
+            Note::Handled { offset, .. } => (offset, SpanOutcome::Ok),
+            Note::Retry { offset, .. } => (offset, SpanOutcome::Retried),
+            Note::Held { offset, .. } => (offset, SpanOutcome::Held),
+            Note::DeadLetter { offset, .. } => (offset, SpanOutcome::DeadLettered),
+            Note::Stopped { offset, .. } => (offset, SpanOutcome::Stopped),
             _ => return,
         };
         let Some(fetched) = self.core.message(offset) else {
@@ -550,7 +550,7 @@ impl Worker {
             let attempts = fetched.message.attempt;
             // Handled after a retry: the retry is what it took.
             let outcome = match outcome {
-                Outcome::Ok if attempts > 1 => Outcome::Retried,
+                SpanOutcome::Ok if attempts > 1 => SpanOutcome::Retried,
                 outcome => outcome,
             };
             trace.outcome(outcome, attempts);

@@ -31,7 +31,7 @@ pub use envelope::{
     Cut, DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, Envelope, REPLAY_COUNT_HEADER, REPLAY_HEADERS,
     REPLAYED_AT_HEADER, Truncation,
 };
-pub use outcome::{Outcome, ReplayOptions, ReplayResult, ReplaySummary};
+pub use outcome::{LetterOutcome, ReplayOptions, ReplayResult, ReplaySummary};
 pub use position::Positions;
 pub use produce::{ReplayRun, replay};
 pub use time::{parse_duration, parse_rfc3339, parse_time_bound};

@@ -48,7 +48,7 @@ impl Original {
 
 /// What fetching a cut letter's original found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fetched {
+pub enum OriginalFetch {
     /// The record at exactly the letter's coordinates, agreeing with the
     /// bytes the letter holds.
     Found(Original),
@@ -67,7 +67,12 @@ pub enum Fetched {
 /// is gone. A record found there whose bytes do not begin with the ones
 /// the letter holds is another message (the topic was recreated) and is
 /// gone too.
-pub fn fetch(config: &Config, bootstrap: &str, envelope: &Envelope, timeout: Duration) -> Fetched {
+pub fn fetch(
+    config: &Config,
+    bootstrap: &str,
+    envelope: &Envelope,
+    timeout: Duration,
+) -> OriginalFetch {
     let (topic, partition, offset) = (
         envelope.original_topic.as_str(),
         envelope.original_partition,
@@ -76,14 +81,14 @@ pub fn fetch(config: &Config, bootstrap: &str, envelope: &Envelope, timeout: Dur
     let place = format!("{topic}/{partition}@{offset}");
     let held = envelope.held().unwrap_or_default();
     let gone = |why: String| {
-        Fetched::Gone(format!(
+        OriginalFetch::Gone(format!(
             "original record {place} is no longer in the topic ({why}); the dead letter holds \
              only {held}"
         ))
     };
     let consumer = match reader(config, bootstrap, topic, partition, offset) {
         Ok(consumer) => consumer,
-        Err(e) => return Fetched::Failed(format!("cannot read {place}: {e}")),
+        Err(e) => return OriginalFetch::Failed(format!("cannot read {place}: {e}")),
     };
     let deadline = Instant::now() + timeout;
     let mut last_error = None;
@@ -95,7 +100,7 @@ pub fn fetch(config: &Config, bootstrap: &str, envelope: &Envelope, timeout: Dur
                 }
                 let original = Original::from_record(&m);
                 return if holds_prefix(envelope, &original) {
-                    Fetched::Found(original)
+                    OriginalFetch::Found(original)
                 } else {
                     gone("the record there is another message: its bytes differ".into())
                 };
@@ -108,7 +113,7 @@ pub fn fetch(config: &Config, bootstrap: &str, envelope: &Envelope, timeout: Dur
             None => {}
         }
     }
-    Fetched::Failed(format!(
+    OriginalFetch::Failed(format!(
         "no answer for original record {place} within {timeout:?}{}",
         last_error.map_or_else(String::new, |e| format!(": {e}"))
     ))

@@ -33,7 +33,7 @@ pub struct ReplayOptions {
 
 /// What happened to one selected dead letter.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum LetterOutcome {
     /// Produced and acknowledged.
     Replayed {
         /// Where it was written.
@@ -82,51 +82,53 @@ pub enum Outcome {
     },
 }
 
-impl Outcome {
+impl LetterOutcome {
     /// A stable name for output: `replayed`, `would_replay`,
     /// `skipped_over_limit`, `skipped_unreadable`,
     /// `skipped_already_replayed`, `refused_topic`, `refused_original_gone`
     /// or `failed`.
     pub fn name(&self) -> &'static str {
         match self {
-            Outcome::Replayed { .. } => "replayed",
-            Outcome::WouldReplay => "would_replay",
-            Outcome::OverLimit { .. } => "skipped_over_limit",
-            Outcome::Unreadable { .. } => "skipped_unreadable",
-            Outcome::AlreadyReplayed { .. } => "skipped_already_replayed",
-            Outcome::TopicNotRouted { .. } => "refused_topic",
-            Outcome::OriginalGone { .. } => "refused_original_gone",
-            Outcome::Failed { .. } => "failed",
+            LetterOutcome::Replayed { .. } => "replayed",
+            LetterOutcome::WouldReplay => "would_replay",
+            LetterOutcome::OverLimit { .. } => "skipped_over_limit",
+            LetterOutcome::Unreadable { .. } => "skipped_unreadable",
+            LetterOutcome::AlreadyReplayed { .. } => "skipped_already_replayed",
+            LetterOutcome::TopicNotRouted { .. } => "refused_topic",
+            LetterOutcome::OriginalGone { .. } => "refused_original_gone",
+            LetterOutcome::Failed { .. } => "failed",
         }
     }
 
     /// What happened, in words.
     pub fn detail(&self) -> String {
         match self {
-            Outcome::Replayed { partition, offset } => format!("written at {partition}@{offset}"),
-            Outcome::WouldReplay => "dry run: nothing produced".to_owned(),
-            Outcome::AlreadyReplayed {
+            LetterOutcome::Replayed { partition, offset } => {
+                format!("written at {partition}@{offset}")
+            }
+            LetterOutcome::WouldReplay => "dry run: nothing produced".to_owned(),
+            LetterOutcome::AlreadyReplayed {
                 position,
                 beyond: false,
             } => format!(
                 "already replayed: below the replay position {position} (--from-beginning \
                  replays it again)"
             ),
-            Outcome::AlreadyReplayed {
+            LetterOutcome::AlreadyReplayed {
                 position,
                 beyond: true,
             } => format!(
                 "already replayed: recorded past the replay position {position}, which a letter \
                  not replayed holds back (--from-beginning replays it again)"
             ),
-            Outcome::TopicNotRouted { topic } => format!(
+            LetterOutcome::TopicNotRouted { topic } => format!(
                 "original topic {topic:?} is consumed by no route of this config; pass \
                  --allow-topic {topic} to replay there"
             ),
-            Outcome::OverLimit { reason }
-            | Outcome::Unreadable { reason }
-            | Outcome::OriginalGone { reason }
-            | Outcome::Failed { reason } => reason.clone(),
+            LetterOutcome::OverLimit { reason }
+            | LetterOutcome::Unreadable { reason }
+            | LetterOutcome::OriginalGone { reason }
+            | LetterOutcome::Failed { reason } => reason.clone(),
         }
     }
 
@@ -135,7 +137,9 @@ impl Outcome {
     pub fn settles(&self) -> bool {
         matches!(
             self,
-            Outcome::Replayed { .. } | Outcome::Unreadable { .. } | Outcome::OriginalGone { .. }
+            LetterOutcome::Replayed { .. }
+                | LetterOutcome::Unreadable { .. }
+                | LetterOutcome::OriginalGone { .. }
         )
     }
 }
@@ -148,7 +152,7 @@ pub struct ReplayResult<'a> {
     /// The original message's previous replay count, when readable.
     pub previous_replays: Option<u32>,
     /// What happened.
-    pub outcome: Outcome,
+    pub outcome: LetterOutcome,
 }
 
 /// How many dead letters ended each way.
@@ -178,14 +182,14 @@ impl ReplaySummary {
         let mut s = ReplaySummary::default();
         for r in results {
             *match r.outcome {
-                Outcome::Replayed { .. } => &mut s.replayed,
-                Outcome::WouldReplay => &mut s.would_replay,
-                Outcome::OverLimit { .. } => &mut s.skipped_over_limit,
-                Outcome::Unreadable { .. } => &mut s.skipped_unreadable,
-                Outcome::AlreadyReplayed { .. } => &mut s.skipped_already_replayed,
-                Outcome::TopicNotRouted { .. } => &mut s.refused_topic,
-                Outcome::OriginalGone { .. } => &mut s.refused_original_gone,
-                Outcome::Failed { .. } => &mut s.failed,
+                LetterOutcome::Replayed { .. } => &mut s.replayed,
+                LetterOutcome::WouldReplay => &mut s.would_replay,
+                LetterOutcome::OverLimit { .. } => &mut s.skipped_over_limit,
+                LetterOutcome::Unreadable { .. } => &mut s.skipped_unreadable,
+                LetterOutcome::AlreadyReplayed { .. } => &mut s.skipped_already_replayed,
+                LetterOutcome::TopicNotRouted { .. } => &mut s.refused_topic,
+                LetterOutcome::OriginalGone { .. } => &mut s.refused_original_gone,
+                LetterOutcome::Failed { .. } => &mut s.failed,
             } += 1;
         }
         s
@@ -215,13 +219,13 @@ pub fn judge(
     position: Option<i64>,
     max_replay_count: u32,
     routed: &BTreeSet<&str>,
-) -> (Option<u32>, Option<Outcome>) {
+) -> (Option<u32>, Option<LetterOutcome>) {
     let envelope = match &record.envelope {
         Ok(e) => e,
         Err(reason) => {
             return (
                 None,
-                Some(Outcome::Unreadable {
+                Some(LetterOutcome::Unreadable {
                     reason: format!("not a dead-letter envelope: {reason}"),
                 }),
             );
@@ -230,7 +234,7 @@ pub fn judge(
     if envelope.error_type == ErrorType::UndecodableRecord.as_str() {
         return (
             None,
-            Some(Outcome::Unreadable {
+            Some(LetterOutcome::Unreadable {
                 reason: NO_CONTENT.to_owned(),
             }),
         );
@@ -240,12 +244,12 @@ pub fn judge(
         return (None, over);
     };
     let refusal = if let Some(position) = position.filter(|&p| record.dlq_offset < p) {
-        Some(Outcome::AlreadyReplayed {
+        Some(LetterOutcome::AlreadyReplayed {
             position,
             beyond: false,
         })
     } else if !routed.contains(envelope.original_topic.as_str()) {
-        Some(Outcome::TopicNotRouted {
+        Some(LetterOutcome::TopicNotRouted {
             topic: envelope.original_topic.clone(),
         })
     } else {
@@ -258,12 +262,15 @@ pub fn judge(
 /// limit: the count when readable, and why the message is not replayed, if
 /// it is not. A cut dead letter may have lost the header, so its original
 /// record is judged again once fetched.
-pub fn judge_count(headers: &[RawHeader], max_replay_count: u32) -> (Option<u32>, Option<Outcome>) {
+pub fn judge_count(
+    headers: &[RawHeader],
+    max_replay_count: u32,
+) -> (Option<u32>, Option<LetterOutcome>) {
     match replay_count(headers) {
-        Err(reason) => (None, Some(Outcome::Unreadable { reason })),
+        Err(reason) => (None, Some(LetterOutcome::Unreadable { reason })),
         Ok(count) if count >= max_replay_count => (
             Some(count),
-            Some(Outcome::OverLimit {
+            Some(LetterOutcome::OverLimit {
                 reason: format!(
                     "already replayed {count} time(s), at or over --max-replay-count \
                      {max_replay_count}"
@@ -292,7 +299,7 @@ mod tests {
         assert_eq!(judge(&twice, None, 3, &routed), (Some(2), None));
         assert!(matches!(
             judge(&twice, None, 2, &routed),
-            (Some(2), Some(Outcome::OverLimit { .. }))
+            (Some(2), Some(LetterOutcome::OverLimit { .. }))
         ));
         let garbled = record(
             "orders",
@@ -300,13 +307,13 @@ mod tests {
         );
         assert!(matches!(
             judge(&garbled, None, 5, &routed),
-            (None, Some(Outcome::Unreadable { .. }))
+            (None, Some(LetterOutcome::Unreadable { .. }))
         ));
         assert!(never_replayable(&garbled) && !never_replayable(&twice));
         let junk = DlqRecord::decode("dlq", 0, 0, Vec::new(), Some(b"junk"));
         assert!(matches!(
             judge(&junk, None, 5, &routed),
-            (None, Some(Outcome::Unreadable { .. }))
+            (None, Some(LetterOutcome::Unreadable { .. }))
         ));
         assert!(never_replayable(&junk));
     }
@@ -336,7 +343,7 @@ mod tests {
         assert_eq!(judge(&letter, Some(40), 5, &routed), (Some(0), None));
         assert_eq!(
             judge(&letter, Some(41), 5, &routed).1,
-            Some(Outcome::AlreadyReplayed {
+            Some(LetterOutcome::AlreadyReplayed {
                 position: 41,
                 beyond: false
             })

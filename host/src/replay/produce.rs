@@ -17,8 +17,10 @@ use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use tokio::time::Instant;
 
-use super::original::{self, Fetched, Original};
-use super::outcome::{Outcome, ReplayOptions, ReplayResult, judge, judge_count, never_replayable};
+use super::original::{self, Original, OriginalFetch};
+use super::outcome::{
+    LetterOutcome, ReplayOptions, ReplayResult, judge, judge_count, never_replayable,
+};
 use super::position::{self, Beyond, Positions};
 use super::{
     DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DlqRecord, Envelope, Filter, REPLAY_COUNT_HEADER,
@@ -96,7 +98,7 @@ pub async fn replay<'a>(
     }
     produce_all(config, bootstrap, options, &originals, &mut run.results).await?;
 
-    let outcomes: HashMap<(&str, i32, i64), &Outcome> = run
+    let outcomes: HashMap<(&str, i32, i64), &LetterOutcome> = run
         .results
         .iter()
         .map(|r| {
@@ -230,7 +232,7 @@ fn decide<'a>(
         let (previous_replays, mut outcome) =
             judge(record, position, options.max_replay_count, &routed);
         if is_beyond(beyond, record) {
-            outcome = Some(Outcome::AlreadyReplayed {
+            outcome = Some(LetterOutcome::AlreadyReplayed {
                 position: position.unwrap_or(record.dlq_offset),
                 beyond: true,
             });
@@ -245,7 +247,7 @@ fn decide<'a>(
         run.results.push(ReplayResult {
             record,
             previous_replays,
-            outcome: outcome.unwrap_or(Outcome::WouldReplay),
+            outcome: outcome.unwrap_or(LetterOutcome::WouldReplay),
         });
     }
     to_send
@@ -276,7 +278,7 @@ fn fetch_originals(
             original::fetch(config, bootstrap, envelope, config.kafka.timeout())
         });
         match fetched {
-            Fetched::Found(original) => {
+            OriginalFetch::Found(original) => {
                 let (previous, refusal) = judge_count(&original.headers, options.max_replay_count);
                 results[i].previous_replays = previous;
                 match refusal {
@@ -284,8 +286,10 @@ fn fetch_originals(
                     None => originals.push((i, original)),
                 }
             }
-            Fetched::Gone(reason) => results[i].outcome = Outcome::OriginalGone { reason },
-            Fetched::Failed(reason) => results[i].outcome = Outcome::Failed { reason },
+            OriginalFetch::Gone(reason) => {
+                results[i].outcome = LetterOutcome::OriginalGone { reason }
+            }
+            OriginalFetch::Failed(reason) => results[i].outcome = LetterOutcome::Failed { reason },
         }
     }
     originals
@@ -321,7 +325,7 @@ async fn produce_all(
         let count = match count {
             Ok(count) => *count,
             Err(reason) => {
-                results[i].outcome = Outcome::Failed {
+                results[i].outcome = LetterOutcome::Failed {
                     reason: reason.clone(),
                 };
                 continue;
@@ -359,7 +363,7 @@ async fn produce_all(
                     }
                 }
                 Err((e, _)) => {
-                    results[i].outcome = Outcome::Failed {
+                    results[i].outcome = LetterOutcome::Failed {
                         reason: e.to_string(),
                     };
                     break;
@@ -461,16 +465,16 @@ fn chain(error: &dyn std::error::Error) -> String {
 }
 
 /// The outcome of an awaited delivery (the error: the producer went away).
-fn delivered<E>(result: Result<OwnedDeliveryResult, E>) -> Outcome {
+fn delivered<E>(result: Result<OwnedDeliveryResult, E>) -> LetterOutcome {
     match result {
-        Ok(Ok(delivery)) => Outcome::Replayed {
+        Ok(Ok(delivery)) => LetterOutcome::Replayed {
             partition: delivery.partition,
             offset: delivery.offset,
         },
-        Ok(Err((e, _))) => Outcome::Failed {
+        Ok(Err((e, _))) => LetterOutcome::Failed {
             reason: e.to_string(),
         },
-        Err(_) => Outcome::Failed {
+        Err(_) => LetterOutcome::Failed {
             reason: "the producer went away before acknowledging".into(),
         },
     }
