@@ -128,6 +128,9 @@ fn deleted(module: &str, routes: &[RouteHandle], status: &Status) {
     status.plugin_event();
 }
 
+/// Loads a new version of `module`'s file at `path` into its `routes`, or
+/// refuses it and leaves the version serving; a file whose content is the
+/// version serving is left alone.
 async fn load(
     module: &str,
     path: &Path,
@@ -151,40 +154,12 @@ async fn load(
         return;
     }
     // A version already loaded (a deleted file restored) is not compiled
-    // again; either way, every route must be able to make an instance of it
-    // within its memory limit.
+    // again.
     let last = t.last.clone().filter(|last| last.hash() == hash);
-    let routes_to_check = routes.to_vec();
-    let plugin = {
-        let runtime = runtime.clone();
-        let origin = path.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let plugin = match last {
-                Some(plugin) => plugin,
-                None => Arc::new(runtime.load_bytes(&origin, &bytes)?),
-            };
-            for route in &routes_to_check {
-                crate::route::admit(&runtime, &plugin, &route.config)?;
-            }
-            Ok(plugin)
-        })
-        .await
-        .unwrap_or_else(|e| {
-            Err(LoadError::Read {
-                path: path.to_owned(),
-                source: std::io::Error::other(format!("compilation was interrupted: {e}")),
-            })
-        })
-    };
-    match plugin {
+    match compile(path, bytes, last, routes, runtime).await {
         Ok(plugin) => {
             let info = ModuleInfo::loaded(&plugin, started.elapsed());
-            for route in routes {
-                route.set_module(Some(plugin.clone()));
-                if let Some(r) = status.route(route.topic()) {
-                    r.set_module(Some(info.clone()));
-                }
-            }
+            swap_in(&plugin, &info, routes, status);
             tracing::info!(
                 module,
                 module_hash = plugin.short_hash(),
@@ -196,24 +171,71 @@ async fn load(
             t.last = Some(plugin);
             status.count_plugin_load(module, true);
         }
-        Err(e) => {
-            status.count_plugin_load(module, false);
-            // A file seen half-written is the usual cause of these.
-            let partial = matches!(
-                e,
-                LoadError::Read { .. } | LoadError::Empty { .. } | LoadError::Invalid { .. }
-            );
-            tracing::error!(
-                module,
-                path = %path.display(),
-                serving = serving.as_ref().map_or("none", |p| p.short_hash()),
-                "module file refused; the version serving keeps serving{}: {e}",
-                if partial {
-                    " (write the new file elsewhere and rename it into the directory)"
-                } else {
-                    ""
-                }
-            );
+        Err(e) => refused(module, path, serving.as_deref(), &e, status),
+    }
+}
+
+/// Compiles `bytes` (unless `last` is that version already) on a blocking
+/// thread, and checks that every route can make an instance of it within
+/// its memory limit.
+async fn compile(
+    path: &Path,
+    bytes: Vec<u8>,
+    last: Option<Arc<Plugin>>,
+    routes: &[RouteHandle],
+    runtime: &Runtime,
+) -> Result<Arc<Plugin>, LoadError> {
+    let routes_to_check = routes.to_vec();
+    let runtime = runtime.clone();
+    let origin = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let plugin = match last {
+            Some(plugin) => plugin,
+            None => Arc::new(runtime.load_bytes(&origin, &bytes)?),
+        };
+        for route in &routes_to_check {
+            crate::route::admit(&runtime, &plugin, &route.config)?;
+        }
+        Ok(plugin)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(LoadError::Read {
+            path: path.to_owned(),
+            source: std::io::Error::other(format!("compilation was interrupted: {e}")),
+        })
+    })
+}
+
+/// Makes `plugin` serve every one of `routes`, and reports it in their
+/// status.
+fn swap_in(plugin: &Arc<Plugin>, info: &ModuleInfo, routes: &[RouteHandle], status: &Status) {
+    for route in routes {
+        route.set_module(Some(plugin.clone()));
+        if let Some(r) = status.route(route.topic()) {
+            r.set_module(Some(info.clone()));
         }
     }
+}
+
+/// Counts and logs a module file refused; the version `serving` keeps
+/// serving.
+fn refused(module: &str, path: &Path, serving: Option<&Plugin>, e: &LoadError, status: &Status) {
+    status.count_plugin_load(module, false);
+    // A file seen half-written is the usual cause of these.
+    let partial = matches!(
+        e,
+        LoadError::Read { .. } | LoadError::Empty { .. } | LoadError::Invalid { .. }
+    );
+    tracing::error!(
+        module,
+        path = %path.display(),
+        serving = serving.map_or("none", |p| p.short_hash()),
+        "module file refused; the version serving keeps serving{}: {e}",
+        if partial {
+            " (write the new file elsewhere and rename it into the directory)"
+        } else {
+            ""
+        }
+    );
 }

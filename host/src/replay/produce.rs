@@ -97,9 +97,23 @@ pub async fn replay<'a>(
         return Ok(run);
     }
     produce_all(config, bootstrap, options, &originals, &mut run.results).await?;
+    let (to_commit, beyond) =
+        positions_to_commit(letters, (&start, &saved, &saved_beyond), &run.results);
+    commit_position(config, bootstrap, to_commit, beyond, &mut run);
+    Ok(run)
+}
 
-    let outcomes: HashMap<(&str, i32, i64), &LetterOutcome> = run
-        .results
+/// The positions to commit after a run whose letters ended as `results`,
+/// and the letters to record past them. A letter is settled when this run
+/// settled it, an earlier run recorded it past the saved position, or it
+/// can never be replayed; each position moves from `start` over the
+/// settled letters.
+fn positions_to_commit(
+    letters: &[DlqRecord],
+    (start, saved, saved_beyond): (&Positions, &Positions, &Beyond),
+    results: &[ReplayResult<'_>],
+) -> (Positions, Beyond) {
+    let outcomes: HashMap<(&str, i32, i64), &LetterOutcome> = results
         .iter()
         .map(|r| {
             let at = (
@@ -112,13 +126,25 @@ pub async fn replay<'a>(
         .collect();
     let settled = |r: &DlqRecord| {
         never_replayable(r)
-            || is_beyond(&saved_beyond, r)
+            || is_beyond(saved_beyond, r)
             || outcomes
                 .get(&(r.dlq_topic.as_str(), r.dlq_partition, r.dlq_offset))
                 .is_some_and(|o| o.settles())
     };
-    let moved = position::advance(letters, &start, &saved, settled);
-    let (to_commit, beyond) = positions_after(letters, &saved, &saved_beyond, moved, settled);
+    let moved = position::advance(letters, start, saved, settled);
+    positions_after(letters, saved, saved_beyond, moved, settled)
+}
+
+/// Commits `to_commit` with the letters recorded past it, and says in
+/// `run` what was committed, or why it could not be, or what a later run
+/// may replay again.
+fn commit_position(
+    config: &Config,
+    bootstrap: &str,
+    to_commit: Positions,
+    beyond: Beyond,
+    run: &mut ReplayRun<'_>,
+) {
     match tokio::task::block_in_place(|| {
         position::commit(config, bootstrap, &run.position_group, &to_commit, &beyond)
     }) {
@@ -138,12 +164,11 @@ pub async fn replay<'a>(
                 .collect();
             run.committed = to_commit;
             if run.position_warning.is_none() {
-                run.position_warning = kept_record(config, bootstrap, &run).err();
+                run.position_warning = kept_record(config, bootstrap, run).err();
             }
         }
         Err(e) => run.position_error = Some(chain(&e)),
     }
-    Ok(run)
 }
 
 /// Reads back the record of letters replayed past the committed positions:

@@ -14,7 +14,9 @@ use std::sync::OnceLock;
 
 use rdkafka::error::KafkaError;
 
-use crate::config::{Config, ConfigError, SaslMechanism, Secret, is_sensitive_property};
+use crate::config::{
+    Config, ConfigError, SaslConfig, SaslMechanism, Secret, TlsConfig, is_sensitive_property,
+};
 
 /// The features this build's librdkafka has (`builtin.features`: `ssl`,
 /// `sasl_scram`, `oidc`, `zstd`, ...).
@@ -75,90 +77,121 @@ pub fn properties(config: &Config) -> Result<Vec<(&'static str, String)>, Config
     let k = &config.kafka;
     let protocol = k.effective_security_protocol();
     let mut props = vec![("security.protocol", protocol.as_str().to_owned())];
-    let file = |field: &str, path: &Path| resolve(config, field, path);
     if protocol.uses_tls() {
-        let tls = k.tls.as_ref().filter(|t| t.enabled);
-        let ca = match tls.and_then(|t| t.ca_file.as_deref()) {
-            Some(path) => file("kafka.tls.ca_file", path)?,
-            // librdkafka then searches the usual places of the system's CA
-            // certificates; OpenSSL's own default is the directory it was
-            // built for, which a vendored build does not fill.
-            None => "probe".to_owned(),
-        };
-        props.push(("ssl.ca.location", ca));
-        if let Some(tls) = tls {
-            if let Some(cert) = &tls.cert_file {
-                props.push((
-                    "ssl.certificate.location",
-                    file("kafka.tls.cert_file", cert)?,
-                ));
-            }
-            if let Some(key) = &tls.key_file {
-                props.push(("ssl.key.location", file("kafka.tls.key_file", key)?));
-            }
-            if let Some(password) = secret(
-                config,
-                ("kafka.tls.key_password", tls.key_password.as_ref()),
-                (
-                    "kafka.tls.key_password_file",
-                    tls.key_password_file.as_ref(),
-                ),
-            )? {
-                props.push(("ssl.key.password", password));
-            }
-            if !tls.verify_hostname {
-                props.push(("ssl.endpoint.identification.algorithm", "none".to_owned()));
-            }
-        }
+        tls_properties(config, k.tls.as_ref().filter(|t| t.enabled), &mut props)?;
     }
     if let Some(sasl) = k.sasl.as_ref().filter(|_| protocol.uses_sasl()) {
         props.push(("sasl.mechanism", sasl.mechanism.as_str().to_owned()));
         match sasl.mechanism {
-            SaslMechanism::OauthBearer => {
-                props.push(("sasl.oauthbearer.method", "oidc".to_owned()));
-                if let Some(endpoint) = &sasl.token_endpoint {
-                    props.push(("sasl.oauthbearer.token.endpoint.url", endpoint.clone()));
-                }
-                if let Some(id) = &sasl.client_id {
-                    props.push(("sasl.oauthbearer.client.id", id.clone()));
-                }
-                if let Some(client_secret) = secret(
-                    config,
-                    ("kafka.sasl.client_secret", sasl.client_secret.as_ref()),
-                    (
-                        "kafka.sasl.client_secret_file",
-                        sasl.client_secret_file.as_ref(),
-                    ),
-                )? {
-                    props.push(("sasl.oauthbearer.client.secret", client_secret));
-                }
-                if let Some(scope) = &sasl.scope {
-                    props.push(("sasl.oauthbearer.scope", scope.clone()));
-                }
-                if !sasl.extensions.is_empty() {
-                    let extensions: Vec<String> = sasl
-                        .extensions
-                        .iter()
-                        .map(|(key, value)| format!("{key}={value}"))
-                        .collect();
-                    props.push(("sasl.oauthbearer.extensions", extensions.join(",")));
-                }
-            }
+            SaslMechanism::OauthBearer => oauthbearer_properties(config, sasl, &mut props)?,
             SaslMechanism::Plain | SaslMechanism::ScramSha256 | SaslMechanism::ScramSha512 => {
-                if let Some(user) = &sasl.username {
-                    props.push(("sasl.username", user.clone()));
-                }
-                if let Some(password) = secret(
-                    config,
-                    ("kafka.sasl.password", sasl.password.as_ref()),
-                    ("kafka.sasl.password_file", sasl.password_file.as_ref()),
-                )? {
-                    props.push(("sasl.password", password));
-                }
+                login_properties(config, sasl, &mut props)?;
             }
         }
     }
     Ok(props)
+}
+
+/// The TLS properties, `tls` being `[kafka.tls]` when it is there and
+/// enabled: the CA certificates (the system's without a `ca_file`), the
+/// client certificate and key, and hostname verification.
+fn tls_properties(
+    config: &Config,
+    tls: Option<&TlsConfig>,
+    props: &mut Vec<(&'static str, String)>,
+) -> Result<(), ConfigError> {
+    let file = |field: &str, path: &Path| resolve(config, field, path);
+    let ca = match tls.and_then(|t| t.ca_file.as_deref()) {
+        Some(path) => file("kafka.tls.ca_file", path)?,
+        // librdkafka then searches the usual places of the system's CA
+        // certificates; OpenSSL's own default is the directory it was
+        // built for, which a vendored build does not fill.
+        None => "probe".to_owned(),
+    };
+    props.push(("ssl.ca.location", ca));
+    let Some(tls) = tls else {
+        return Ok(());
+    };
+    if let Some(cert) = &tls.cert_file {
+        props.push((
+            "ssl.certificate.location",
+            file("kafka.tls.cert_file", cert)?,
+        ));
+    }
+    if let Some(key) = &tls.key_file {
+        props.push(("ssl.key.location", file("kafka.tls.key_file", key)?));
+    }
+    if let Some(password) = secret(
+        config,
+        ("kafka.tls.key_password", tls.key_password.as_ref()),
+        (
+            "kafka.tls.key_password_file",
+            tls.key_password_file.as_ref(),
+        ),
+    )? {
+        props.push(("ssl.key.password", password));
+    }
+    if !tls.verify_hostname {
+        props.push(("ssl.endpoint.identification.algorithm", "none".to_owned()));
+    }
+    Ok(())
+}
+
+/// The OAUTHBEARER properties: tokens fetched over OpenID Connect from
+/// the token endpoint with the client's id and secret.
+fn oauthbearer_properties(
+    config: &Config,
+    sasl: &SaslConfig,
+    props: &mut Vec<(&'static str, String)>,
+) -> Result<(), ConfigError> {
+    props.push(("sasl.oauthbearer.method", "oidc".to_owned()));
+    if let Some(endpoint) = &sasl.token_endpoint {
+        props.push(("sasl.oauthbearer.token.endpoint.url", endpoint.clone()));
+    }
+    if let Some(id) = &sasl.client_id {
+        props.push(("sasl.oauthbearer.client.id", id.clone()));
+    }
+    if let Some(client_secret) = secret(
+        config,
+        ("kafka.sasl.client_secret", sasl.client_secret.as_ref()),
+        (
+            "kafka.sasl.client_secret_file",
+            sasl.client_secret_file.as_ref(),
+        ),
+    )? {
+        props.push(("sasl.oauthbearer.client.secret", client_secret));
+    }
+    if let Some(scope) = &sasl.scope {
+        props.push(("sasl.oauthbearer.scope", scope.clone()));
+    }
+    if !sasl.extensions.is_empty() {
+        let extensions: Vec<String> = sasl
+            .extensions
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        props.push(("sasl.oauthbearer.extensions", extensions.join(",")));
+    }
+    Ok(())
+}
+
+/// The properties of a login with a user and password (PLAIN or SCRAM).
+fn login_properties(
+    config: &Config,
+    sasl: &SaslConfig,
+    props: &mut Vec<(&'static str, String)>,
+) -> Result<(), ConfigError> {
+    if let Some(user) = &sasl.username {
+        props.push(("sasl.username", user.clone()));
+    }
+    if let Some(password) = secret(
+        config,
+        ("kafka.sasl.password", sasl.password.as_ref()),
+        ("kafka.sasl.password_file", sasl.password_file.as_ref()),
+    )? {
+        props.push(("sasl.password", password));
+    }
+    Ok(())
 }
 
 /// A file field resolved against the config file's directory, once it is
