@@ -13,7 +13,7 @@ use crate::kafka::headers::{self, RawHeader};
 use crate::pipeline::dlq::{DeadLetter, ErrorType};
 use crate::replay::Envelope;
 use crate::status::Status;
-use crate::wasm::packed::{self, Decoded, Refusal};
+use crate::wasm::packed::{self, Decoded, NoOutputs};
 use crate::wasm::{HandlerError, Message, Output, OutputLimits, Runtime, RuntimeConfig};
 
 /// The line that ends the `KAFKA_*` variables of a [`config`] input.
@@ -199,8 +199,8 @@ fn shown(decoded: Vec<Decoded>) -> Vec<Result<Vec<Output>, String>> {
         .into_iter()
         .map(|d| {
             d.map_err(|refusal| match refusal {
-                Refusal::Handler(HandlerError::Retryable(m) | HandlerError::Permanent(m)) => m,
-                Refusal::Limit(e) => e.to_string(),
+                NoOutputs::Handler(HandlerError::Retryable(m) | HandlerError::Permanent(m)) => m,
+                NoOutputs::Limit(e) => e.to_string(),
             })
         })
         .collect()
@@ -217,7 +217,7 @@ fn results_hold(decoded: &[Decoded], expected: usize, limits: &OutputLimits, sto
                     panic!("result {i} kept outputs over a bound: {e}");
                 }
             }
-            Err(Refusal::Handler(HandlerError::Retryable(m) | HandlerError::Permanent(m))) => {
+            Err(NoOutputs::Handler(HandlerError::Retryable(m) | HandlerError::Permanent(m))) => {
                 assert!(
                     !m.chars().any(char::is_control),
                     "a handler's message kept a control character: {m:?}"
@@ -228,7 +228,7 @@ fn results_hold(decoded: &[Decoded], expected: usize, limits: &OutputLimits, sto
                     m.len()
                 );
             }
-            Err(Refusal::Limit(_)) => {
+            Err(NoOutputs::Limit(_)) => {
                 if stops_at_limit {
                     assert_eq!(
                         i + 1,

@@ -11,7 +11,7 @@
 //!    targets the `sluice:handler/plugin` world at a compatible version,
 //!    compiles it and keeps it ready to instantiate. For every message, an
 //!    [`wasm::Invoker`] calls the handler's `handle` under a deadline, a
-//!    memory limit and a stack limit, and returns a typed [`wasm::Outcome`]:
+//!    memory limit and a stack limit, and returns a typed [`wasm::CallOutcome`]:
 //!    the outputs, or a [`wasm::Failure`] saying exactly what went wrong.
 //! 3. [`kafka`] configures every client (the consumer, the producer and the
 //!    tools' clients), TLS and SASL included, reading the certificate and

@@ -38,7 +38,7 @@ fn attack(
     invoker: &mut Invoker,
     value: &str,
     inv: &Invocation,
-) -> (sluice::wasm::Outcome, Duration) {
+) -> (sluice::wasm::CallOutcome, Duration) {
     let started = Instant::now();
     let outcome = invoker.invoke(&message("in", value.as_bytes()), inv);
     let took = started.elapsed();
@@ -128,7 +128,7 @@ const SMALL: OutputLimits = OutputLimits {
     max_returned_bytes: 5000,
 };
 
-fn refused_by(outcome: &sluice::wasm::Outcome) -> Option<(&'static str, u64)> {
+fn refused_by(outcome: &sluice::wasm::CallOutcome) -> Option<(&'static str, u64)> {
     match outcome {
         Err(Failure::InvalidOutput(OutputLimitExceeded { setting, value, .. })) => {
             Some((setting, *value))

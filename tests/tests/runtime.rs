@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice::wasm::{
-    EntryPoint, Failure, Header, Invocation, Isolation, LoadError, Message, Outcome, Output,
+    CallOutcome, EntryPoint, Failure, Header, Invocation, Isolation, LoadError, Message, Output,
     Plugin, Runtime, TrapKind,
 };
 use sluice_tests::{artifacts, invocation, load, message, runtime};
@@ -720,7 +720,7 @@ fn varied_messages() -> Vec<Message> {
 }
 
 /// What `mirror` returns for `msg`, worked out here rather than asked of it.
-fn mirrored(msg: &Message) -> Outcome {
+fn mirrored(msg: &Message) -> CallOutcome {
     let topic = format!("{}.out", msg.topic);
     match msg.value.as_deref() {
         Some(b"retry") => {
@@ -773,14 +773,15 @@ fn every_entry_point_hands_over_the_whole_message_and_returns_the_whole_result()
     assert_eq!(plugin.entry_point(), EntryPoint::Packed);
     let inv = invocation(1000, 64, &[]);
     let messages = varied_messages();
-    let expected: Vec<Outcome> = messages.iter().map(mirrored).collect();
+    let expected: Vec<CallOutcome> = messages.iter().map(mirrored).collect();
     let ids: Vec<String> = (0..messages.len()).map(|i| format!("id-{i}")).collect();
     for entry in [EntryPoint::Handle, EntryPoint::Batch, EntryPoint::Packed] {
         for isolation in BOTH {
             let mut invoker = rt.invoker(plugin.clone(), isolation);
             invoker.limit_entry_point(entry);
             assert_eq!(invoker.entry_point(), entry);
-            let singly: Vec<Outcome> = messages.iter().map(|m| invoker.invoke(m, &inv)).collect();
+            let singly: Vec<CallOutcome> =
+                messages.iter().map(|m| invoker.invoke(m, &inv)).collect();
             assert_eq!(
                 singly, expected,
                 "one call per message, {entry:?}, {isolation:?}"

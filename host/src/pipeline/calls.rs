@@ -324,7 +324,7 @@ impl Calls<'_> {
 
     /// Records a call's outcome. Returns whether it failed: nothing behind
     /// a failure is handled before the delivery core decides about it.
-    fn push(&mut self, fetched: Fetched, outcome: wasm::Outcome) -> bool {
+    fn push(&mut self, fetched: Fetched, outcome: wasm::CallOutcome) -> bool {
         let outcome = classify(self.route, outcome);
         let failed = matches!(outcome, Outcome::Failed(_));
         self.done.push((fetched, outcome));
@@ -335,7 +335,7 @@ impl Calls<'_> {
 /// A call's outcome as the delivery core sees it: outputs to a topic
 /// outside the route's `output_topics` fail the message as
 /// `InvalidOutput`.
-fn classify(route: &Route, outcome: wasm::Outcome) -> Outcome<Output> {
+fn classify(route: &Route, outcome: wasm::CallOutcome) -> Outcome<Output> {
     let failure = match outcome {
         Ok(outputs) => {
             let Some(bad) = outputs

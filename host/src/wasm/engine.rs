@@ -16,8 +16,7 @@ use wasmtime::{
 use super::bindings;
 use super::cache::CompileCache;
 use super::deadline::{self, TickCount};
-use super::invoke::{self, Invoker, StoreState};
-use super::plugin::{LoadError, Plugin};
+use super::store::StoreState;
 
 /// How handler instances are reused between messages.
 ///
@@ -118,6 +117,10 @@ pub enum RuntimeError {
 }
 
 /// The WebAssembly runtime: one per process, cheap to clone.
+///
+/// Its methods that load a plugin or make an [`Invoker`](super::Invoker)
+/// are with the call, in `invoke.rs`: a plugin is taken only once a first
+/// instance of it has been made, which is a call's work.
 #[derive(Clone)]
 pub struct Runtime {
     inner: Arc<Inner>,
@@ -267,69 +270,6 @@ impl Runtime {
             cache.put(module, hash, &component);
         }
         Ok((component, false))
-    }
-
-    /// Reads, compiles and validates a plugin file. Compiling is CPU-heavy:
-    /// call it from a blocking thread, not from an async task.
-    pub fn load_file(&self, path: &Path) -> Result<Plugin, LoadError> {
-        self.ready(Plugin::from_file(self, path)?)
-    }
-
-    /// Compiles and validates a plugin from bytes; `origin` names it in errors.
-    pub fn load_bytes(&self, origin: &Path, bytes: &[u8]) -> Result<Plugin, LoadError> {
-        self.ready(Plugin::from_bytes(self, origin, bytes)?)
-    }
-
-    /// Makes a first instance of a loaded plugin, so that a module every
-    /// message would fail on is refused now, and hands the plugin back.
-    fn ready(&self, plugin: Plugin) -> Result<Plugin, LoadError> {
-        let plugin = Arc::new(plugin);
-        self.trial(
-            &plugin,
-            self.inner.config.max_memory_bytes,
-            "processing.max_memory_mb",
-        )?;
-        // The first instance, the only other holder, is gone.
-        Ok(Arc::into_inner(plugin).expect("no instance outlives `try_instantiate`"))
-    }
-
-    /// Refuses a loaded plugin for a memory limit below the runtime's (a
-    /// route's `memory_limit_mb`) when no instance of it can be made within
-    /// that limit, as its load does for the runtime's: every message would
-    /// fail. `setting` names the limit in the reason, what the module's
-    /// initial memory must fit in.
-    pub fn fits_within(
-        &self,
-        plugin: &Arc<Plugin>,
-        memory_bytes: usize,
-        setting: &str,
-    ) -> Result<(), LoadError> {
-        if memory_bytes >= self.inner.config.max_memory_bytes {
-            // Its load made an instance within the runtime's limit.
-            return Ok(());
-        }
-        self.trial(plugin, memory_bytes, setting)
-    }
-
-    /// Makes one instance of `plugin` within `memory_bytes` (`setting`) and
-    /// drops it; a failure refuses the plugin.
-    fn trial(
-        &self,
-        plugin: &Arc<Plugin>,
-        memory_bytes: usize,
-        setting: &str,
-    ) -> Result<(), LoadError> {
-        invoke::try_instantiate(self, plugin, memory_bytes, setting).map_err(|reason| {
-            LoadError::Instantiate {
-                path: plugin.path().to_owned(),
-                reason,
-            }
-        })
-    }
-
-    /// A worker that invokes `plugin` with the given isolation mode.
-    pub fn invoker(&self, plugin: Arc<Plugin>, isolation: Isolation) -> Invoker {
-        Invoker::new(self.clone(), plugin, isolation)
     }
 }
 

@@ -4,9 +4,14 @@
 //! Owns everything wasmtime: the [`Engine`](wasmtime::Engine) and its epoch
 //! ticker, the [`Linker`](wasmtime::component::Linker) with the host imports,
 //! compiled plugins ([`Plugin`]) and per-call stores. It knows nothing about
-//! Kafka: a message comes in as a [`Message`], and what comes back is an
-//! [`Outcome`]: the outputs, or a typed [`Failure`] that the pipeline turns into
-//! a retry or a dead-letter record.
+//! Kafka: a message comes in as a [`Message`], and what comes back is a
+//! [`CallOutcome`]: the outputs, or a typed [`Failure`] that the pipeline turns
+//! into a retry or a dead-letter record.
+//!
+//! The modules of a call depend on each other in one line, each only on
+//! those before it: `store` (a store's data: WASI, the memory limiter, the
+//! host functions), `engine` (the engine, its linker and the deadline clock),
+//! `plugin` (loading and checking a component) and `invoke` (the call).
 
 mod cache;
 mod deadline;
@@ -16,6 +21,7 @@ pub(crate) mod invoke;
 pub(crate) mod outputs;
 pub(crate) mod packed;
 mod plugin;
+mod store;
 
 pub use cache::CacheError;
 pub use engine::{
@@ -23,9 +29,9 @@ pub use engine::{
     Runtime, RuntimeConfig, TABLE_ELEMENTS, TABLES_PER_COMPONENT, TABLES_PER_CORE_MODULE,
 };
 pub use guest_io::{MAX_GUEST_TEXT, MAX_LOG_MESSAGE};
-pub use invoke::{EntryPoint, Failure, Invocation, Invoker, Limits, Outcome, TrapKind};
+pub use invoke::{CallOutcome, Failure, Invocation, Invoker, Limits, TrapKind};
 pub use outputs::{MAX_TOPIC_BYTES, OutputLimitExceeded, OutputLimits};
-pub use plugin::{LoadError, Plugin, PluginInfo};
+pub use plugin::{EntryPoint, LoadError, Plugin, PluginInfo};
 
 /// Types generated from the WIT contract in `wit/`, the one source of truth.
 pub mod bindings {

@@ -20,11 +20,13 @@ pub(crate) type Results = Vec<Result<Vec<Output>, HandlerError>>;
 
 /// What decoding found for one message: its outputs, the handler's error,
 /// or outputs that break the route's bounds.
-pub(crate) type Decoded = Result<Vec<Output>, Refusal>;
+pub(crate) type Decoded = Result<Vec<Output>, NoOutputs>;
 
-/// Why a message's result is not outputs.
+/// Why one message's result gives no outputs to produce: the handler's own
+/// error, or outputs that break a bound. It is that message's failure alone,
+/// where [`Malformed`] is the whole buffer's.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Refusal {
+pub(crate) enum NoOutputs {
     /// The handler returned an error, its message already made inert
     /// (`guest_io::inert`).
     Handler(HandlerError),
@@ -135,11 +137,11 @@ fn result(reader: &mut Reader<'_>, limits: &OutputLimits) -> Result<Decoded, Mal
     Ok(match reader.u8()? {
         wire::OK => match outputs(reader, limits) {
             Ok(outputs) => Ok(outputs),
-            Err(Stop::Limit(e)) => Err(Refusal::Limit(e)),
+            Err(Stop::Limit(e)) => Err(NoOutputs::Limit(e)),
             Err(Stop::Malformed(m)) => return Err(Malformed(m)),
         },
-        wire::RETRYABLE => Err(Refusal::Handler(HandlerError::Retryable(reason(reader)?))),
-        wire::PERMANENT => Err(Refusal::Handler(HandlerError::Permanent(reason(reader)?))),
+        wire::RETRYABLE => Err(NoOutputs::Handler(HandlerError::Retryable(reason(reader)?))),
+        wire::PERMANENT => Err(NoOutputs::Handler(HandlerError::Permanent(reason(reader)?))),
         _ => {
             return Err(Malformed(wire::Malformed(
                 "a result's tag is not 0, 1 or 2",
@@ -168,7 +170,7 @@ pub(crate) fn decode(
     let mut results = Vec::with_capacity(capacity);
     for _ in 0..n {
         let decoded = result(&mut reader, limits)?;
-        let refused = matches!(decoded, Err(Refusal::Limit(_)));
+        let refused = matches!(decoded, Err(NoOutputs::Limit(_)));
         results.push(decoded);
         if refused {
             return Ok(results);
@@ -267,12 +269,12 @@ mod tests {
                         value: Vec::new(),
                     }],
                 }]),
-                Err(Refusal::Handler(HandlerError::Permanent("bad".into()))),
+                Err(NoOutputs::Handler(HandlerError::Permanent("bad".into()))),
             ]
         );
         assert_eq!(
             decode(&[1, 0, 0, 0, wire::RETRYABLE, 0, 0, 0, 0]),
-            Ok(vec![Err(Refusal::Handler(HandlerError::Retryable(
+            Ok(vec![Err(NoOutputs::Handler(HandlerError::Retryable(
                 String::new()
             )))])
         );
@@ -350,7 +352,7 @@ mod tests {
         };
         let refused = |bytes: &[u8]| match super::decode(bytes, 1, &limits) {
             Ok(results) => match results.as_slice() {
-                [Err(Refusal::Limit(e))] => Some((e.setting, e.value)),
+                [Err(NoOutputs::Limit(e))] => Some((e.setting, e.value)),
                 _ => None,
             },
             Err(_) => None,
@@ -380,7 +382,7 @@ mod tests {
             max_returned_bytes: 0,
         };
         let named = |decoded: &[Decoded]| match decoded {
-            [Err(Refusal::Limit(e))] => Some(e.setting),
+            [Err(NoOutputs::Limit(e))] => Some(e.setting),
             _ => None,
         };
         let packed = super::decode(&one_output(1, 1), 1, &limits).expect("well-formed");
@@ -419,7 +421,8 @@ mod tests {
         let text = format!("line\nforged{}", "x".repeat(5000));
         wire::put_bytes(&mut bytes, text.as_bytes());
         let results = decode(&bytes).expect("well formed");
-        let Some(Err(Refusal::Handler(HandlerError::Permanent(message)))) = results.first() else {
+        let Some(Err(NoOutputs::Handler(HandlerError::Permanent(message)))) = results.first()
+        else {
             panic!("a permanent error: {results:?}");
         };
         assert!(message.starts_with("line\\nforged"), "{message}");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::types::{ComponentItem, Type};
+use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, ComponentExportIndex};
 
 use super::bindings::{PluginIndices, PluginPre};
@@ -17,8 +17,11 @@ use super::engine::{
     CORE_INSTANCES_PER_COMPONENT, MEMORIES_PER_COMPONENT, MEMORIES_PER_CORE_MODULE, Runtime,
     TABLE_ELEMENTS, TABLES_PER_COMPONENT, TABLES_PER_CORE_MODULE,
 };
-use super::guest_io::LogBudget;
-use super::invoke::{EntryPoint, StoreState};
+use super::store::{ModuleLog, StoreState};
+
+mod exports;
+
+pub use exports::EntryPoint;
 
 /// The fix we suggest whenever a file is not a handler component at all.
 const BUILD_HINT: &str = "build the handler with the sluice-guest SDK \
@@ -168,8 +171,9 @@ pub struct Plugin {
     /// Where `handle-packed` is, if the component exports it with the
     /// contract's type.
     packed: Option<ComponentExportIndex>,
-    /// Shared by every instance, so the log rate limit is per module.
-    pub(crate) log_budget: LogBudget,
+    /// Shared by every instance's store, so the log rate limit is per
+    /// module.
+    log: Arc<ModuleLog>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -207,7 +211,7 @@ impl Plugin {
 
     /// The first 12 hex digits of the hash, for logs.
     pub fn short_hash(&self) -> &str {
-        &self.hash[..12]
+        self.log.short_hash()
     }
 
     /// The file's size in bytes.
@@ -218,6 +222,11 @@ impl Plugin {
     /// What the component imports and exports.
     pub fn info(&self) -> &PluginInfo {
         &self.info
+    }
+
+    /// The module's name, hash and log budget, as its instances log.
+    pub(crate) fn log(&self) -> &Arc<ModuleLog> {
+        &self.log
     }
 
     pub(crate) fn pre(&self) -> &PluginPre<StoreState> {
@@ -251,12 +260,12 @@ impl Plugin {
     /// its stdout and stderr) the per-module rate limit dropped since it
     /// was loaded.
     pub fn log_lines_dropped(&self) -> u64 {
-        self.log_budget.dropped()
+        self.log.budget().dropped()
     }
 
     /// The counter behind [`Plugin::log_lines_dropped`], for the metrics.
     pub(crate) fn log_lines_dropped_counter(&self) -> Arc<AtomicU64> {
-        self.log_budget.dropped_counter()
+        self.log.budget().dropped_counter()
     }
 
     /// Whether the component exports `handle-batch` (the `batched-plugin`
@@ -327,8 +336,10 @@ impl Plugin {
         };
         let indices = PluginIndices::new(&instance_pre).map_err(not_a_handler)?;
         let pre = PluginPre::new(instance_pre).map_err(not_a_handler)?;
-        let batch = batch_export(path, &component);
-        let packed = packed_export(path, &component);
+        let batch = exports::batch_export(path, &component);
+        let packed = exports::packed_export(path, &component);
+        // Log lines name the module by its name and short hash.
+        let log = Arc::new(ModuleLog::new(&name, &hash[..12]));
         Ok(Plugin {
             name,
             path: path_buf(),
@@ -340,94 +351,9 @@ impl Plugin {
             indices,
             batch,
             packed,
-            log_budget: LogBudget::new(),
+            log,
         })
     }
-}
-
-/// The function `function` of the component's export of the contract's
-/// interface `interface`, at a compatible contract version, with its type.
-fn optional_export(
-    component: &Component,
-    interface: &str,
-    function: &str,
-) -> Option<(ComponentExportIndex, ComponentItem)> {
-    let prefix = format!("{}/{interface}@", contract::PACKAGE);
-    let engine = component.engine();
-    let ty = component.component_type();
-    let (name, item) = ty.exports(engine).find(|(name, _)| {
-        name.strip_prefix(&prefix)
-            .is_some_and(contract::is_compatible)
-    })?;
-    let ComponentItem::ComponentInstance(exported) = item.ty else {
-        return None;
-    };
-    let func = exported.get_export(engine, function)?.ty;
-    let instance = component.get_export_index(None, name)?;
-    let index = component.get_export_index(Some(&instance), function)?;
-    Some((index, func))
-}
-
-/// `handle-packed`, if the component exports it with the contract's type:
-/// one `list<u8>` in, one `list<u8>` out. Checked here, once, so that
-/// instances need not check it again.
-fn packed_export(path: &Path, component: &Component) -> Option<ComponentExportIndex> {
-    let (index, item) = optional_export(component, "packed", "handle-packed")?;
-    let fits = signature(&item).is_some_and(|(params, results)| {
-        list_of(&params, &[Type::U8]) && list_of(&results, &[Type::U8])
-    });
-    if !fits {
-        tracing::warn!(
-            module = %path.display(),
-            "handle-packed is not `func(messages: list<u8>) -> list<u8>` as the contract has \
-             it, so it is not called; rebuild the module with the current SDK"
-        );
-        return None;
-    }
-    Some(index)
-}
-
-/// `handle-batch`, if the component exports it with the contract's type: a
-/// list of what `handle` takes in, a list of what `handle` returns out.
-/// Checked here, once, against the component's own `handle`, whose type is
-/// checked against the contract on the module's first instance
-/// (`Runtime::load_file`), so that instances need not check `handle-batch`
-/// again.
-fn batch_export(path: &Path, component: &Component) -> Option<ComponentExportIndex> {
-    let (index, item) = optional_export(component, "batch", "handle-batch")?;
-    let (_, handle) = optional_export(component, "handler", "handle")?;
-    let fits = match (signature(&item), signature(&handle)) {
-        (Some((params, results)), Some((handle_params, handle_results))) => {
-            list_of(&params, &handle_params) && list_of(&results, &handle_results)
-        }
-        _ => false,
-    };
-    if !fits {
-        tracing::warn!(
-            module = %path.display(),
-            "handle-batch has another signature than the contract's \
-             (`func(msgs: list<message>) -> list<result<list<output>, handler-error>>`), \
-             so it is not called; rebuild the module with the current SDK"
-        );
-        return None;
-    }
-    Some(index)
-}
-
-/// The parameter and result types of `item`, if it is a function.
-fn signature(item: &ComponentItem) -> Option<(Vec<Type>, Vec<Type>)> {
-    match item {
-        ComponentItem::ComponentFunc(func) => Some((
-            func.params().map(|(_, ty)| ty).collect(),
-            func.results().collect(),
-        )),
-        _ => None,
-    }
-}
-
-/// Whether `list` is one list type whose elements are `element`, one type.
-fn list_of(list: &[Type], element: &[Type]) -> bool {
-    matches!((list, element), ([Type::List(list)], [element]) if list.ty() == *element)
 }
 
 /// Tells apart the common ways a file is not a component before the
