@@ -25,8 +25,6 @@ enum Kind {
     Counter,
     Gauge,
     Histogram,
-    /// No type given: the exposition says `untyped`.
-    Untyped,
 }
 
 impl Kind {
@@ -36,7 +34,6 @@ impl Kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
             Kind::Histogram => "histogram",
-            Kind::Untyped => "untyped",
         }
     }
 }
@@ -198,11 +195,9 @@ const METRICS: &[Family] = &[
                offset.",
         samples: Samples::One(Status::worker_restarts),
     },
-    // These four are exposed without a type, though docs/operations.md gives
-    // them one; kept so, for the exposition not to change.
     Family {
         name: "sluice_consumer_record_errors_total",
-        kind: Kind::Untyped,
+        kind: Kind::Counter,
         labels: "",
         help: "Consumer errors about a record the Kafka client fetched but could not decode (a \
                corrupt batch, a record over the fetch limit), each time it was reported.",
@@ -210,14 +205,14 @@ const METRICS: &[Family] = &[
     },
     Family {
         name: "sluice_assigned_partitions",
-        kind: Kind::Untyped,
+        kind: Kind::Gauge,
         labels: "",
         help: "Partitions the consumer holds.",
         samples: Samples::One(|s| s.assigned() as u64),
     },
     Family {
         name: "sluice_unassigned_seconds",
-        kind: Kind::Untyped,
+        kind: Kind::Gauge,
         labels: "",
         help: "How long the consumer has held no partition, once that is longer than its \
                session timeout; 0 otherwise.",
@@ -225,7 +220,7 @@ const METRICS: &[Family] = &[
     },
     Family {
         name: "sluice_undecodable_partitions",
-        kind: Kind::Untyped,
+        kind: Kind::Gauge,
         labels: "",
         help: "Partitions held up by a record the Kafka client cannot decode.",
         samples: Samples::One(|s| s.undecodable().len() as u64),
