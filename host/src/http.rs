@@ -273,17 +273,15 @@ async fn health(State(s): State<Shared>) -> Response {
     let stopped: Vec<Value> = status
         .stopped_partitions()
         .iter()
-        .map(|((topic, partition), reason)| {
-            json!({"topic": topic, "partition": partition, "reason": reason})
-        })
+        .map(|(tp, reason)| json!({"topic": tp.topic, "partition": tp.partition, "reason": reason}))
         .collect();
     let stalled: Vec<Value> = status
         .stalled()
         .into_iter()
         .map(|s| {
             json!({
-                "topic": s.partition.0,
-                "partition": s.partition.1,
+                "topic": s.partition.topic,
+                "partition": s.partition.partition,
                 "lag": s.lag,
                 "stalled_for_seconds": s.for_.as_secs(),
             })
@@ -293,10 +291,10 @@ async fn health(State(s): State<Shared>) -> Response {
     let undecodable: Vec<Value> = status
         .undecodable()
         .into_iter()
-        .map(|((topic, partition), s)| {
+        .map(|(tp, s)| {
             json!({
-                "topic": topic,
-                "partition": partition,
+                "topic": tp.topic,
+                "partition": tp.partition,
                 "offset": s.offset,
                 "error": s.error,
                 "for_seconds": now.saturating_duration_since(s.since).as_secs(),

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use crate::breaker::CircuitState;
 use crate::policy::ErrorType;
-use crate::status::{LATENCY_BUCKETS, RouteStatus, Status};
+use crate::status::{LATENCY_BUCKETS, RouteStatus, Status, TopicPartition};
 
 /// Every metric family, for documentation and tests: name, type, labels.
 pub const FAMILIES: &[(&str, &str, &str)] = &summaries::<{ METRICS.len() }>(METRICS);
@@ -429,7 +429,7 @@ fn route_circuit_transitions(out: &mut Exposition, name: &str, scrape: &Scrape<'
 
 /// `sluice_consumer_lag`: each assigned partition's lag.
 fn consumer_lag(out: &mut Exposition, name: &str, scrape: &Scrape<'_>) {
-    for ((topic, partition), n) in scrape.status.lag() {
+    for (TopicPartition { topic, partition }, n) in scrape.status.lag() {
         out.sample(
             name,
             &[("topic", &topic), ("partition", &partition.to_string())],

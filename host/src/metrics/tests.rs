@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use super::render;
 use crate::config::Config;
 use crate::policy::ErrorType;
-use crate::status::{ModuleInfo, PartitionFlags, Status, Stuck};
+use crate::status::{ModuleInfo, PartitionFlags, Status, Stuck, TopicPartition};
 use crate::wasm::{Runtime, RuntimeConfig};
 
 /// A status with something in every metric: two routes (one of them
@@ -43,9 +43,9 @@ fn busy_status() -> Arc<Status> {
         .expect("the machine has been up for two minutes");
     status.set_lag(
         BTreeMap::from([
-            (("in".to_owned(), 0), 5),
-            (("in".to_owned(), 1), 0),
-            (("orders.v2".to_owned(), 2), 7),
+            (TopicPartition::new("in", 0), 5),
+            (TopicPartition::new("in", 1), 0),
+            (TopicPartition::new("orders.v2", 2), 7),
         ]),
         long_ago,
     );
@@ -53,8 +53,8 @@ fn busy_status() -> Arc<Status> {
         in_flight: Arc::new(AtomicU64::new(6)),
         paused: Arc::new(AtomicBool::new(false)),
     };
-    status.watch_partition(&("in".to_owned(), 1), flags);
-    status.stop(&("in".to_owned(), 1), "it failed".to_owned());
+    status.watch_partition(&TopicPartition::new("in", 1), flags);
+    status.stop(&TopicPartition::new("in", 1), "it failed".to_owned());
     let stuck = Stuck {
         offset: 40,
         error: "a corrupt batch".to_owned(),
@@ -62,7 +62,7 @@ fn busy_status() -> Arc<Status> {
         repeats: 2,
     };
     status.set_undecodable(
-        BTreeMap::from([(("orders.v2".to_owned(), 3), stuck)]),
+        BTreeMap::from([(TopicPartition::new("orders.v2", 3), stuck)]),
         |_| String::new(),
     );
     status.broker.admission().report(false);

@@ -140,7 +140,7 @@ impl Emit for Retried {
         let Scope { tp, route, .. } = scope;
         route.status.metrics.retries.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
-            topic = %tp.0, partition = tp.1, offset = self.offset,
+            topic = %tp.topic, partition = tp.partition, offset = self.offset,
             module = route.module_name(), attempt = self.attempt,
             delay_ms = millis(self.delay), "retrying after: {}", self.reason
         );
@@ -152,7 +152,7 @@ impl Emit for Held {
         let Scope { tp, route, .. } = scope;
         route.status.metrics.held.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
-            topic = %tp.0, partition = tp.1, offset = self.offset, module = route.module_name(),
+            topic = %tp.topic, partition = tp.partition, offset = self.offset, module = route.module_name(),
             "handler breaker is open: holding the message until a probe succeeds: {}",
             self.reason
         );
@@ -165,7 +165,7 @@ impl Emit for DeadLettered {
         route.status.metrics.dead_letter(self.error_type);
         let (shown, _) = dlq::cut_text(&self.reason, dlq::MAX_REASON);
         tracing::warn!(
-            topic = %tp.0, partition = tp.1, offset = self.offset, module = route.module_name(),
+            topic = %tp.topic, partition = tp.partition, offset = self.offset, module = route.module_name(),
             error_type = self.error_type.as_str(),
             dead_letter_topic = route.dead_letter_topic.as_deref().unwrap_or(""),
             "dead-lettering message: {shown}"
@@ -178,7 +178,7 @@ impl Emit for Stopped {
         let Scope { tp, route, status } = scope;
         route.status.metrics.stopped.fetch_add(1, Ordering::Relaxed);
         tracing::error!(
-            topic = %tp.0, partition = tp.1, offset = self.offset, module = route.module_name(),
+            topic = %tp.topic, partition = tp.partition, offset = self.offset, module = route.module_name(),
             "partition stopped: nothing after the message is committed until it is handled \
              (a new version of the module or a config reload tries it again): {}",
             self.reason
@@ -193,7 +193,7 @@ impl Emit for Resumed {
         let Scope { tp, route, status } = scope;
         status.resume(tp);
         tracing::info!(
-            topic = %tp.0, partition = tp.1, offset = self.offset, module = route.module_name(),
+            topic = %tp.topic, partition = tp.partition, offset = self.offset, module = route.module_name(),
             "trying again the message the partition stopped on"
         );
     }
@@ -203,7 +203,7 @@ impl Emit for Refused {
     fn emit(self, scope: &Scope<'_>) {
         let tp = scope.tp;
         tracing::warn!(
-            topic = %tp.0, partition = tp.1, offset = self.offset,
+            topic = %tp.topic, partition = tp.partition, offset = self.offset,
             delay_ms = millis(self.delay),
             "record not acknowledged by the broker; the message's records (and the outputs \
              after them) are produced again: {}",
@@ -221,7 +221,7 @@ impl Emit for DeadLetterRefused {
             .dlq_refusals
             .fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
-            topic = %tp.0, partition = tp.1, offset = self.offset, module = route.module_name(),
+            topic = %tp.topic, partition = tp.partition, offset = self.offset, module = route.module_name(),
             "dead letter refused for good: {}",
             self.reason
         );

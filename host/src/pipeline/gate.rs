@@ -131,12 +131,12 @@ impl Gate {
         if *revoked {
             return;
         }
-        if let Err(e) = shared.offsets.store_offset(&tp.0, tp.1, offset) {
+        if let Err(e) = shared.offsets.store_offset(&tp.topic, tp.partition, offset) {
             // After a rebalance librdkafka refuses offsets of partitions no
             // longer assigned; the message will be handled by the new owner.
-            tracing::debug!(topic = %tp.0, partition = tp.1, offset, "offset not stored: {e}");
+            tracing::debug!(topic = %tp.topic, partition = tp.partition, offset, "offset not stored: {e}");
         } else {
-            tracing::trace!(topic = %tp.0, partition = tp.1, offset, "offset stored");
+            tracing::trace!(topic = %tp.topic, partition = tp.partition, offset, "offset stored");
         }
         self.resume_at.store(offset + 1, Ordering::Release);
         if self.has_raw_keys.load(Ordering::Acquire) {

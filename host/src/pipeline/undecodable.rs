@@ -147,7 +147,7 @@ mod tests {
     use std::time::Duration;
 
     fn tp(p: i32) -> TopicPartition {
-        ("orders".to_owned(), p)
+        TopicPartition::new("orders", p)
     }
 
     fn at(next: i64, high: i64) -> Position {

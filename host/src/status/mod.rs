@@ -248,10 +248,9 @@ impl Status {
             .undecodable
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        for ((topic, partition), stuck) in &now {
-            let known = current
-                .get(&(topic.clone(), *partition))
-                .is_some_and(|s| s.offset == stuck.offset);
+        for (tp, stuck) in &now {
+            let (topic, partition) = (&tp.topic, tp.partition);
+            let known = current.get(tp).is_some_and(|s| s.offset == stuck.offset);
             if !known {
                 tracing::error!(
                     topic = %topic,
@@ -459,7 +458,7 @@ impl Status {
                     .is_some_and(|f| f.paused.load(Ordering::Relaxed))
             })
             .filter(|(tp, _)| {
-                self.route(&tp.0)
+                self.route(&tp.topic)
                     .is_none_or(|r| r.breaker.state() == CircuitState::Closed)
             })
             .map(|(partition, l)| Stalled {

@@ -13,7 +13,7 @@ fn status(stall_timeout_seconds: f64) -> Arc<Status> {
 }
 
 fn lag(n: i64) -> BTreeMap<TopicPartition, i64> {
-    BTreeMap::from([(("in".to_owned(), 0), n)])
+    BTreeMap::from([(TopicPartition::new("in", 0), n)])
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -54,7 +54,7 @@ fn a_lag_that_stands_still_past_the_timeout_is_a_stall() {
     assert_eq!(
         stalled,
         [Stalled {
-            partition: ("in".to_owned(), 0),
+            partition: TopicPartition::new("in", 0),
             lag: 5,
             for_: MINUTE,
         }]
@@ -83,7 +83,7 @@ fn a_moving_or_empty_lag_is_no_stall() {
 fn paused_held_or_stopped_partitions_are_not_stalled() {
     let s = status(60.0);
     let t0 = Instant::now();
-    let tp = ("in".to_owned(), 0);
+    let tp = TopicPartition::new("in", 0);
     s.set_lag(lag(5), t0);
     let later = t0 + 2 * MINUTE;
     assert_eq!(s.stalled_at(later).len(), 1);

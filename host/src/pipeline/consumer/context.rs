@@ -88,7 +88,7 @@ impl RebalanceContext {
 fn partitions(list: &TopicPartitionList) -> Vec<TopicPartition> {
     list.elements()
         .iter()
-        .map(|e| (e.topic().to_owned(), e.partition()))
+        .map(|e| TopicPartition::new(e.topic(), e.partition()))
         .collect()
 }
 
@@ -112,10 +112,14 @@ impl ClientContext for RebalanceContext {
         for (topic, t) in &statistics.topics {
             for (&partition, p) in &t.partitions {
                 if partition >= 0 && p.consumer_lag >= 0 {
-                    lag.insert((topic.clone(), partition), p.consumer_lag);
+                    lag.insert(TopicPartition::new(topic, partition), p.consumer_lag);
                 }
                 if partition >= 0 && p.fetch_state == "active" {
-                    positions.push(((topic.clone(), partition), p.next_offset, p.hi_offset));
+                    positions.push((
+                        TopicPartition::new(topic, partition),
+                        p.next_offset,
+                        p.hi_offset,
+                    ));
                 }
             }
         }

@@ -61,7 +61,7 @@ impl Recorder {
         self.lanes
             .iter()
             .rev()
-            .find(|(tp, _, _)| tp.1 == p)
+            .find(|(tp, _, _)| tp.partition == p)
             .map(|(_, _, lane)| lane.clone())
             .expect("a worker for the partition")
     }
@@ -78,10 +78,11 @@ impl Shell<i64> for Recorder {
         offset: i64,
         worker: WorkerId,
     ) -> Option<TestLane> {
-        if tp.0 == "unrouted" {
+        if tp.topic == "unrouted" {
             return None;
         }
-        self.actions.push(format!("start {} at {offset}", tp.1));
+        self.actions
+            .push(format!("start {} at {offset}", tp.partition));
         let lane = TestLane(Rc::new(RefCell::new(Queue {
             capacity: self.capacity,
             resume_at: offset,
@@ -91,26 +92,28 @@ impl Shell<i64> for Recorder {
         Some(lane)
     }
     fn set_paused(&mut self, tps: &[TopicPartition], paused: bool) {
-        let ps: Vec<i32> = tps.iter().map(|tp| tp.1).collect();
+        let ps: Vec<i32> = tps.iter().map(|tp| tp.partition).collect();
         let verb = if paused { "pause" } else { "resume" };
         self.actions.push(format!("{verb} {ps:?}"));
     }
     fn seek(&mut self, tp: &TopicPartition, offset: i64) {
-        self.actions.push(format!("seek {} to {offset}", tp.1));
+        self.actions
+            .push(format!("seek {} to {offset}", tp.partition));
     }
     fn commit(&mut self) {
         self.actions.push("commit".to_owned());
     }
     fn forget(&mut self, tp: &TopicPartition) {
-        self.actions.push(format!("forget {}", tp.1));
+        self.actions.push(format!("forget {}", tp.partition));
     }
     fn worker_failed(&mut self, tp: &TopicPartition, offset: i64, _reason: &str) {
-        self.actions.push(format!("failed {} at {offset}", tp.1));
+        self.actions
+            .push(format!("failed {} at {offset}", tp.partition));
     }
 }
 
 fn tp(p: i32) -> TopicPartition {
-    ("in".to_owned(), p)
+    TopicPartition::new("in", p)
 }
 
 fn machine() -> (Machine<i64, TestLane>, Instant) {
@@ -321,7 +324,7 @@ fn an_undecodable_record_goes_to_the_worker_and_the_fetch_moves_past_it() {
     m.skip(&tp(0), 7, Instant::now(), &mut shell, |_| 7);
     assert_eq!(shell.take(), ["start 0 at 7", "seek 0 to 8"]);
     assert_eq!(shell.lane(0).0.borrow().items, [7]);
-    let unrouted = ("unrouted".to_owned(), 0);
+    let unrouted = TopicPartition::new("unrouted", 0);
     m.skip(&unrouted, 7, Instant::now(), &mut shell, |_| 7);
     assert!(
         shell.take().is_empty(),
@@ -361,7 +364,7 @@ fn after_the_drain_nothing_is_handed_over_started_or_committed() {
 fn a_message_of_a_topic_without_a_route_starts_nothing() {
     let (mut m, _) = machine();
     let mut shell = Recorder::new(4);
-    let unrouted = ("unrouted".to_owned(), 0);
+    let unrouted = TopicPartition::new("unrouted", 0);
     m.fetched(&unrouted, 0, Instant::now(), &mut shell, |_| 0);
     assert!(shell.take().is_empty());
     assert_eq!(m.worker(&unrouted), None);

@@ -131,7 +131,7 @@ impl machine::Shell<Message> for Io {
         offset: i64,
         worker: WorkerId,
     ) -> Option<WorkerLane> {
-        let slot = self.live.get(&tp.0)?;
+        let slot = self.live.get(&tp.topic)?;
         let (tx, rx) = mpsc::channel(self.partition_queue);
         let gate = Arc::new(Gate::new(self.stop_all.child_token(), offset));
         self.consumer
@@ -156,7 +156,7 @@ impl machine::Shell<Message> for Io {
     fn set_paused(&mut self, tps: &[TopicPartition], paused: bool) {
         let mut list = TopicPartitionList::new();
         for tp in tps {
-            list.add_partition(&tp.0, tp.1);
+            list.add_partition(&tp.topic, tp.partition);
         }
         let result = if paused {
             self.consumer.pause(&list)
@@ -164,16 +164,19 @@ impl machine::Shell<Message> for Io {
             self.consumer.resume(&list)
         };
         if let Err(e) = result {
-            tracing::warn!(partitions = ?tps, paused, "cannot change pause state: {e}");
+            let names: Vec<String> = tps.iter().map(ToString::to_string).collect();
+            tracing::warn!(partitions = ?names, paused, "cannot change pause state: {e}");
         }
     }
 
     fn seek(&mut self, tp: &TopicPartition, offset: i64) {
-        if let Err(e) = self
-            .consumer
-            .seek(&tp.0, tp.1, Offset::Offset(offset), Duration::ZERO)
-        {
-            tracing::error!(topic = %tp.0, partition = tp.1, offset, "cannot fetch the partition from offset {offset}: {e}");
+        if let Err(e) = self.consumer.seek(
+            &tp.topic,
+            tp.partition,
+            Offset::Offset(offset),
+            Duration::ZERO,
+        ) {
+            tracing::error!(topic = %tp.topic, partition = tp.partition, offset, "cannot fetch the partition from offset {offset}: {e}");
         }
     }
 
@@ -195,7 +198,7 @@ impl machine::Shell<Message> for Io {
     fn worker_failed(&mut self, tp: &TopicPartition, offset: i64, reason: &str) {
         self.status.worker_restarts.fetch_add(1, Ordering::Relaxed);
         tracing::error!(
-            topic = %tp.0, partition = tp.1, offset,
+            topic = %tp.topic, partition = tp.partition, offset,
             "partition worker ended early; consuming the partition again from its last stored \
              offset: {reason}"
         );
@@ -361,8 +364,11 @@ impl ConsumerLoop {
             return;
         }
         let tp = match &self.last {
-            Some(tp) if tp.1 == m.partition() && tp.0 == topic => tp.clone(),
-            _ => self.last.insert((topic.to_owned(), m.partition())).clone(),
+            Some(tp) if tp.partition == m.partition() && tp.topic == topic => tp.clone(),
+            _ => self
+                .last
+                .insert(TopicPartition::new(topic, m.partition()))
+                .clone(),
         };
         self.machine
             .fetched(&tp, m.offset(), now, &mut self.io, |lane| {
@@ -429,7 +435,7 @@ impl ConsumerLoop {
         let due: Vec<(TopicPartition, Stuck)> = stuck
             .into_iter()
             .filter(|(tp, s)| {
-                choice(&tp.0) == OnUndecodable::DeadLetter
+                choice(&tp.topic) == OnUndecodable::DeadLetter
                     && self.skipped.get(tp) != Some(&s.offset)
             })
             .collect();
@@ -454,8 +460,8 @@ impl ConsumerLoop {
                 lane.gate.in_flight.fetch_add(1, Ordering::Relaxed);
                 lane.gate.mark_undecodable(offset, reason);
                 Message {
-                    topic: tp.0.clone(),
-                    partition: tp.1,
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
                     offset,
                     timestamp: None,
                     key: None,

@@ -36,7 +36,7 @@ const COMMIT_EVERY: Duration = Duration::from_millis(100);
 const MAX_TURN: Duration = Duration::from_millis(30);
 
 fn tp(p: i32) -> TopicPartition {
-    (TOPIC.to_owned(), p)
+    TopicPartition::new(TOPIC, p)
 }
 
 #[derive(Debug, Clone)]
@@ -211,20 +211,22 @@ impl Shell<Msg> for SimShell<'_> {
             resume_at: offset,
         }));
         self.started.push(Worker {
-            p: tp.1,
+            p: tp.partition,
             id: worker,
             queue: queue.clone(),
             gate: gate.clone(),
             core: Core::new(8),
             producing: Vec::new(),
         });
-        self.world
-            .note(format!("p{} worker {worker} started at {offset}", tp.1));
+        self.world.note(format!(
+            "p{} worker {worker} started at {offset}",
+            tp.partition
+        ));
         Some(SimLane { queue, gate })
     }
     fn set_paused(&mut self, tps: &[TopicPartition], paused: bool) {
         for tp in tps {
-            let log = self.world.log(tp.1);
+            let log = self.world.log(tp.partition);
             if paused && !log.paused {
                 // Pausing drops what was fetched ahead of the loop.
                 let from = log.buffer.front().copied().unwrap_or(log.position);
@@ -238,15 +240,16 @@ impl Shell<Msg> for SimShell<'_> {
         ));
     }
     fn seek(&mut self, tp: &TopicPartition, offset: i64) {
-        self.world.log(tp.1).refetch(offset);
-        self.world.note(format!("p{} seek {offset}", tp.1));
+        self.world.log(tp.partition).refetch(offset);
+        self.world.note(format!("p{} seek {offset}", tp.partition));
     }
     fn commit(&mut self) {
         self.world.commit();
     }
     fn forget(&mut self, _tp: &TopicPartition) {}
     fn worker_failed(&mut self, tp: &TopicPartition, offset: i64, _reason: &str) {
-        self.world.note(format!("p{} restarts at {offset}", tp.1));
+        self.world
+            .note(format!("p{} restarts at {offset}", tp.partition));
     }
 }
 
