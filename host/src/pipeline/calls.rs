@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
+use super::consumer::machine::WorkerFailure;
 use super::core::{Failed, Item, Outcome};
 use crate::policy::FailureKind;
 use crate::route::{Route, TURN};
@@ -94,7 +95,7 @@ pub async fn call(
     messages: Vec<Fetched>,
     limit: usize,
     cancel: CancellationToken,
-) -> Result<Called, String> {
+) -> Result<Called, WorkerFailure> {
     let Ok(_permit) = slots.acquire().await else {
         return Ok(Called {
             outcomes: Vec::new(),
@@ -127,8 +128,10 @@ pub async fn call(
             unhandled: queue.into(),
         }
     });
-    task.await
-        .map_err(|e| format!("the handler thread of module {plugin_name} failed: {e}"))
+    task.await.map_err(|e| WorkerFailure::HandlerThread {
+        module: plugin_name,
+        error: e.to_string(),
+    })
 }
 
 /// The handler calls for one run of a partition's messages.

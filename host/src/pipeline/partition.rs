@@ -14,7 +14,7 @@ use rdkafka::message::{Message as _, OwnedMessage};
 use tokio::sync::{mpsc, watch};
 
 use super::calls::{self, Called, Fetched};
-use super::consumer::machine::WorkerEnd;
+use super::consumer::machine::{WorkerEnd, WorkerFailure};
 use super::core::{Action, Answer, Core, Note};
 use super::delivery::{NotProduced, Produced, Receipt, produce_all};
 use super::events;
@@ -93,7 +93,7 @@ enum Call {
     Admitting(BoxFuture<'static, Admitted>),
     /// The handler has messages.
     Running {
-        task: BoxFuture<'static, Result<Called, String>>,
+        task: BoxFuture<'static, Result<Called, WorkerFailure>>,
         handler: Admission,
     },
 }
@@ -120,7 +120,7 @@ enum Event {
     Cancelled,
     Answered(Vec<(KafkaError, OwnedMessage)>),
     Admitted(Admitted),
-    Called(Result<Called, String>),
+    Called(Result<Called, WorkerFailure>),
     Received,
     Closed,
     Wake,

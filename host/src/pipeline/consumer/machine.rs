@@ -76,7 +76,7 @@ pub trait Shell<M> {
     /// The partition no longer has a worker here.
     fn forget(&mut self, tp: &TopicPartition);
     /// A worker ended early and its partition starts again at `offset`.
-    fn worker_failed(&mut self, tp: &TopicPartition, offset: i64, reason: &str);
+    fn worker_failed(&mut self, tp: &TopicPartition, offset: i64, failure: &WorkerFailure);
 }
 
 /// Why an assigned partition is not fetched.
@@ -97,7 +97,31 @@ pub enum WorkerEnd {
     Done,
     /// It could not go on: the partition starts again from the offset
     /// after the last one stored, so nothing is lost.
-    Failed(String),
+    Failed(WorkerFailure),
+}
+
+/// Why a worker could not go on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkerFailure {
+    /// The thread of a handler call ended without an answer (it panicked):
+    /// the call's messages went with it.
+    HandlerThread { module: String, error: String },
+    /// The worker task itself panicked.
+    Panicked(String),
+    /// It ended without being told to, and without saying why.
+    Unexplained,
+}
+
+impl std::fmt::Display for WorkerFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WorkerFailure::HandlerThread { module, error } => {
+                write!(f, "the handler thread of module {module} failed: {error}")
+            }
+            WorkerFailure::Panicked(error) => write!(f, "the partition worker panicked: {error}"),
+            WorkerFailure::Unexplained => f.write_str("the worker stopped without being told to"),
+        }
+    }
 }
 
 /// One partition with a worker.
@@ -339,11 +363,11 @@ impl<M, L: Lane<M>> Machine<M, L> {
         };
         shell.forget(tp);
         let offset = part.lane.resume_at();
-        let reason = match end {
-            WorkerEnd::Failed(reason) => reason.as_str(),
-            WorkerEnd::Done => "the worker stopped without being told to",
+        let failure = match end {
+            WorkerEnd::Failed(failure) => failure.clone(),
+            WorkerEnd::Done => WorkerFailure::Unexplained,
         };
-        shell.worker_failed(tp, offset, reason);
+        shell.worker_failed(tp, offset, &failure);
         shell.seek(tp, offset);
         if !part.held.is_empty() && self.breaker == CircuitState::Closed {
             shell.set_paused(std::slice::from_ref(tp), false);

@@ -106,7 +106,7 @@ impl Shell<i64> for Recorder {
     fn forget(&mut self, tp: &TopicPartition) {
         self.actions.push(format!("forget {}", tp.partition));
     }
-    fn worker_failed(&mut self, tp: &TopicPartition, offset: i64, _reason: &str) {
+    fn worker_failed(&mut self, tp: &TopicPartition, offset: i64, _failure: &WorkerFailure) {
         self.actions
             .push(format!("failed {} at {offset}", tp.partition));
     }
@@ -216,7 +216,7 @@ fn a_worker_that_ends_early_is_replaced_from_its_last_stored_offset() {
     m.worker_ended(
         &tp(0),
         worker,
-        &WorkerEnd::Failed("gone".to_owned()),
+        &WorkerEnd::Failed(WorkerFailure::Panicked("gone".to_owned())),
         &mut shell,
     );
     assert_eq!(
@@ -240,7 +240,7 @@ fn the_end_of_an_earlier_or_a_stopped_worker_changes_nothing() {
     m.worker_ended(
         &tp(0),
         first,
-        &WorkerEnd::Failed("x".to_owned()),
+        &WorkerEnd::Failed(WorkerFailure::Panicked("x".to_owned())),
         &mut shell,
     );
     fetch(&mut m, &mut shell, 0, 0);
@@ -248,7 +248,7 @@ fn the_end_of_an_earlier_or_a_stopped_worker_changes_nothing() {
     m.worker_ended(
         &tp(0),
         first,
-        &WorkerEnd::Failed("late".to_owned()),
+        &WorkerEnd::Failed(WorkerFailure::Panicked("late".to_owned())),
         &mut shell,
     );
     assert!(shell.take().is_empty(), "an earlier worker's end is stale");

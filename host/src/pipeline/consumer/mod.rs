@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::context::{Committed, GroupEvent, commit};
 pub use self::context::{Positions, RebalanceContext};
-use self::machine::{Machine, Sent, WorkerEnd, WorkerId};
+use self::machine::{Machine, Sent, WorkerEnd, WorkerFailure, WorkerId};
 use self::received::{ErrorLog, to_message};
 use super::gate::Gate;
 use super::partition;
@@ -195,12 +195,12 @@ impl machine::Shell<Message> for Io {
         self.status.forget_partition(tp);
     }
 
-    fn worker_failed(&mut self, tp: &TopicPartition, offset: i64, reason: &str) {
+    fn worker_failed(&mut self, tp: &TopicPartition, offset: i64, failure: &WorkerFailure) {
         self.status.worker_restarts.fetch_add(1, Ordering::Relaxed);
         tracing::error!(
             topic = %tp.topic, partition = tp.partition, offset,
             "partition worker ended early; consuming the partition again from its last stored \
-             offset: {reason}"
+             offset: {failure}"
         );
     }
 }
@@ -480,7 +480,7 @@ impl ConsumerLoop {
             Err(e) if e.is_cancelled() => (e.id(), WorkerEnd::Done),
             Err(e) => (
                 e.id(),
-                WorkerEnd::Failed(format!("the partition worker panicked: {e}")),
+                WorkerEnd::Failed(WorkerFailure::Panicked(e.to_string())),
             ),
         };
         self.sync_group();

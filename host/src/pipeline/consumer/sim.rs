@@ -247,7 +247,7 @@ impl Shell<Msg> for SimShell<'_> {
         self.world.commit();
     }
     fn forget(&mut self, _tp: &TopicPartition) {}
-    fn worker_failed(&mut self, tp: &TopicPartition, offset: i64, _reason: &str) {
+    fn worker_failed(&mut self, tp: &TopicPartition, offset: i64, _failure: &WorkerFailure) {
         self.world
             .note(format!("p{} restarts at {offset}", tp.partition));
     }
@@ -579,7 +579,7 @@ impl Run {
         let end = if stopped {
             WorkerEnd::Done
         } else {
-            WorkerEnd::Failed("the handler's instance could not be made".to_owned())
+            WorkerEnd::Failed(WorkerFailure::Panicked("a handler bug".to_owned()))
         };
         self.world.note(format!("p{p} worker {id} ended: {end:?}"));
         self.sync();
