@@ -12,13 +12,17 @@
 //! write: producing it again can never succeed, so the message it belongs to
 //! fails instead, and the broker breaker does not count it).
 //!
+//! Every mapping from an error of wasmtime's (through [`crate::wasm::Failure`])
+//! or of the Kafka client to Sluice's kinds of failure is here.
 //! Configuration (`retry_on`), metrics (the `error_type` label), the
 //! dead-letter writer, the partition worker and the delivery core all read
-//! it, and it reads nothing of theirs but the Kafka client's error codes.
+//! it, and it reads nothing of theirs.
 
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+use crate::wasm::Failure;
 
 /// The kind of a failed handler call, as `retry_on` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -46,6 +50,25 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    /// The kind of a failed call: what `retry_on` names and the retry
+    /// policy decides on. An instance that could not be created is the
+    /// host's problem (a full pool), so it counts as retryable.
+    pub fn of_call(failure: &Failure) -> FailureKind {
+        match failure {
+            Failure::Handler {
+                retryable: true, ..
+            }
+            | Failure::Instantiate(_) => FailureKind::Retryable,
+            Failure::Handler {
+                retryable: false, ..
+            } => FailureKind::Permanent,
+            Failure::Timeout(_) => FailureKind::Timeout,
+            Failure::Trap { .. } => FailureKind::Trap,
+            Failure::MemoryLimitExceeded { .. } => FailureKind::MemoryLimit,
+            Failure::InvalidOutput(_) => FailureKind::InvalidOutput,
+        }
+    }
+
     /// Every kind `retry_on` may name, in documentation order.
     pub const ALL: [FailureKind; 6] = [
         FailureKind::Retryable,
@@ -450,5 +473,31 @@ mod tests {
         assert!(!is_record_error(C::AllBrokersDown));
         assert!(!is_record_error(C::BrokerTransportFailure));
         assert!(!is_record_error(C::TopicAuthorizationFailed));
+    }
+
+    #[test]
+    fn each_failure_has_the_kind_retry_on_names() {
+        let trap = Failure::Trap {
+            kind: crate::wasm::TrapKind::Panic,
+            detail: String::new(),
+        };
+        let handler = |retryable| Failure::Handler {
+            retryable,
+            message: String::new(),
+        };
+        assert_eq!(FailureKind::of_call(&trap), FailureKind::Trap);
+        assert_eq!(
+            FailureKind::of_call(&Failure::Timeout(Duration::from_secs(1))),
+            FailureKind::Timeout
+        );
+        assert_eq!(FailureKind::of_call(&handler(true)), FailureKind::Retryable);
+        assert_eq!(
+            FailureKind::of_call(&handler(false)),
+            FailureKind::Permanent
+        );
+        assert_eq!(
+            FailureKind::of_call(&Failure::Instantiate(String::new())),
+            FailureKind::Retryable
+        );
     }
 }

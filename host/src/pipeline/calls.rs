@@ -361,7 +361,7 @@ fn classify(route: &Route, outcome: wasm::CallOutcome) -> Outcome<Output> {
         Err(failure) => failure,
     };
     Outcome::Failed(Failed {
-        kind: failure.kind(),
+        kind: FailureKind::of_call(&failure),
         reason: failure.to_string(),
     })
 }

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use wasmtime::Trap;
 
-use crate::policy::FailureKind;
 use crate::wasm::bindings::HandlerError;
 use crate::wasm::guest_io;
 use crate::wasm::outputs::OutputLimitExceeded;
@@ -56,28 +55,6 @@ pub enum Failure {
     /// output bounds; nothing of it is produced.
     #[error(transparent)]
     InvalidOutput(OutputLimitExceeded),
-}
-
-impl Failure {
-    /// The failure's kind: what `retry_on` names and the retry policy
-    /// decides on (see [`crate::policy`]). An instance that could not be
-    /// created is the host's problem (a full pool), so it counts as
-    /// retryable.
-    pub fn kind(&self) -> FailureKind {
-        match self {
-            Failure::Handler {
-                retryable: true, ..
-            }
-            | Failure::Instantiate(_) => FailureKind::Retryable,
-            Failure::Handler {
-                retryable: false, ..
-            } => FailureKind::Permanent,
-            Failure::Timeout(_) => FailureKind::Timeout,
-            Failure::Trap { .. } => FailureKind::Trap,
-            Failure::MemoryLimitExceeded { .. } => FailureKind::MemoryLimit,
-            Failure::InvalidOutput(_) => FailureKind::InvalidOutput,
-        }
-    }
 }
 
 /// The kinds of trap, as a fixed set of labels for logs and metrics.
@@ -216,28 +193,5 @@ mod tests {
             Some("misbehave: asked to panic (at src/lib.rs:12:9)")
         );
         assert_eq!(panic_message("just a log line\n"), None);
-    }
-
-    #[test]
-    fn each_failure_has_the_kind_retry_on_names() {
-        let trap = Failure::Trap {
-            kind: TrapKind::Panic,
-            detail: String::new(),
-        };
-        let handler = |retryable| Failure::Handler {
-            retryable,
-            message: String::new(),
-        };
-        assert_eq!(trap.kind(), FailureKind::Trap);
-        assert_eq!(
-            Failure::Timeout(Duration::from_secs(1)).kind(),
-            FailureKind::Timeout
-        );
-        assert_eq!(handler(true).kind(), FailureKind::Retryable);
-        assert_eq!(handler(false).kind(), FailureKind::Permanent);
-        assert_eq!(
-            Failure::Instantiate(String::new()).kind(),
-            FailureKind::Retryable
-        );
     }
 }
