@@ -58,6 +58,28 @@ impl std::fmt::Display for CircuitState {
     }
 }
 
+/// A breaker seen from outside: its state and its transitions, and nothing
+/// that moves it.
+#[derive(Clone)]
+pub struct BreakerView(Arc<Breaker>);
+
+impl BreakerView {
+    /// The current state.
+    pub fn state(&self) -> CircuitState {
+        self.0.state()
+    }
+
+    /// How many times the breaker entered `state`.
+    pub fn transitions_to(&self, state: CircuitState) -> u64 {
+        self.0.transitions_to(state)
+    }
+
+    /// A receiver that sees every transition.
+    pub fn subscribe(&self) -> watch::Receiver<CircuitState> {
+        self.0.subscribe()
+    }
+}
+
 /// A circuit breaker. Cheap to consult; waiting for it is async.
 pub struct Breaker {
     /// What it guards, for logs: `broker` or `route <topic>`.
@@ -117,6 +139,11 @@ impl Breaker {
     /// How many times the breaker entered `state`.
     pub fn transitions_to(&self, state: CircuitState) -> u64 {
         self.transitions[usize::from(state.gauge())].load(Ordering::Relaxed)
+    }
+
+    /// A handle that can only look at the breaker.
+    pub fn view(self: &Arc<Self>) -> BreakerView {
+        BreakerView(self.clone())
     }
 
     /// The consecutive failures counted so far (0 unless closed).

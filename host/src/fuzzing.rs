@@ -366,12 +366,15 @@ pub const ADMIN_TOKEN: &str = "fuzz-admin-token-4f1c";
 /// returns what it answered. Every answer is an HTTP/1.x response, and the
 /// admin API never answers a request that does not carry the token.
 pub fn http(request: &[u8]) -> Vec<u8> {
-    static STATUS: OnceLock<Arc<Status>> = OnceLock::new();
-    let status = STATUS.get_or_init(|| {
+    static STATUS: OnceLock<(Arc<Status>, Arc<crate::breaker::Breaker>)> = OnceLock::new();
+    let (status, broker) = STATUS.get_or_init(|| {
         let one_route = "[[routes]]\ntopic = \"orders\"\nmodule = \"uppercase\"\n";
         let config =
             Config::parse(one_route, &config_dir(), &|_| None).expect("a config with one route");
-        Status::new(&config)
+        let status = Status::new(&config);
+        let broker = crate::breaker::Breaker::new("broker", 5, Duration::from_secs(60));
+        status.observe_broker(broker.view());
+        (status, broker)
     });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -381,6 +384,7 @@ pub fn http(request: &[u8]) -> Vec<u8> {
     let peer: SocketAddr = ([203, 0, 113, 7], 40000).into();
     let answer = runtime.block_on(crate::http::answer_one(
         status.clone(),
+        broker.clone(),
         Some(ADMIN_TOKEN),
         peer,
         request,

@@ -21,12 +21,15 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::breaker::Breaker;
 use crate::config::HttpConfig;
 use crate::status::Status;
 
 #[derive(Clone)]
 struct Shared {
     status: Arc<Status>,
+    /// The broker breaker, for the admin API's reset.
+    broker: Arc<Breaker>,
     admin_token: Option<Arc<str>>,
 }
 
@@ -41,6 +44,7 @@ struct Shared {
 pub async fn bind(
     config: &HttpConfig,
     status: Arc<Status>,
+    broker: Arc<Breaker>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
     let listener = tokio::net::TcpListener::bind(&config.listen)
@@ -57,6 +61,7 @@ pub async fn bind(
     tracing::info!(%addr, "serving health, metrics and admin on http://{addr}");
     let app = router(Shared {
         status,
+        broker,
         admin_token: config.admin_token.as_ref().map(|t| Arc::from(t.expose())),
     });
     let server = Server {
@@ -174,6 +179,7 @@ where
 #[cfg(feature = "fuzzing")]
 pub(crate) async fn answer_one(
     status: Arc<Status>,
+    broker: Arc<Breaker>,
     admin_token: Option<&str>,
     peer: SocketAddr,
     request: &[u8],
@@ -181,6 +187,7 @@ pub(crate) async fn answer_one(
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let app = router(Shared {
         status,
+        broker,
         admin_token: admin_token.map(Arc::from),
     });
     let (client, server) = tokio::io::duplex(1 << 16);
@@ -310,7 +317,7 @@ async fn health(State(s): State<Shared>) -> Response {
         "environment": status.environment,
         "group": status.group,
         "bootstrap_servers": status.bootstrap_servers(),
-        "circuit_state": status.broker.state().as_str(),
+        "circuit_state": status.broker_state().as_str(),
         "broker_reachable": status.is_reachable(),
         "broker_error": status.connect_failure().map(|f| f.to_string()),
         "subscriber_count": if started { topics } else { 0 },
@@ -409,7 +416,7 @@ async fn reset_breakers(
             reset.push(format!("route {topic}"));
         }
         None => {
-            status.broker.reset();
+            s.broker.reset();
             reset.push("broker".to_owned());
             for route in status.routes() {
                 route.breaker.reset();
@@ -422,7 +429,7 @@ async fn reset_breakers(
         StatusCode::OK,
         axum::Json(json!({
             "reset": reset,
-            "circuit_state": status.broker.state().as_str(),
+            "circuit_state": status.broker_state().as_str(),
         })),
     )
         .into_response()
@@ -500,9 +507,16 @@ mod tests {
         let config = config(dir.path(), http);
         let status = Status::new(&config);
         let stop = CancellationToken::new();
-        let server = bind(&config.http, status.clone(), stop.clone().cancelled_owned())
-            .await
-            .expect("bind");
+        let broker = Breaker::new("broker", 1, Duration::from_secs(60));
+        status.observe_broker(broker.view());
+        let server = bind(
+            &config.http,
+            status.clone(),
+            broker,
+            stop.clone().cancelled_owned(),
+        )
+        .await
+        .expect("bind");
         let task = tokio::spawn(server);
         let addr = status.http_addr().borrow().expect("bind sets the address");
         (addr, stop, task, dir)

@@ -400,7 +400,7 @@ fn broker_circuit_state(out: &mut Exposition, name: &str, scrape: &Scrape<'_>) {
             ("environment", &status.environment),
             ("group", &status.group),
         ],
-        status.broker.state().gauge(),
+        status.broker_state().gauge(),
     );
 }
 
@@ -408,7 +408,7 @@ fn broker_circuit_state(out: &mut Exposition, name: &str, scrape: &Scrape<'_>) {
 /// the state entered.
 fn broker_circuit_transitions(out: &mut Exposition, name: &str, scrape: &Scrape<'_>) {
     for state in CircuitState::ALL {
-        let n = scrape.status.broker.transitions_to(state);
+        let n = scrape.status.broker_transitions_to(state);
         out.sample(name, &[("to", state.as_str())], n);
     }
 }

@@ -115,6 +115,19 @@ impl Daemon {
         ready.expect("wait_for returned a listening address")
     }
 
+    /// Its broker breaker, once the pipeline has made it.
+    pub async fn broker(&self) -> sluice::pipeline::BreakerView {
+        let mut broker = self.status.broker();
+        let made = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            broker.wait_for(Option::is_some),
+        )
+        .await
+        .expect("the daemon makes its broker breaker within a minute")
+        .expect("the status outlives the daemon");
+        made.clone().expect("wait_for returned a breaker")
+    }
+
     /// Whether it has stopped on its own (it should not).
     pub fn has_exited(&self) -> bool {
         self.task.is_finished()
@@ -244,9 +257,9 @@ pub fn misbehave_route(topic: &str, output: &str, extra: &str) -> String {
 
 /// Waits until `done` holds for the breaker, re-checking at each transition.
 pub async fn until_breaker(
-    breaker: &sluice::pipeline::Breaker,
+    breaker: &sluice::pipeline::BreakerView,
     what: &str,
-    done: impl Fn(&sluice::pipeline::Breaker) -> bool,
+    done: impl Fn(&sluice::pipeline::BreakerView) -> bool,
 ) {
     let mut changes = breaker.subscribe();
     let wait = async {

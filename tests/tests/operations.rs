@@ -66,7 +66,7 @@ async fn health_and_readiness_follow_the_broker_breaker() {
 
     mock.broker_down(2).expect("broker down");
     produce_values(&bootstrap, "in", 1, &["b0".to_owned(), "b1".to_owned()]).await;
-    let breaker = daemon.status.broker.clone();
+    let breaker = daemon.broker().await;
     until_breaker(&breaker, "the broker breaker opened", |b| {
         b.state() == CircuitState::Open
     })
@@ -273,7 +273,7 @@ async fn the_admin_reset_requires_the_configured_token() {
         &rest,
     )));
     let addr = daemon.http_addr().await;
-    let breaker = daemon.status.route_breaker("in").expect("route").clone();
+    let breaker = daemon.status.route_breaker("in").expect("route").view();
     until_breaker(&breaker, "the handler breaker opened", |b| {
         b.state() == CircuitState::Open
     })

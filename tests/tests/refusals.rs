@@ -118,7 +118,7 @@ async fn an_output_past_the_record_limit_is_dead_lettered_without_opening_the_br
         [Some(4)]
     );
     assert_eq!(
-        daemon.status.broker.state(),
+        daemon.status.broker_state(),
         CircuitState::Closed,
         "a record refused for good says nothing about the broker (threshold 1)"
     );
@@ -217,7 +217,7 @@ async fn a_dead_letter_topic_that_refuses_every_record_stops_only_its_partition_
         stopped = daemon.status.stopped_partitions();
     }
     let reason = stopped
-        .get(&("in".to_owned(), 0))
+        .get(&sluice::status::TopicPartition::new("in", 0))
         .unwrap_or_else(|| panic!("partition in/0 is stopped: {stopped:?}"));
     assert!(
         reason.starts_with("offset 1: HandlerError") && reason.contains("dlq"),
@@ -239,7 +239,7 @@ async fn a_dead_letter_topic_that_refuses_every_record_stops_only_its_partition_
     produce_texts(&bootstrap, "fine", &[b"x1", b"x2"]).await;
     let fine = read_topic(&bootstrap, "fine.out", 1, 2, LONG, Duration::ZERO);
     assert_eq!(fine.len(), 2);
-    assert_eq!(daemon.status.broker.state(), CircuitState::Closed);
+    assert_eq!(daemon.status.broker_state(), CircuitState::Closed);
     // Nothing at or after the message is committed (the message behind it,
     // `b`, may have been handled; it is delivered again).
     assert_eq!(

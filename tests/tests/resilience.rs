@@ -116,7 +116,7 @@ output_topics = ["fine.out"]
         .status
         .route_breaker("slow")
         .expect("the route has a breaker")
-        .clone();
+        .view();
 
     // Opened, then two probes re-ran the held message and failed.
     until_breaker(&breaker, "the breaker opened three times", |b| {
@@ -150,7 +150,7 @@ output_topics = ["fine.out"]
         committed[0].unwrap_or(0) <= dlq.len() as i64,
         "nothing past the held message is committed: {committed:?}"
     );
-    assert_eq!(daemon.status.broker.state(), CircuitState::Closed);
+    assert_eq!(daemon.status.broker_state(), CircuitState::Closed);
     daemon.stop().await;
 }
 
@@ -187,7 +187,7 @@ async fn a_failing_output_broker_opens_the_breaker_pauses_consumption_and_loses_
         BREAKER_KAFKA,
         &routes,
     )));
-    let breaker = daemon.status.broker.clone();
+    let breaker = daemon.broker().await;
     until_breaker(&breaker, "the broker breaker opened", |b| {
         b.state() == CircuitState::Open
     })
@@ -252,7 +252,7 @@ async fn injected_produce_errors_hold_dead_letters_and_commits_until_they_clear(
     let routes = misbehave_route("in", "out", "");
     let kafka = format!("{BREAKER_KAFKA}\ndead_letter_topic = \"dlq\"");
     let daemon = Daemon::start(parse(&config_text(&bootstrap, "refused", &kafka, &routes)));
-    let breaker = daemon.status.broker.clone();
+    let breaker = daemon.broker().await;
     until_breaker(&breaker, "the broker breaker opened", |b| {
         b.state() == CircuitState::Open
     })

@@ -65,8 +65,10 @@ fn busy_status() -> Arc<Status> {
         BTreeMap::from([(TopicPartition::new("orders.v2", 3), stuck)]),
         |_| String::new(),
     );
-    status.broker.admission().report(false);
-    status.broker.reset();
+    let broker = crate::breaker::Breaker::new("broker", 1, Duration::from_secs(60));
+    status.observe_broker(broker.view());
+    broker.admission().report(false);
+    broker.reset();
 
     let route = status.route("in").expect("route in");
     let m = &route.metrics;

@@ -56,7 +56,7 @@ use self::consumer::{ConsumerLoop, Parts, RebalanceContext};
 use self::shared::Shared;
 pub(crate) use self::topics::check_topics;
 pub use self::topics::{MissingTopics, all_topics};
-pub use crate::breaker::{Admission, Breaker, CircuitState};
+pub use crate::breaker::{Admission, Breaker, BreakerView, CircuitState};
 use crate::config::Config;
 use crate::kafka;
 pub use crate::policy::Backoff;
@@ -154,12 +154,20 @@ pub async fn run_with_bootstrap(
 ) -> anyhow::Result<()> {
     // Health and metrics are served from the start, so that an orchestrator
     // sees "not ready" while modules load or no broker answers.
+    let k = &config.kafka;
+    let broker = Breaker::new(
+        "broker",
+        k.circuit_breaker_threshold,
+        k.circuit_breaker_reset_timeout(),
+    );
+    status.observe_broker(broker.view());
     let http_stop = CancellationToken::new();
     let _stop_http_on_exit = http_stop.clone().drop_guard();
     let http = if config.http.enabled {
         let server = crate::http::bind(
             &config.http,
             status.clone(),
+            broker.clone(),
             http_stop.clone().cancelled_owned(),
         )
         .await?;
@@ -175,7 +183,7 @@ pub async fn run_with_bootstrap(
         }
         None => None,
     };
-    let parts = start(&config, bootstrap, &status, tracer.clone()).await?;
+    let parts = start(&config, bootstrap, &status, broker, tracer.clone()).await?;
     tracing::info!(
         group = %config.group_id(), bootstrap_servers = bootstrap,
         topics = ?parts.live.topics(), "consuming"
@@ -204,6 +212,7 @@ async fn start(
     config: &Config,
     bootstrap: &str,
     status: &Arc<Status>,
+    broker: Arc<Breaker>,
     tracer: Option<Arc<Tracer>>,
 ) -> anyhow::Result<Parts> {
     let p = &config.processing;
@@ -258,6 +267,7 @@ async fn start(
         .context("subscribing to the routed topics")?;
     let shared = Arc::new(Shared {
         producer,
+        broker,
         offsets: consumer.clone(),
         slots: Arc::new(Semaphore::new(p.concurrency)),
         batch_size: p.batch_size,

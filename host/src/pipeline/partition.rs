@@ -237,7 +237,7 @@ impl Worker {
             return;
         }
         let route = self.route.clone();
-        let broker = self.shared.status.broker.clone();
+        let broker = self.shared.broker.clone();
         self.call = Call::Admitting(
             async move {
                 // Held while the module file is deleted, or a breaker is
@@ -416,7 +416,7 @@ impl Worker {
         let mut admission = self
             .broker_probe
             .take()
-            .unwrap_or_else(|| status.broker.admission());
+            .unwrap_or_else(|| self.shared.broker.admission());
         if for_now {
             admission.report(false);
         } else if answered < enqueued {
@@ -467,7 +467,7 @@ impl Worker {
     /// is not closed, only once it admits them (as its half-open probe, or
     /// after another probe closed it).
     async fn produce(&mut self, offset: i64, generation: u32) -> Option<WorkerEnd> {
-        let breaker = &self.shared.status.broker;
+        let breaker = &self.shared.broker;
         if self.broker_probe.is_none() && breaker.state() != CircuitState::Closed {
             let admission = tokio::select! {
                 admission = breaker.admit() => Some(admission),

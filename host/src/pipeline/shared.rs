@@ -8,12 +8,16 @@ use rdkafka::error::KafkaResult;
 use tokio::sync::Semaphore;
 
 use super::delivery::Producer;
+use crate::breaker::Breaker;
 use crate::status::Status;
 use crate::trace::Tracer;
 
 /// State shared by the consumer loop and every partition worker.
 pub struct Shared {
     pub producer: Producer,
+    /// The broker circuit breaker: opens when records cannot be produced.
+    /// Health and metrics see it through [`Status::observe_broker`].
+    pub broker: Arc<Breaker>,
     /// Where processed offsets are stored: the consumer.
     pub offsets: Arc<dyn StoreOffset>,
     /// Bounds how many handler calls run at once.

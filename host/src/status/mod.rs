@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::breaker::{Breaker, CircuitState};
+use crate::breaker::{Breaker, BreakerView, CircuitState};
 use crate::config::{Config, RouteConfig};
 
 mod partition;
@@ -29,8 +29,9 @@ pub struct Status {
     pub group: String,
     /// The brokers in use (the embedded broker's address when embedded).
     bootstrap_servers: Mutex<String>,
-    /// The broker circuit breaker: opens when records cannot be produced.
-    pub broker: Arc<Breaker>,
+    /// The broker circuit breaker, seen from here: the pipeline owns it,
+    /// and hands a view over once it has made it.
+    broker: watch::Sender<Option<BreakerView>>,
     /// Each route, by input topic; routes come and go with config reloads.
     routes: RwLock<BTreeMap<String, Arc<RouteStatus>>>,
     /// Partitions stopped on a failing message, with the reason.
@@ -83,11 +84,7 @@ impl Status {
             environment: k.environment.clone(),
             group: k.group.clone(),
             bootstrap_servers: Mutex::new(k.bootstrap_servers.clone()),
-            broker: Breaker::new(
-                "broker",
-                k.circuit_breaker_threshold,
-                k.circuit_breaker_reset_timeout(),
-            ),
+            broker: watch::Sender::new(None),
             routes: RwLock::new(
                 config
                     .routes
@@ -179,6 +176,32 @@ impl Status {
 
     pub(crate) fn set_started(&self, started: bool) {
         self.started.store(started, Ordering::Relaxed);
+    }
+
+    /// Watches the broker breaker the pipeline made.
+    pub fn observe_broker(&self, breaker: BreakerView) {
+        self.broker.send_replace(Some(breaker));
+    }
+
+    /// The broker breaker, once the pipeline has made it.
+    pub fn broker(&self) -> watch::Receiver<Option<BreakerView>> {
+        self.broker.subscribe()
+    }
+
+    /// The broker breaker's state: closed before the pipeline made it.
+    pub fn broker_state(&self) -> CircuitState {
+        self.broker
+            .borrow()
+            .as_ref()
+            .map_or(CircuitState::Closed, BreakerView::state)
+    }
+
+    /// How many times the broker breaker entered `state`.
+    pub fn broker_transitions_to(&self, state: CircuitState) -> u64 {
+        self.broker
+            .borrow()
+            .as_ref()
+            .map_or(0, |b| b.transitions_to(state))
     }
 
     /// Whether the brokers answer (`None` until known), and its changes.
@@ -434,7 +457,7 @@ impl Status {
         let Some(timeout) = self.stall_timeout else {
             return Vec::new();
         };
-        if self.broker.state() != CircuitState::Closed {
+        if self.broker_state() != CircuitState::Closed {
             return Vec::new();
         }
         let stopped = self.stopped_partitions();
@@ -475,7 +498,7 @@ impl Status {
     pub fn healthy(&self) -> bool {
         self.started()
             && self.is_reachable()
-            && self.broker.state() == CircuitState::Closed
+            && self.broker_state() == CircuitState::Closed
             && self.stopped_partitions().is_empty()
             && self.stalled().is_empty()
             && self

@@ -240,7 +240,7 @@ impl ConsumerLoop {
             (!config.kafka.enable_auto_commit).then(|| config.processing.commit_interval());
         ConsumerLoop {
             machine: Machine::new(commit_every, Instant::now()),
-            broker_circuit: status.broker.subscribe(),
+            broker_circuit: shared.broker.subscribe(),
             io: Io {
                 consumer,
                 shared,
