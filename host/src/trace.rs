@@ -244,18 +244,21 @@ pub enum SpanOutcome {
 }
 
 impl SpanOutcome {
+    /// Every outcome, in the order of their encoding.
+    const ALL: [SpanOutcome; 6] = [
+        SpanOutcome::Unfinished,
+        SpanOutcome::Ok,
+        SpanOutcome::Retried,
+        SpanOutcome::DeadLettered,
+        SpanOutcome::Stopped,
+        SpanOutcome::Held,
+    ];
+
     fn from_u8(n: u8) -> SpanOutcome {
-        [
-            SpanOutcome::Unfinished,
-            SpanOutcome::Ok,
-            SpanOutcome::Retried,
-            SpanOutcome::DeadLettered,
-            SpanOutcome::Stopped,
-            SpanOutcome::Held,
-        ]
-        .get(usize::from(n))
-        .copied()
-        .unwrap_or(SpanOutcome::Unfinished)
+        Self::ALL
+            .get(usize::from(n))
+            .copied()
+            .unwrap_or(SpanOutcome::Unfinished)
     }
 
     /// The attribute's value.
@@ -510,14 +513,7 @@ mod tests {
 
     #[test]
     fn outcomes_survive_their_encoding() {
-        for outcome in [
-            SpanOutcome::Unfinished,
-            SpanOutcome::Ok,
-            SpanOutcome::Retried,
-            SpanOutcome::DeadLettered,
-            SpanOutcome::Stopped,
-            SpanOutcome::Held,
-        ] {
+        for outcome in SpanOutcome::ALL {
             assert_eq!(SpanOutcome::from_u8(outcome as u8), outcome);
         }
         assert_eq!(SpanOutcome::from_u8(200), SpanOutcome::Unfinished);

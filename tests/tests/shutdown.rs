@@ -39,6 +39,20 @@ async fn until_health(http: SocketAddr, done: impl Fn(&serde_json::Value) -> boo
     }
 }
 
+/// Sends SIGTERM and checks that the process ended within the bound.
+/// Returns its exit code and its log.
+fn terminate_within_bound(daemon: DaemonProcess, log: &std::path::Path) -> (Option<i32>, String) {
+    let signalled = Instant::now();
+    let code = daemon.terminate();
+    let took = signalled.elapsed();
+    let log = std::fs::read_to_string(log).expect("the log");
+    assert!(
+        took < BOUND + SLACK,
+        "exited after {took:?} (None: not within a minute):\n{log}"
+    );
+    (code, log)
+}
+
 /// A daemon with a `misbehave` route that allows `timeout_ms` per call,
 /// in the middle of a call for the message `value`; its log goes to a file.
 struct InCall {
@@ -107,11 +121,7 @@ async fn a_guest_in_a_loop_does_not_hold_the_exit_and_its_message_is_not_committ
         _dir,
     } = in_call("looping", b"loop", 300_000).await;
 
-    let signalled = Instant::now();
-    let code = daemon.terminate();
-    let took = signalled.elapsed();
-    let log = std::fs::read_to_string(&log).expect("the log");
-    assert!(took < BOUND + SLACK, "exited after {took:?}:\n{log}");
+    let (code, log) = terminate_within_bound(daemon, &log);
     // The call is left behind on its thread; the rest went well.
     assert_eq!(code, Some(0), "{log}");
     // Not committed: the message is delivered again to the next daemon.
@@ -153,14 +163,7 @@ async fn with_the_broker_gone_the_exit_is_bounded_and_names_what_it_waited_for()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let signalled = Instant::now();
-    let code = daemon.terminate();
-    let took = signalled.elapsed();
-    let log = std::fs::read_to_string(&log).expect("the log");
-    assert!(
-        took < BOUND + SLACK,
-        "exited after {took:?} (None: not within a minute):\n{log}"
-    );
+    let (code, log) = terminate_within_bound(daemon, &log);
     assert_eq!(code, Some(1), "a shutdown cut short exits non-zero:\n{log}");
     assert!(
         log.contains("shutdown did not finish within 20 s of the signal")
@@ -228,14 +231,7 @@ async fn a_rebalance_that_never_completes_does_not_hold_the_exit() {
     produce_sequence_part(&bootstrap, "orders", 1, 5..8, "order").await;
     until_health(http, |h| h["assigned_partitions"].as_u64() == Some(0)).await;
 
-    let signalled = Instant::now();
-    let code = daemon.terminate();
-    let took = signalled.elapsed();
-    let log = std::fs::read_to_string(&log).expect("the log");
-    assert!(
-        took < BOUND + SLACK,
-        "exited after {took:?} (None: not within a minute):\n{log}"
-    );
+    let (code, log) = terminate_within_bound(daemon, &log);
     match code {
         Some(0) => {}
         Some(1) => assert!(
